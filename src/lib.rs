@@ -1,1 +1,38 @@
-//! x
+//! deploy-worker: turns endpoint intents stored in Postgres into KServe InferenceServices,
+//! driven by NATS JetStream events, for a multi-tenant MLOps platform.
+//!
+//! How a deploy flows through the modules:
+//!
+//! ```text
+//! JetStream ──▶ supervisor ──▶ endpoint_actor ──▶ pass ──▶ store (load intent)
+//!  (events)     (decode,        (one per          │        intent + kserve (validate, render)
+//!               route)          endpoint)         │        admission (fair share per tenant)
+//!                                                 │        deployer (simulate | kubernetes)
+//!                                                 └──────▶ store (group commit) ──▶ ack
+//! ```
+//!
+//! - [`events`]: the stream, consumers and payload contract;
+//! - [`supervisor`] and [`endpoint_actor`]: the actor shape (one actor per endpoint);
+//! - [`pass`]: what one pass over an endpoint does, and [`delivery`]: answering JetStream;
+//! - [`intent`] and [`kserve`]: the pure intent → InferenceService mapping;
+//! - [`deployer`]: simulate mode and k8s mode;
+//! - [`store`]: Postgres with batched reads and group commit; [`admission`]: tenant fairness;
+//! - [`config`], [`worker`], [`cli`]: settings, wiring, commands; [`demo`] and [`sandbox`]:
+//!   the self-contained demo and the throw-away servers it and the tests use.
+
+pub mod admission;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod demo;
+pub mod deployer;
+pub mod endpoint_actor;
+pub mod events;
+pub mod intent;
+pub mod kserve;
+pub mod pass;
+pub mod platform;
+pub mod sandbox;
+pub mod store;
+pub mod supervisor;
+pub mod worker;

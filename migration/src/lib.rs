@@ -1,1 +1,32 @@
-pub fn x(){}
+//! Schema migrations for deploy-worker.
+//!
+//! Two migrations, both safe on a database the platform already created:
+//!
+//! 1. [`m20260101_000001_platform_tables`] creates the platform tables the worker reads
+//!    (`models`, `model_versions`, `endpoints`), the `citext` extension and an `updated_at`
+//!    trigger — each only when it is missing. A platform database keeps its tables, rows and
+//!    triggers untouched; a fresh database (the demo, the tests) gets the same shape.
+//! 2. [`m20260101_000002_worker_columns`] adds what belongs to the worker: `status_reason`,
+//!    `spec_generation` (bumped by a trigger only when a serving field changes),
+//!    `ready_generation`, and the `deployment_history` and `rejected_events` tables.
+//!
+//! Every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`), so running the
+//! migrations twice, or against a half-migrated database, changes nothing that is there.
+
+pub use sea_orm_migration::prelude::*;
+
+pub mod m20260101_000001_platform_tables;
+pub mod m20260101_000002_worker_columns;
+
+/// The ordered list of migrations.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20260101_000001_platform_tables::Migration),
+            Box::new(m20260101_000002_worker_columns::Migration),
+        ]
+    }
+}

@@ -1,0 +1,194 @@
+//! The command line: `run` (default), `migrate`, `demo`, `render`, `kserve-sim`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+use crate::config::{KserveArgs, Settings};
+use crate::demo::DemoArgs;
+use crate::intent::Intent;
+use crate::kserve;
+use crate::store::{Store, StoreSettings};
+use crate::worker;
+
+/// deploy-worker: JetStream events → endpoint intent in Postgres → KServe InferenceService.
+#[derive(Debug, Parser)]
+#[command(
+    name = "deploy-worker",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    run: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the worker (the default when no command is given).
+    Run(Box<Settings>),
+    /// Apply the database migrations and exit.
+    Migrate(MigrateArgs),
+    /// Self-contained demo: throw-away Postgres and NATS (unless URLs are given), a few hundred
+    /// endpoints across several tenants, the worker in simulate mode, a summary.
+    Demo(Box<DemoArgs>),
+    /// Print the InferenceService manifest for an intent.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    /// Postgres URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["intent", "endpoint_id"])))]
+struct RenderArgs {
+    /// Intent file: the endpoint row's fields plus `artifact_uri`, as JSON.
+    #[arg(long)]
+    intent: Option<PathBuf>,
+    /// Read the intent of this endpoint from the database (`DATABASE_URL`).
+    #[arg(long)]
+    endpoint_id: Option<Uuid>,
+    /// Postgres URL, for `--endpoint-id`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Yaml)]
+    output: Output,
+    #[command(flatten)]
+    kserve: KserveArgs,
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A multi-threaded tokio runtime: actors on the calling thread, I/O on the workers.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        None => run_worker(cli.run),
+        Some(Command::Run(settings)) => run_worker(*settings),
+        Some(Command::Migrate(args)) => migrate(args),
+        Some(Command::Demo(args)) => demo(*args),
+        Some(Command::Render(args)) => render(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_worker(settings: Settings) -> Result<(), String> {
+    let system = actix_rt::System::with_tokio_rt(|| match runtime() {
+        Ok(rt) => rt,
+        // Without a runtime nothing can run; say why instead of a bare panic message.
+        Err(err) => panic!("cannot start the tokio runtime: {err}"),
+    });
+    system
+        .block_on(worker::run(&settings, worker::shutdown_signal()))
+        .map_err(|err| err.to_string())
+}
+
+fn migrate(args: MigrateArgs) -> Result<(), String> {
+    let rt = runtime().map_err(|err| err.to_string())?;
+    rt.block_on(async {
+        let store = Store::connect(
+            &args.database_url,
+            StoreSettings {
+                max_connections: 2,
+                batch_max: 1,
+            },
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+        worker::migrate(&store, true)
+            .await
+            .map_err(|err| err.to_string())?;
+        eprintln!("migrations applied");
+        Ok(())
+    })
+}
+
+fn demo(args: DemoArgs) -> Result<(), String> {
+    let system = actix_rt::System::with_tokio_rt(|| match runtime() {
+        Ok(rt) => rt,
+        Err(err) => panic!("cannot start the tokio runtime: {err}"),
+    });
+    system
+        .block_on(crate::demo::run(args))
+        .map_err(|err| err.to_string())
+}
+
+fn render(args: RenderArgs) -> Result<(), String> {
+    let intent: Intent = match (&args.intent, args.endpoint_id) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+            serde_json::from_str(&text)
+                .map_err(|err| format!("{} is not an intent file: {err}", path.display()))?
+        }
+        (None, Some(id)) => {
+            let url = args
+                .database_url
+                .as_deref()
+                .ok_or("--endpoint-id needs DATABASE_URL (or --database-url)")?;
+            let rt = runtime().map_err(|err| err.to_string())?;
+            rt.block_on(async {
+                let store = Store::connect(
+                    url,
+                    StoreSettings {
+                        max_connections: 2,
+                        batch_max: 1,
+                    },
+                )
+                .await
+                .map_err(|err| err.to_string())?;
+                match store.load(id).await.map_err(|err| err.to_string())? {
+                    Some(record) => Ok(record.intent()),
+                    None => Err(format!("endpoint {id} not found")),
+                }
+            })?
+        }
+        (None, None) => return Err("give --intent FILE or --endpoint-id ID".into()),
+    };
+    let options = args.kserve.render_options();
+    let manifest =
+        kserve::render(&intent, &options).map_err(|err| format!("invalid intent: {err}"))?;
+    let text = match args.output {
+        Output::Json => serde_json::to_string_pretty(&manifest).map_err(|err| err.to_string())?,
+        Output::Yaml => serde_yaml::to_string(&manifest).map_err(|err| err.to_string())?,
+    };
+    println!("{text}");
+    Ok(())
+}

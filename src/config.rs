@@ -1,0 +1,188 @@
+//! Settings: every one is a CLI flag and an environment variable, with a default that needs
+//! no editing. The platform contract's variables keep the seed's names and defaults
+//! (`DEPLOY_MODE`, `DATABASE_URL`, `NATS_URL`, `KSERVE_NAMESPACE`, `KSERVE_NAME_PREFIX`,
+//! `DEPLOY_TIMEOUT_SECONDS`); the rest are the worker's own.
+
+use std::time::Duration;
+
+use clap::{ArgAction, Args, ValueEnum};
+
+use crate::admission::Caps;
+use crate::delivery::Backoff;
+use crate::events::ConsumerSettings;
+use crate::kserve::{ModeNames, RenderOptions};
+use crate::store::StoreSettings;
+
+/// Where InferenceServices go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeployMode {
+    /// No cluster: Ready after `SIMULATE_DELAY_MS` at `http://<name>.example.local`.
+    Simulate,
+    /// A real cluster through the Kubernetes API (in-cluster credentials or a kubeconfig).
+    K8s,
+}
+
+/// Which deployment-mode names the `serving.kserve.io/deploymentMode` annotation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeNamesArg {
+    /// `Knative` / `Standard` (current KServe).
+    Current,
+    /// `Serverless` / `RawDeployment` (KServe releases before the rename).
+    Legacy,
+}
+
+/// Settings that shape every rendered InferenceService (shared by `run` and `render`).
+#[derive(Debug, Clone, Args)]
+pub struct KserveArgs {
+    /// Namespace of the InferenceServices.
+    #[arg(long, env = "KSERVE_NAMESPACE", default_value = "mlops-serving")]
+    pub kserve_namespace: String,
+
+    /// Prefix of InferenceService names (`<prefix>-<16 hex>`).
+    #[arg(long, env = "KSERVE_NAME_PREFIX", default_value = "isvc")]
+    pub kserve_name_prefix: String,
+
+    /// Add `serving.kserve.io/enable-prometheus-scraping: "true"` unless an endpoint says otherwise.
+    #[arg(long, env = "KSERVE_PROMETHEUS_SCRAPING", default_value_t = true, action = ArgAction::Set)]
+    pub kserve_prometheus_scraping: bool,
+
+    /// Deployment-mode names written in manifests.
+    #[arg(long, env = "KSERVE_DEPLOYMENT_MODE_NAMES", value_enum, default_value_t = ModeNamesArg::Current)]
+    pub kserve_deployment_mode_names: ModeNamesArg,
+}
+
+impl KserveArgs {
+    /// Manifest rendering options.
+    pub fn render_options(&self) -> RenderOptions {
+        RenderOptions {
+            namespace: self.kserve_namespace.clone(),
+            name_prefix: self.kserve_name_prefix.clone(),
+            prometheus_scraping: self.kserve_prometheus_scraping,
+            mode_names: match self.kserve_deployment_mode_names {
+                ModeNamesArg::Current => ModeNames::Current,
+                ModeNamesArg::Legacy => ModeNames::Legacy,
+            },
+        }
+    }
+}
+
+/// The worker's settings.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// `simulate` (no cluster) or `k8s`.
+    #[arg(long, env = "DEPLOY_MODE", value_enum, default_value_t = DeployMode::Simulate)]
+    pub deploy_mode: DeployMode,
+
+    /// Postgres URL, e.g. postgres://user:pass@host:5432/mlops.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// NATS URL, e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<String>,
+
+    /// How manifests are rendered.
+    #[command(flatten)]
+    pub kserve: KserveArgs,
+
+    /// How long a deploy may take to become Ready before it ends in ERROR.
+    #[arg(long, env = "DEPLOY_TIMEOUT_SECONDS", default_value_t = 600)]
+    pub deploy_timeout_seconds: u64,
+
+    /// Simulate mode: time an endpoint takes to become Ready.
+    #[arg(long, env = "SIMULATE_DELAY_MS", default_value_t = 0)]
+    pub simulate_delay_ms: u64,
+
+    /// Deploys in flight at once, all tenants together.
+    #[arg(long, env = "DEPLOY_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// Deploys in flight at once for one tenant.
+    #[arg(long, env = "DEPLOY_MAX_IN_FLIGHT_PER_TENANT", default_value_t = 256)]
+    pub max_in_flight_per_tenant: usize,
+
+    /// An endpoint actor with nothing to do stops after this long.
+    #[arg(long, env = "ENDPOINT_IDLE_SECONDS", default_value_t = 30)]
+    pub endpoint_idle_seconds: u64,
+
+    /// Ack wait of the consumers the worker creates (progress acks keep long deploys alive).
+    #[arg(long, env = "NATS_ACK_WAIT_SECONDS", default_value_t = 30)]
+    pub nats_ack_wait_seconds: u64,
+
+    /// Max unacked messages per consumer the worker creates (bounds memory).
+    #[arg(long, env = "NATS_MAX_ACK_PENDING", default_value_t = 20_000)]
+    pub nats_max_ack_pending: i64,
+
+    /// First delay before a message handed back after a transient failure is redelivered.
+    #[arg(long, env = "RETRY_BASE_MS", default_value_t = 500)]
+    pub retry_base_ms: u64,
+
+    /// Longest such delay (it doubles per delivery up to this).
+    #[arg(long, env = "RETRY_MAX_MS", default_value_t = 30_000)]
+    pub retry_max_ms: u64,
+
+    /// Postgres connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// Most writes in one group commit (and ids in one batched read).
+    #[arg(long, env = "DATABASE_BATCH_MAX", default_value_t = 1024)]
+    pub database_batch_max: usize,
+
+    /// Apply pending migrations at start-up (else refuse to start when some are pending).
+    #[arg(long, env = "DATABASE_MIGRATE", default_value_t = true, action = ArgAction::Set)]
+    pub database_migrate: bool,
+
+    /// On SIGTERM, how long running deploys may finish before they are handed back.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Settings {
+    /// Settings from the environment and defaults only (no command line), e.g. for tests.
+    pub fn from_env() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        <Only as clap::Parser>::parse_from(["deploy-worker"]).settings
+    }
+
+    /// Admission caps.
+    pub fn caps(&self) -> Caps {
+        Caps {
+            global: self.max_in_flight,
+            per_tenant: self.max_in_flight_per_tenant,
+        }
+    }
+
+    /// Hand-back delays.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: Duration::from_millis(self.retry_base_ms.max(1)),
+            max: Duration::from_millis(self.retry_max_ms.max(self.retry_base_ms).max(1)),
+        }
+    }
+
+    /// Consumer settings.
+    pub fn consumer_settings(&self) -> ConsumerSettings {
+        ConsumerSettings {
+            ack_wait: self.ack_wait(),
+            max_ack_pending: self.nats_max_ack_pending,
+        }
+    }
+
+    /// Consumer ack wait.
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.nats_ack_wait_seconds.max(1))
+    }
+
+    /// Pool and batch settings.
+    pub fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            max_connections: self.database_max_connections.max(2),
+            batch_max: self.database_batch_max.max(1),
+        }
+    }
+}

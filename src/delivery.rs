@@ -1,0 +1,186 @@
+//! A delivered event and what the worker can answer JetStream about it.
+//!
+//! A [`Delivery`] is one JetStream message on its way through the worker (or a synthetic one
+//! made at start-up to resume an endpoint left `DEPLOYING`). Whoever holds it answers exactly
+//! once, through one of:
+//!
+//! - `ack`: the outcome is committed in Postgres;
+//! - `term`: refused for good (bad payload, unknown endpoint, invalid intent…) and recorded;
+//! - [`Delivery::hand_back`]: a transient failure — `nak` with a delay from [`Backoff`], so
+//!   JetStream redelivers it later, to this replica or another;
+//! - [`Delivery::progress`]: not an answer but "still working" (`+WPI`), sent while a long
+//!   deploy outlives the consumer's ack wait.
+//!
+//! If the answer itself cannot be sent (NATS is down), JetStream redelivers after the ack wait
+//! and the next pass finds the outcome already recorded: every pass is idempotent.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::events::{EventKind, ServingEvent};
+
+/// One event for one endpoint.
+#[derive(Debug)]
+pub struct Delivery {
+    /// What it asks for.
+    pub kind: EventKind,
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// The decoded payload; `None` for a start-up resume.
+    pub event: Option<ServingEvent>,
+    /// The JetStream message to answer; `None` for a start-up resume.
+    pub message: Option<jetstream::Message>,
+    /// When the publisher's message reached the stream.
+    pub published_at: Option<DateTime<Utc>>,
+    /// When this worker received it.
+    pub received_at: Instant,
+}
+
+/// Delays for handing messages back after transient failures.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Delay after the first failed delivery.
+    pub base: Duration,
+    /// Upper bound of the delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Exponential delay for the `delivered`-th attempt (1-based), capped at `max`.
+    pub fn delay(&self, delivered: i64) -> Duration {
+        let exponent = u32::try_from(delivered.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        self.base.saturating_mul(1 << exponent).min(self.max)
+    }
+}
+
+impl Delivery {
+    /// A synthetic deploy delivery that resumes an endpoint found `DEPLOYING` at start-up.
+    pub fn resume(endpoint_id: Uuid) -> Self {
+        Self {
+            kind: EventKind::Deploy,
+            endpoint_id,
+            event: None,
+            message: None,
+            published_at: None,
+            received_at: Instant::now(),
+        }
+    }
+
+    /// Subject the message arrived on (`resume` for synthetic deliveries).
+    pub fn subject(&self) -> &str {
+        self.message
+            .as_ref()
+            .map_or("resume", |m| m.subject.as_str())
+    }
+
+    /// The stream sequence, when known.
+    pub fn stream_sequence(&self) -> Option<u64> {
+        self.message
+            .as_ref()
+            .and_then(|m| m.info().ok())
+            .map(|info| info.stream_sequence)
+    }
+
+    /// How many times JetStream has delivered this message (1 for the first delivery).
+    pub fn delivered(&self) -> i64 {
+        self.message
+            .as_ref()
+            .and_then(|m| m.info().ok())
+            .map_or(1, |info| info.delivered)
+    }
+
+    /// Raw payload (empty for synthetic deliveries).
+    pub fn payload(&self) -> &[u8] {
+        self.message.as_ref().map_or(&[][..], |m| &m.payload[..])
+    }
+
+    /// Sends `kind` for this message; a failure is logged (JetStream will redeliver).
+    pub async fn answer(&self, kind: AckKind) {
+        let Some(message) = &self.message else {
+            return;
+        };
+        let what = ack_name(&kind);
+        if let Err(err) = message.ack_with(kind).await {
+            tracing::warn!(endpoint_id = %self.endpoint_id, error = %err, answer = what,
+                "could not answer JetStream; the message will be redelivered after the ack wait");
+        }
+    }
+
+    /// Hands the message back for a later retry, delayed by `backoff`.
+    pub async fn hand_back(&self, backoff: &Backoff) {
+        self.answer(AckKind::Nak(Some(backoff.delay(self.delivered()))))
+            .await;
+    }
+
+    /// Tells JetStream the message is still being worked on.
+    pub async fn progress(&self) {
+        self.answer(AckKind::Progress).await;
+    }
+}
+
+fn ack_name(kind: &AckKind) -> &'static str {
+    match kind {
+        AckKind::Ack => "ack",
+        AckKind::Nak(_) => "nak",
+        AckKind::Progress => "progress",
+        AckKind::Next => "next",
+        AckKind::Term => "term",
+    }
+}
+
+/// Answers every delivery in `batch` with the same kind.
+pub async fn answer_all(batch: &[Delivery], kind: AckKind) {
+    for delivery in batch {
+        delivery.answer(kind).await;
+    }
+}
+
+/// Hands every delivery in `batch` back.
+pub async fn hand_back_all(batch: &[Delivery], backoff: &Backoff) {
+    for delivery in batch {
+        delivery.hand_back(backoff).await;
+    }
+}
+
+/// Runs `work` while sending progress acks for `batch` every `every`, so JetStream does not
+/// redeliver messages whose deploy outlives the ack wait.
+pub async fn keep_alive<F: std::future::Future>(
+    batch: &[Delivery],
+    every: Duration,
+    work: F,
+) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = ticker.tick() => {
+                for delivery in batch {
+                    delivery.progress().await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let backoff = Backoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        };
+        assert_eq!(backoff.delay(1), Duration::from_millis(500));
+        assert_eq!(backoff.delay(2), Duration::from_secs(1));
+        assert_eq!(backoff.delay(4), Duration::from_secs(4));
+        assert_eq!(backoff.delay(8), Duration::from_secs(30));
+        assert_eq!(backoff.delay(i64::MAX), Duration::from_secs(30));
+        assert_eq!(backoff.delay(0), Duration::from_millis(500));
+    }
+}

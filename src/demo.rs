@@ -1,0 +1,311 @@
+//! `deploy-worker demo`: the worker's main job end to end on one machine, in one command.
+//!
+//! With no `DATABASE_URL`/`NATS_URL` it starts throw-away Postgres and `nats-server -js`
+//! ([`crate::sandbox`]); with them it uses those servers (and leaves its demo rows there). It
+//! migrates, creates a few hundred endpoints across several tenants with a mix of serving
+//! intents (sklearn on CPU, Triton on GPU with batching, a Knative canary, KEDA in standard
+//! mode), publishes their deploy events, runs the worker in simulate mode with a progress bar,
+//! and prints events/s, event-to-READY percentiles and the outcome per tenant.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::config::{DeployMode, Settings};
+use crate::events::EventKind;
+use crate::platform::{self, EventFields, NewEndpoint, NewModelVersion};
+use crate::sandbox::{LocalNats, LocalPostgres, SandboxError};
+use crate::worker::{Worker, WorkerError};
+
+/// Options of `deploy-worker demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Endpoints to create and deploy.
+    #[arg(long, env = "DEMO_ENDPOINTS", default_value_t = 300)]
+    pub endpoints: usize,
+    /// Tenants they are spread across.
+    #[arg(long, env = "DEMO_TENANTS", default_value_t = 5)]
+    pub tenants: usize,
+    /// Give up waiting for the outcomes after this long.
+    #[arg(long, env = "DEMO_TIMEOUT_SECONDS", default_value_t = 120)]
+    pub timeout_seconds: u64,
+    /// The worker's settings (simulate mode is always used).
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A throw-away server could not start.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The worker could not start.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// Seeding or reading results failed.
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    /// Publishing failed.
+    #[error("publishing events: {0}")]
+    Publish(String),
+    /// Not every endpoint reached READY.
+    #[error("{0}")]
+    Incomplete(String),
+}
+
+/// One kind of serving intent the demo deploys.
+struct DemoIntent {
+    artifact: &'static str,
+    runtime: &'static str,
+    runtime_config: serde_json::Value,
+    traffic: Option<serde_json::Value>,
+    autoscaling: Option<serde_json::Value>,
+}
+
+/// The mix the demo cycles through: the shapes the platform's users deploy.
+fn intents() -> Vec<DemoIntent> {
+    vec![
+        DemoIntent {
+            artifact: "gs://demo-models/fraud/sklearn",
+            runtime: "kserve",
+            runtime_config: json!({}),
+            traffic: None,
+            autoscaling: Some(json!({"minReplicas": 1, "maxReplicas": 3})),
+        },
+        DemoIntent {
+            artifact: "s3://demo-models/resnet/triton",
+            runtime: "kserve-triton",
+            runtime_config: json!({
+                "modelFormat": "triton", "protocolVersion": "v2", "runtimeVersion": "24.08-py3",
+                "gpu": true,
+                "resources": {"requests": {"cpu": "500m", "memory": "2Gi"},
+                              "limits": {"cpu": "2", "memory": "4Gi"}},
+                "batcher": {"maxBatchSize": 32, "maxLatency": 500}
+            }),
+            traffic: None,
+            autoscaling: None,
+        },
+        DemoIntent {
+            artifact: "gs://demo-models/churn/xgboost",
+            runtime: "kserve",
+            runtime_config: json!({"modelFormat": "xgboost", "deploymentMode": "Knative"}),
+            traffic: Some(json!({"canaryTrafficPercent": 10})),
+            autoscaling: None,
+        },
+        DemoIntent {
+            artifact: "gs://demo-models/ranker/lightgbm",
+            runtime: "kserve",
+            runtime_config: json!({"modelFormat": "lightgbm", "deploymentMode": "Standard"}),
+            traffic: None,
+            autoscaling: Some(json!({"minReplicas": 1, "maxReplicas": 5, "keda": true})),
+        },
+    ]
+}
+
+#[derive(Debug, FromQueryResult)]
+struct TenantOutcome {
+    tenant_id: Uuid,
+    status: String,
+    endpoints: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct Latency {
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    first_published: Option<chrono::DateTime<chrono::Utc>>,
+    last_finished: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Runs the demo (inside an actix `System`).
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    let mut settings = args.settings.clone();
+    if settings.deploy_mode != DeployMode::Simulate {
+        println!(
+            "demo: using simulate mode (DEPLOY_MODE={:?} ignored)",
+            settings.deploy_mode
+        );
+        settings.deploy_mode = DeployMode::Simulate;
+    }
+    let _postgres = match settings.database_url {
+        Some(_) => None,
+        None => {
+            println!("demo: starting a throw-away Postgres …");
+            let pg = LocalPostgres::start()?;
+            settings.database_url = Some(pg.url());
+            Some(pg)
+        }
+    };
+    let _nats = match settings.nats_url {
+        Some(_) => None,
+        None => {
+            println!("demo: starting a throw-away nats-server -js …");
+            let nats = LocalNats::start()?;
+            settings.nats_url = Some(nats.url());
+            Some(nats)
+        }
+    };
+
+    let worker = Worker::start(&settings).await?;
+    let db = worker.store().db().clone();
+
+    // Seed: per tenant one project and one model version per intent kind.
+    let tenants: Vec<(Uuid, Uuid)> = (0..args.tenants.max(1))
+        .map(|_| (Uuid::new_v4(), Uuid::new_v4()))
+        .collect();
+    let intents = intents();
+    let mut versions = Vec::new();
+    for &(tenant_id, project_id) in &tenants {
+        let mut per_kind = Vec::new();
+        for (i, intent) in intents.iter().enumerate() {
+            per_kind.push(
+                platform::create_model_version(
+                    &db,
+                    &NewModelVersion {
+                        tenant_id,
+                        project_id,
+                        model_name: format!("demo-model-{i}"),
+                        version: 1,
+                        artifact_uri: Some(intent.artifact.to_owned()),
+                    },
+                )
+                .await?,
+            );
+        }
+        versions.push(per_kind);
+    }
+    let new: Vec<NewEndpoint> = (0..args.endpoints)
+        .map(|i| {
+            let t = i % tenants.len();
+            let k = (i / tenants.len()) % intents.len();
+            let intent = &intents[k];
+            NewEndpoint {
+                tenant_id: tenants[t].0,
+                project_id: tenants[t].1,
+                name: format!("demo-endpoint-{i}"),
+                runtime: intent.runtime.to_owned(),
+                model: Some(versions[t][k]),
+                traffic: intent.traffic.clone(),
+                autoscaling: intent.autoscaling.clone(),
+                runtime_config: Some(intent.runtime_config.clone()),
+            }
+        })
+        .collect();
+    let ids = platform::create_endpoints(&db, &new).await?;
+    println!(
+        "demo: {} endpoints across {} tenants; publishing their deploy events",
+        ids.len(),
+        tenants.len()
+    );
+
+    let client = async_nats::connect(settings.nats_url.as_deref().unwrap_or_default())
+        .await
+        .map_err(|err| DemoError::Publish(err.to_string()))?;
+    let js = async_nats::jetstream::new(client);
+    let started = Instant::now();
+    for (id, endpoint) in ids.iter().zip(&new) {
+        let fields = EventFields {
+            tenant_id: endpoint.tenant_id,
+            project_id: endpoint.project_id,
+            endpoint_id: *id,
+            name: &endpoint.name,
+            model: endpoint.model,
+        };
+        platform::publish(&js, EventKind::Deploy, &fields, &format!("demo-{id}-1"))
+            .await
+            .map_err(|err| DemoError::Publish(err.to_string()))?;
+    }
+
+    let tenant_list = tenants
+        .iter()
+        .map(|(t, _)| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let bar = ProgressBar::new(ids.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} endpoints settled {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let deadline = started + Duration::from_secs(args.timeout_seconds);
+    let settled_sql = format!(
+        "SELECT count(*) AS n FROM endpoints WHERE tenant_id IN ({tenant_list}) AND status IN ('READY', 'ERROR')"
+    );
+    loop {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                settled_sql.clone(),
+            ))
+            .await?;
+        let settled: i64 = row.map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
+        bar.set_position(settled.max(0) as u64);
+        if settled as usize >= ids.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bar.finish();
+
+    let outcomes = TenantOutcome::find_by_statement(Statement::from_string(
+        DbBackend::Postgres,
+        format!(
+            "SELECT tenant_id, status, count(*) AS endpoints FROM endpoints \
+             WHERE tenant_id IN ({tenant_list}) GROUP BY tenant_id, status ORDER BY tenant_id, status"
+        ),
+    ))
+    .all(&db)
+    .await?;
+    let latency = Latency::find_by_statement(Statement::from_string(
+        DbBackend::Postgres,
+        format!(
+            "SELECT \
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - event_published_at) * 1000) AS p50_ms, \
+               percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - event_published_at) * 1000) AS p99_ms, \
+               min(event_published_at) AS first_published, max(finished_at) AS last_finished \
+             FROM deployment_history WHERE tenant_id IN ({tenant_list}) AND outcome = 'ready'"
+        ),
+    ))
+    .one(&db)
+    .await?;
+    worker.shutdown().await?;
+
+    println!("\nSummary");
+    let ready: i64 = outcomes
+        .iter()
+        .filter(|o| o.status == "READY")
+        .map(|o| o.endpoints)
+        .sum();
+    if let Some(l) = &latency {
+        if let (Some(first), Some(last)) = (l.first_published, l.last_finished) {
+            let secs = (last - first).num_milliseconds().max(1) as f64 / 1000.0;
+            println!(
+                "  throughput        {:.0} events/s ({ready} endpoints READY in {secs:.2} s)",
+                ready as f64 / secs
+            );
+        }
+        println!(
+            "  event-to-READY    p50 {:.1} ms, p99 {:.1} ms",
+            l.p50_ms.unwrap_or_default(),
+            l.p99_ms.unwrap_or_default()
+        );
+    }
+    println!("  outcomes per tenant:");
+    for o in &outcomes {
+        println!("    {}  {:<9} {}", o.tenant_id, o.status, o.endpoints);
+    }
+    if ready as usize == ids.len() {
+        Ok(())
+    } else {
+        Err(DemoError::Incomplete(format!(
+            "only {ready} of {} endpoints reached READY",
+            ids.len()
+        )))
+    }
+}

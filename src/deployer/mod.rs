@@ -1,0 +1,91 @@
+//! Deployers: where an InferenceService is made real.
+//!
+//! The endpoint actor decides *what* should exist; a [`Deployer`] makes it so and reports how
+//! it went. Two implementations share one interface:
+//!
+//! - [`simulate`]: no cluster; after a configurable delay the endpoint is Ready at
+//!   `http://<name>.example.local` (local development, the demo, load tests);
+//! - `kubernetes`: server-side apply through the `kube` client, then a watch until KServe
+//!   reports this generation Ready (k8s mode).
+//!
+//! The split between outcomes and errors matters for delivery: a [`DeployOutcome`] is final
+//! and is written to Postgres (the message is then acked or terminated), while a
+//! [`DeployError`] is transient and the message is handed back to JetStream to retry later.
+
+pub mod simulate;
+
+use uuid::Uuid;
+
+use crate::kserve::InferenceService;
+
+/// The final result of a deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeployOutcome {
+    /// Ready at this generation, serving at `url`.
+    Ready {
+        /// Where the endpoint serves.
+        url: String,
+    },
+    /// Failed for good; `reason` says why in words a person can act on.
+    Failed {
+        /// What went wrong and what to do.
+        reason: String,
+    },
+}
+
+/// The final result of a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The InferenceService is gone (or never existed).
+    Deleted,
+    /// Refused for good (for example the object belongs to another endpoint).
+    Failed {
+        /// What went wrong and what to do.
+        reason: String,
+    },
+}
+
+/// A transient failure: retry later.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct DeployError(pub String);
+
+/// What a deploy is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct DeployRequest<'a> {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// Its spec generation.
+    pub generation: i64,
+    /// The manifest to apply.
+    pub manifest: &'a InferenceService,
+    /// The InferenceService name.
+    pub name: &'a str,
+}
+
+/// The deployer the worker runs with.
+#[derive(Clone)]
+pub enum Deployer {
+    /// No cluster (DEPLOY_MODE=simulate).
+    Simulate(simulate::SimulateDeployer),
+}
+
+impl Deployer {
+    /// Converges the cluster to `request` and waits for the outcome.
+    pub async fn deploy(&self, request: DeployRequest<'_>) -> Result<DeployOutcome, DeployError> {
+        match self {
+            Self::Simulate(d) => d.deploy(request).await,
+        }
+    }
+
+    /// Removes the endpoint's InferenceService and waits until it is gone.
+    pub async fn delete(
+        &self,
+        endpoint_id: Uuid,
+        name: &str,
+    ) -> Result<DeleteOutcome, DeployError> {
+        match self {
+            Self::Simulate(d) => d.delete(endpoint_id, name).await,
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The endpoint actor: one per endpoint with work, serializing everything that happens to it.
+//!
+//! The supervisor routes every delivery for endpoint X to X's actor. The actor runs at most one
+//! [pass](crate::pass) at a time, so a canary rollout and a rollback of the same endpoint can
+//! never interleave, while actors of different endpoints run concurrently (a 10-minute deploy
+//! of one endpoint delays no other). Deliveries arriving during a pass wait in `pending` and are
+//! all covered by the next pass: they coalesce into one deploy of the latest intent.
+//!
+//! Lifecycle, kept leak-free without locks:
+//! - after `idle_after` with nothing to do the actor tells the supervisor how many deliveries it
+//!   has handled ([`Idle`]); the supervisor, the only one routing to it, stops it only if that
+//!   equals what it routed — so a delivery can never be sent to a stopping actor;
+//! - on [`Drain`] (shutdown) it hands queued deliveries back to JetStream, lets the running pass
+//!   finish (or be aborted at the end of the grace period) and stops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use uuid::Uuid;
+
+use crate::delivery::{Delivery, hand_back_all};
+use crate::pass::{self, PassContext};
+
+/// A delivery for this actor's endpoint.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Delivery);
+
+/// Shutdown: hand queued deliveries back, finish the running pass, stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// Sent by the supervisor once it has forgotten this actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// Told to the supervisor when the actor has been idle for a while.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Idle {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// Deliveries the actor has received so far.
+    pub handled: u64,
+}
+
+/// Told to the supervisor when the actor has stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stopped {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+}
+
+/// Where the actor reports [`Idle`] and [`Stopped`].
+#[derive(Clone)]
+pub struct Reports {
+    /// Idle reports.
+    pub idle: Recipient<Idle>,
+    /// Stop reports.
+    pub stopped: Recipient<Stopped>,
+}
+
+/// The actor of one endpoint.
+pub struct EndpointActor {
+    endpoint_id: Uuid,
+    ctx: Arc<PassContext>,
+    reports: Reports,
+    idle_after: Duration,
+    pending: Vec<Delivery>,
+    busy: bool,
+    draining: bool,
+    /// Hand-backs still being sent; the actor must not stop before they are (a stopping
+    /// actix context drops its futures).
+    answering: usize,
+    handled: u64,
+    idle_timer: Option<SpawnHandle>,
+}
+
+impl EndpointActor {
+    /// An actor for `endpoint_id`.
+    pub fn new(
+        endpoint_id: Uuid,
+        ctx: Arc<PassContext>,
+        reports: Reports,
+        idle_after: Duration,
+    ) -> Self {
+        Self {
+            endpoint_id,
+            ctx,
+            reports,
+            idle_after,
+            pending: Vec::new(),
+            busy: false,
+            draining: false,
+            answering: 0,
+            handled: 0,
+            idle_timer: None,
+        }
+    }
+
+    fn start_pass(&mut self, ctx: &mut Context<Self>) {
+        self.busy = true;
+        let batch = std::mem::take(&mut self.pending);
+        let work = pass::run(self.ctx.clone(), self.endpoint_id, batch);
+        ctx.spawn(work.into_actor(self).map(|_result, act, ctx| {
+            act.busy = false;
+            if act.draining {
+                act.stop_when_settled(ctx);
+            } else if !act.pending.is_empty() {
+                act.start_pass(ctx);
+            } else {
+                act.arm_idle_timer(ctx);
+            }
+        }));
+    }
+
+    /// Hands `deliveries` back to JetStream, then stops if draining and nothing else runs.
+    fn hand_back(&mut self, deliveries: Vec<Delivery>, ctx: &mut Context<Self>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        self.answering += 1;
+        let backoff = self.ctx.backoff;
+        let work = async move { hand_back_all(&deliveries, &backoff).await };
+        ctx.spawn(work.into_actor(self).map(|(), act, ctx| {
+            act.answering -= 1;
+            if act.draining {
+                act.stop_when_settled(ctx);
+            }
+        }));
+    }
+
+    fn stop_when_settled(&mut self, ctx: &mut Context<Self>) {
+        if !self.busy && self.answering == 0 {
+            ctx.stop();
+        }
+    }
+
+    fn arm_idle_timer(&mut self, ctx: &mut Context<Self>) {
+        let handle = ctx.run_later(self.idle_after, |act, _ctx| {
+            act.idle_timer = None;
+            if !act.busy && act.pending.is_empty() {
+                act.reports.idle.do_send(Idle {
+                    endpoint_id: act.endpoint_id,
+                    handled: act.handled,
+                });
+            }
+        });
+        self.idle_timer = Some(handle);
+    }
+}
+
+impl Actor for EndpointActor {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.reports.stopped.do_send(Stopped {
+            endpoint_id: self.endpoint_id,
+        });
+    }
+}
+
+impl Handler<Deliver> for EndpointActor {
+    type Result = ();
+
+    fn handle(&mut self, Deliver(delivery): Deliver, ctx: &mut Self::Context) {
+        self.handled += 1;
+        if self.draining {
+            self.hand_back(vec![delivery], ctx);
+            return;
+        }
+        self.pending.push(delivery);
+        if let Some(timer) = self.idle_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if !self.busy {
+            self.start_pass(ctx);
+        }
+    }
+}
+
+impl Handler<Drain> for EndpointActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
+        self.draining = true;
+        let queued = std::mem::take(&mut self.pending);
+        self.hand_back(queued, ctx);
+        self.stop_when_settled(ctx);
+    }
+}
+
+impl Handler<Stop> for EndpointActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

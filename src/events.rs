@@ -1,0 +1,280 @@
+//! JetStream contract: the stream, the two durable consumers and the event payload.
+//!
+//! The platform's API services publish to stream `MLOPS_SERVING` (subjects `mlops.serving.*`,
+//! work-queue retention). The worker creates the stream with exactly those settings when it is
+//! missing and never changes an existing one. It binds one durable pull consumer per subject it
+//! acts on, with explicit acks, so several worker replicas can share the work.
+//!
+//! An event only says "look at endpoint X" (DESIGN §3, level-triggered): the payload is decoded
+//! strictly — a JSON object no larger than [`MAX_EVENT_BYTES`], `endpoint_id` a UUID, the other
+//! fields UUIDs or strings when present — and everything else is read from Postgres. Unknown
+//! fields are ignored so the platform can add fields without breaking older workers.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// The platform's serving stream.
+pub const STREAM: &str = "MLOPS_SERVING";
+/// Subjects captured by [`STREAM`].
+pub const STREAM_SUBJECTS: &str = "mlops.serving.*";
+/// Published when an endpoint is created or a serving field changes.
+pub const DEPLOY_SUBJECT: &str = "mlops.serving.deploy_requested";
+/// Published when an endpoint is deleted (its row soft-deleted by the API).
+pub const DELETE_SUBJECT: &str = "mlops.serving.delete_requested";
+/// Durable consumer for [`DEPLOY_SUBJECT`].
+pub const DEPLOY_CONSUMER: &str = "deploy-worker";
+/// Durable consumer for [`DELETE_SUBJECT`].
+pub const DELETE_CONSUMER: &str = "deploy-worker-delete";
+/// Largest payload the worker decodes; real events are a few hundred bytes.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// What an event asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Converge the endpoint's InferenceService to its current intent.
+    Deploy,
+    /// Remove the endpoint's InferenceService.
+    Delete,
+}
+
+impl EventKind {
+    /// The kind of event a subject carries, if the worker consumes that subject.
+    pub fn from_subject(subject: &str) -> Option<Self> {
+        match subject {
+            DEPLOY_SUBJECT => Some(Self::Deploy),
+            DELETE_SUBJECT => Some(Self::Delete),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name used in history rows, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deploy => "deploy",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// The payload of a serving event, as the platform publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ServingEvent {
+    /// The endpoint to look at; the only field the worker needs.
+    pub endpoint_id: Uuid,
+    /// Tenant of the endpoint; must match the row when present.
+    #[serde(default)]
+    pub tenant_id: Option<Uuid>,
+    /// Project of the endpoint; must match the row when present.
+    #[serde(default)]
+    pub project_id: Option<Uuid>,
+    /// Endpoint name (informational).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Model id (informational).
+    #[serde(default)]
+    pub model_id: Option<Uuid>,
+    /// Model version id (informational: the worker reads the current one from the row).
+    #[serde(default)]
+    pub model_version_id: Option<Uuid>,
+}
+
+/// Why a payload was refused. Refused messages are terminated and recorded, never retried.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The payload exceeds [`MAX_EVENT_BYTES`].
+    #[error(
+        "payload is {size} bytes, more than the {MAX_EVENT_BYTES}-byte limit for serving events"
+    )]
+    TooLarge {
+        /// Size of the refused payload.
+        size: usize,
+    },
+    /// The payload is not the JSON object the platform publishes.
+    #[error(
+        "payload is not a valid serving event: {0}; publish a JSON object with a UUID `endpoint_id`"
+    )]
+    Invalid(String),
+}
+
+impl ServingEvent {
+    /// Decodes a payload strictly (see the module docs).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        if payload.len() > MAX_EVENT_BYTES {
+            return Err(DecodeError::TooLarge {
+                size: payload.len(),
+            });
+        }
+        serde_json::from_slice(payload).map_err(|err| DecodeError::Invalid(err.to_string()))
+    }
+}
+
+/// Errors while binding the stream and consumers.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The stream could not be read or created.
+    #[error(
+        "cannot get or create JetStream stream {STREAM}: {0}; check NATS_URL and that JetStream is enabled (nats-server -js)"
+    )]
+    Stream(#[source] jetstream::context::CreateStreamError),
+    /// A consumer could not be read or created.
+    #[error("cannot bind durable consumer {name} on {STREAM}: {source}")]
+    Consumer {
+        /// The consumer's durable name.
+        name: &'static str,
+        /// What NATS said.
+        #[source]
+        source: jetstream::stream::ConsumerError,
+    },
+    /// An existing consumer filters a different subject than the worker expects.
+    #[error(
+        "durable consumer {name} exists but filters {found:?}, not {expected}; delete it or fix its filter"
+    )]
+    WrongFilter {
+        /// The consumer's durable name.
+        name: &'static str,
+        /// The subject it should filter.
+        expected: &'static str,
+        /// The subject it filters.
+        found: String,
+    },
+}
+
+/// How the worker's consumers are configured when it creates them.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerSettings {
+    /// How long JetStream waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// Cap on delivered-but-unacked messages per consumer (bounds the worker's memory).
+    pub max_ack_pending: i64,
+}
+
+/// The two bound consumers.
+pub struct Consumers {
+    /// Consumer of [`DEPLOY_SUBJECT`].
+    pub deploy: PullConsumer,
+    /// Consumer of [`DELETE_SUBJECT`].
+    pub delete: PullConsumer,
+}
+
+/// The stream configuration the platform uses, for creating it when missing.
+pub fn stream_config() -> stream::Config {
+    stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec![STREAM_SUBJECTS.to_owned()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// Gets or creates the stream, then gets or creates both durable consumers.
+pub async fn bind(
+    js: &jetstream::Context,
+    settings: ConsumerSettings,
+) -> Result<Consumers, BindError> {
+    let stream = js
+        .get_or_create_stream(stream_config())
+        .await
+        .map_err(BindError::Stream)?;
+    let deploy = bind_consumer(&stream, DEPLOY_CONSUMER, DEPLOY_SUBJECT, settings).await?;
+    let delete = bind_consumer(&stream, DELETE_CONSUMER, DELETE_SUBJECT, settings).await?;
+    Ok(Consumers { deploy, delete })
+}
+
+async fn bind_consumer(
+    stream: &jetstream::stream::Stream,
+    name: &'static str,
+    subject: &'static str,
+    settings: ConsumerSettings,
+) -> Result<PullConsumer, BindError> {
+    let config = pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subject: subject.to_owned(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        // Transient failures are nak'ed with a delay and must never run out of deliveries;
+        // permanent ones are terminated explicitly.
+        max_deliver: -1,
+        max_ack_pending: settings.max_ack_pending,
+        ..Default::default()
+    };
+    let mut consumer: PullConsumer = stream
+        .get_or_create_consumer(name, config)
+        .await
+        .map_err(|source| BindError::Consumer { name, source })?;
+    let found = consumer
+        .info()
+        .await
+        .map(|info| info.config.filter_subject.clone())
+        .unwrap_or_default();
+    if found != subject {
+        return Err(BindError::WrongFilter {
+            name,
+            expected: subject,
+            found,
+        });
+    }
+    Ok(consumer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_platform_payload() {
+        let id = Uuid::new_v4();
+        let payload = format!(
+            r#"{{"tenant_id":"{id}","project_id":"{id}","endpoint_id":"{id}","name":"fraud","model_id":null}}"#
+        );
+        let event = ServingEvent::decode(payload.as_bytes()).unwrap();
+        assert_eq!(event.endpoint_id, id);
+        assert_eq!(event.tenant_id, Some(id));
+        assert_eq!(event.model_id, None);
+        assert_eq!(event.model_version_id, None);
+    }
+
+    #[test]
+    fn refuses_bad_payloads_with_a_reason() {
+        for (payload, needle) in [
+            (&b"not json"[..], "expected"),
+            (br#"{"tenant_id":null}"#, "missing field `endpoint_id`"),
+            (br#"{"endpoint_id":"abc"}"#, "UUID"),
+            (br#"{"endpoint_id":42}"#, "invalid type"),
+            (br#"["endpoint_id"]"#, "invalid type"),
+            (
+                br#"{"endpoint_id":"6d0c5e8e-5f0e-4f4e-9d2b-3f1f0c1a2b3c","tenant_id":"x"}"#,
+                "UUID",
+            ),
+        ] {
+            let err = ServingEvent::decode(payload).unwrap_err();
+            assert!(
+                err.to_string().contains(needle),
+                "{err} should mention {needle}"
+            );
+        }
+        let big = vec![b' '; MAX_EVENT_BYTES + 1];
+        assert_eq!(
+            ServingEvent::decode(&big),
+            Err(DecodeError::TooLarge {
+                size: MAX_EVENT_BYTES + 1
+            })
+        );
+    }
+
+    #[test]
+    fn subjects_map_to_kinds() {
+        assert_eq!(
+            EventKind::from_subject(DEPLOY_SUBJECT),
+            Some(EventKind::Deploy)
+        );
+        assert_eq!(
+            EventKind::from_subject(DELETE_SUBJECT),
+            Some(EventKind::Delete)
+        );
+        assert_eq!(EventKind::from_subject("mlops.serving.other"), None);
+    }
+}

@@ -1,0 +1,620 @@
+//! Postgres access: batched intent loads and group-committed outcomes.
+//!
+//! Every endpoint actor reads its intent and writes its outcome through one [`Store`]. Two
+//! background tasks sit behind it:
+//!
+//! - the **loader** gathers the ids requested while the previous query ran and reads them with
+//!   one `SELECT … WHERE id IN (…)`, so a burst of events costs a handful of round trips;
+//! - the **committer** does the same for writes (group commit, DESIGN §3): all status changes,
+//!   history rows and rejected-event records queued while the previous transaction committed
+//!   go into one transaction — one `UPDATE … FROM jsonb_to_recordset(…)`, two multi-row
+//!   `INSERT`s — and every waiter learns the result when it has committed. Actors ack their
+//!   messages only after that, so an acked event always has a durable outcome.
+//!
+//! A failed query or commit is reported to every waiter as [`StoreError`]; the actors hand
+//! their messages back to JetStream with a delay, and the pool reconnects when Postgres is back.
+//!
+//! Status writes are guarded in SQL, which keeps several worker replicas correct without locks:
+//! an outcome for spec generation *g* applies only while the row is still at *g* (a newer intent
+//! wins), and nothing but a delete moves a row out of `DELETED`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use entity::status;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, FromQueryResult,
+    Statement, TransactionTrait,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::intent::Intent;
+
+/// Postgres failed; the operation can be retried.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("database error: {0}; the event is handed back and retried once Postgres answers")]
+pub struct StoreError(String);
+
+impl From<sea_orm::DbErr> for StoreError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self(err.to_string())
+    }
+}
+
+/// Could not open the database.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to Postgres: {0}; check DATABASE_URL")]
+pub struct ConnectError(#[source] sea_orm::DbErr);
+
+/// Tuning for the pool and the batches.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreSettings {
+    /// Pool size.
+    pub max_connections: u32,
+    /// Most requests one load query or one commit takes.
+    pub batch_max: usize,
+}
+
+/// An endpoint row with the artifact of its model version: everything a pass needs.
+#[derive(Debug, Clone, PartialEq, FromQueryResult)]
+pub struct EndpointRecord {
+    /// Endpoint id.
+    pub id: Uuid,
+    /// Owning tenant.
+    pub tenant_id: Uuid,
+    /// Owning project.
+    pub project_id: Uuid,
+    /// Endpoint name.
+    pub name: String,
+    /// Current `endpoints.status`.
+    pub status: String,
+    /// Current `endpoints.url`.
+    pub url: Option<String>,
+    /// Serving runtime.
+    pub runtime: Option<String>,
+    /// Model id.
+    pub model_id: Option<Uuid>,
+    /// Model version id.
+    pub model_version_id: Option<Uuid>,
+    /// Traffic settings.
+    pub traffic: Option<serde_json::Value>,
+    /// Autoscaling settings.
+    pub autoscaling: Option<serde_json::Value>,
+    /// Runtime settings.
+    pub runtime_config: Option<serde_json::Value>,
+    /// Spec generation (bumped by trigger when a serving field changes).
+    pub spec_generation: i64,
+    /// Generation last observed Ready.
+    pub ready_generation: Option<i64>,
+    /// Whether `model_version_id` names a version of this endpoint's own tenant.
+    pub model_version_found: bool,
+    /// That version's `artifact_uri`.
+    pub artifact_uri: Option<String>,
+}
+
+impl EndpointRecord {
+    /// The serving intent this row describes.
+    pub fn intent(&self) -> Intent {
+        Intent {
+            endpoint_id: self.id,
+            tenant_id: self.tenant_id,
+            project_id: self.project_id,
+            name: self.name.clone(),
+            runtime: self.runtime.clone(),
+            model_id: self.model_id,
+            model_version_id: self.model_version_id,
+            // A version of another tenant is treated as missing: never serve its artifact.
+            artifact_uri: if self.model_version_found {
+                self.artifact_uri.clone()
+            } else {
+                None
+            },
+            traffic: self.traffic.clone(),
+            autoscaling: self.autoscaling.clone(),
+            runtime_config: self.runtime_config.clone(),
+            generation: self.spec_generation,
+        }
+    }
+
+    /// True when the intent at the current generation is already served.
+    pub fn is_converged(&self) -> bool {
+        self.status == status::READY && self.ready_generation == Some(self.spec_generation)
+    }
+
+    /// True when the endpoint was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.status == status::DELETED
+    }
+}
+
+/// What to do with `endpoints.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlChange {
+    /// Leave it as it is (a redeploy keeps serving the old revision meanwhile).
+    Keep,
+    /// Set it.
+    Set(String),
+    /// Clear it (deleted).
+    Clear,
+}
+
+/// A change to one endpoint's status, with an optional history row.
+#[derive(Debug, Clone)]
+pub struct StatusWrite {
+    /// Endpoint to update.
+    pub endpoint_id: Uuid,
+    /// New `status`.
+    pub status: &'static str,
+    /// New `url`.
+    pub url: UrlChange,
+    /// New `status_reason` (cleared when `None`).
+    pub reason: Option<String>,
+    /// Apply only while `spec_generation` still equals this (a newer intent wins).
+    pub only_at_generation: Option<i64>,
+    /// Record this generation as observed Ready.
+    pub ready_generation: Option<i64>,
+    /// History row for the pass, written in the same transaction.
+    pub history: Option<HistoryEntry>,
+}
+
+/// One `deployment_history` row.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// Endpoint the pass worked on.
+    pub endpoint_id: Uuid,
+    /// Its tenant.
+    pub tenant_id: Uuid,
+    /// Its project.
+    pub project_id: Uuid,
+    /// Spec generation the pass worked on.
+    pub generation: i64,
+    /// `deploy` or `delete`.
+    pub action: &'static str,
+    /// How the pass ended (see [`outcome`]); the committer may turn it into `superseded`.
+    #[serde(skip)]
+    pub outcome: &'static str,
+    /// Reason for an error or a skip.
+    pub reason: Option<String>,
+    /// InferenceService name.
+    pub isvc_name: String,
+    /// URL served, when Ready.
+    pub url: Option<String>,
+    /// Events the pass covered.
+    pub events: i32,
+    /// Trace id, when traced.
+    pub trace_id: Option<String>,
+    /// Publish time of the oldest covered event.
+    pub event_published_at: Option<DateTime<Utc>>,
+    /// When the pass started.
+    pub started_at: DateTime<Utc>,
+    /// When the pass finished (before the commit).
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Values of `deployment_history.outcome`.
+pub mod outcome {
+    /// The InferenceService is Ready at the pass's generation.
+    pub const READY: &str = "ready";
+    /// The pass ended in `ERROR`.
+    pub const ERROR: &str = "error";
+    /// The InferenceService was removed.
+    pub const DELETED: &str = "deleted";
+    /// Nothing to do: this generation was already Ready.
+    pub const UNCHANGED: &str = "unchanged";
+    /// A newer intent arrived while the pass ran; its own pass records the outcome.
+    pub const SUPERSEDED: &str = "superseded";
+    /// The endpoint was deleted; a deploy request for it does nothing.
+    pub const SKIPPED: &str = "skipped";
+}
+
+/// A message the worker terminated, for `rejected_events`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectedEvent {
+    /// Subject it arrived on.
+    pub subject: String,
+    /// Its stream sequence, when known.
+    pub stream_sequence: Option<i64>,
+    /// The endpoint it named, when it could be decoded.
+    pub endpoint_id: Option<Uuid>,
+    /// Why it was refused.
+    pub reason: String,
+    /// The payload (cut to [`REJECTED_PAYLOAD_MAX`] bytes, lossy UTF-8).
+    pub payload: String,
+}
+
+/// Most bytes of a refused payload kept in `rejected_events`.
+pub const REJECTED_PAYLOAD_MAX: usize = 4096;
+
+impl RejectedEvent {
+    /// Builds a record, cutting the payload to a bounded length.
+    pub fn new(
+        subject: &str,
+        stream_sequence: Option<u64>,
+        endpoint_id: Option<Uuid>,
+        reason: String,
+        payload: &[u8],
+    ) -> Self {
+        let cut = &payload[..payload.len().min(REJECTED_PAYLOAD_MAX)];
+        Self {
+            subject: subject.to_owned(),
+            stream_sequence: stream_sequence.and_then(|s| i64::try_from(s).ok()),
+            endpoint_id,
+            reason,
+            payload: String::from_utf8_lossy(cut).into_owned(),
+        }
+    }
+}
+
+/// A write handed to the committer.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Change an endpoint's status (and record the pass).
+    Status(StatusWrite),
+    /// Record a pass that changed no status.
+    History(HistoryEntry),
+    /// Record a refused message.
+    Rejected(RejectedEvent),
+}
+
+/// What a committed [`Write::Status`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The row was updated.
+    Yes,
+    /// The guard refused it: the row moved to a newer generation, or was deleted.
+    Superseded,
+}
+
+type LoadReply = oneshot::Sender<Result<Option<EndpointRecord>, StoreError>>;
+type WriteReply = oneshot::Sender<Result<Applied, StoreError>>;
+
+/// Handle to the database and its batching tasks; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    loads: mpsc::UnboundedSender<(Uuid, LoadReply)>,
+    writes: mpsc::UnboundedSender<(Write, WriteReply)>,
+}
+
+impl Store {
+    /// Connects and starts the loader and committer tasks on the current tokio runtime.
+    pub async fn connect(url: &str, settings: StoreSettings) -> Result<Self, ConnectError> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(settings.max_connections)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            .sqlx_logging(false);
+        let db = Database::connect(options).await.map_err(ConnectError)?;
+        Ok(Self::start(db, settings.batch_max))
+    }
+
+    fn start(db: DatabaseConnection, batch_max: usize) -> Self {
+        let batch_max = batch_max.max(1);
+        let (loads, load_rx) = mpsc::unbounded_channel();
+        let (writes, write_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_loader(db.clone(), load_rx, batch_max));
+        tokio::spawn(run_committer(db.clone(), write_rx, batch_max));
+        Self { db, loads, writes }
+    }
+
+    /// The underlying connection, for migrations, the demo and tests.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Reads one endpoint (batched with concurrent reads). `None` when there is no such row.
+    pub async fn load(&self, endpoint_id: Uuid) -> Result<Option<EndpointRecord>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.loads
+            .send((endpoint_id, tx))
+            .map_err(|_| StoreError("store is shut down".into()))?;
+        rx.await
+            .map_err(|_| StoreError("store is shut down".into()))?
+    }
+
+    /// Queues a write and waits until the transaction holding it has committed.
+    pub async fn write(&self, write: Write) -> Result<Applied, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send((write, tx))
+            .map_err(|_| StoreError("store is shut down".into()))?;
+        rx.await
+            .map_err(|_| StoreError("store is shut down".into()))?
+    }
+
+    /// Ids of endpoints left `DEPLOYING` (by a crash or a stop), to resume at start-up.
+    pub async fn deploying_endpoints(&self) -> Result<Vec<Uuid>, StoreError> {
+        #[derive(FromQueryResult)]
+        struct Row {
+            id: Uuid,
+        }
+        let rows = Row::find_by_statement(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT id FROM endpoints WHERE status = 'DEPLOYING'",
+        ))
+        .all(&self.db)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
+    }
+
+    /// Cheap liveness probe of the database.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await.map_err(Into::into)
+    }
+}
+
+const LOAD_SQL: &str = r#"
+SELECT e.id, e.tenant_id, e.project_id, e.name::text AS name, e.status, e.url, e.runtime,
+       e.model_id, e.model_version_id, e.traffic, e.autoscaling, e.runtime_config,
+       e.spec_generation, e.ready_generation,
+       (mv.id IS NOT NULL) AS model_version_found, mv.artifact_uri
+FROM endpoints e
+LEFT JOIN model_versions mv ON mv.id = e.model_version_id AND mv.tenant_id = e.tenant_id
+WHERE e.id IN (SELECT value::uuid FROM jsonb_array_elements_text($1::jsonb))"#;
+
+/// Collects what is already queued behind `first`, up to `max`.
+fn drain<T>(first: T, rx: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Vec<T> {
+    let mut batch = Vec::with_capacity(max.min(64));
+    batch.push(first);
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// Concurrent load queries at most (each holds a pool connection).
+const LOAD_CONCURRENCY: usize = 4;
+
+async fn run_loader(
+    db: DatabaseConnection,
+    mut rx: mpsc::UnboundedReceiver<(Uuid, LoadReply)>,
+    batch_max: usize,
+) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(LOAD_CONCURRENCY));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // Take everything that queued while we waited for a slot.
+        let batch = drain(first, &mut rx, batch_max);
+        let db = db.clone();
+        tokio::spawn(async move {
+            let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+            match load_many(&db, &ids).await {
+                Ok(mut found) => {
+                    for (id, reply) in batch {
+                        let _ = reply.send(Ok(found.remove(&id)));
+                    }
+                }
+                Err(err) => {
+                    for (_, reply) in batch {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn load_many(
+    db: &DatabaseConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, EndpointRecord>, StoreError> {
+    let ids = serde_json::to_value(ids).map_err(|err| StoreError(err.to_string()))?;
+    let rows = EndpointRecord::find_by_statement(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        LOAD_SQL,
+        [ids.into()],
+    ))
+    .all(db)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+}
+
+async fn run_committer(
+    db: DatabaseConnection,
+    mut rx: mpsc::UnboundedReceiver<(Write, WriteReply)>,
+    batch_max: usize,
+) {
+    // A write for an endpoint already in the batch waits for the next one: one UPDATE
+    // cannot apply two changes to the same row in order.
+    let mut held: Option<(Write, WriteReply)> = None;
+    loop {
+        let first = match held.take() {
+            Some(item) => item,
+            None => match rx.recv().await {
+                Some(item) => item,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        let mut ids: HashSet<Uuid> = HashSet::new();
+        if let Write::Status(w) = &batch[0].0 {
+            ids.insert(w.endpoint_id);
+        }
+        while batch.len() < batch_max {
+            let Ok(item) = rx.try_recv() else { break };
+            if let Write::Status(w) = &item.0
+                && !ids.insert(w.endpoint_id)
+            {
+                held = Some(item);
+                break;
+            }
+            batch.push(item);
+        }
+        let (writes, replies): (Vec<Write>, Vec<WriteReply>) = batch.into_iter().unzip();
+        match commit(&db, &writes).await {
+            Ok(applied) => {
+                for (reply, applied) in replies.into_iter().zip(applied) {
+                    let _ = reply.send(Ok(applied));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, writes = writes.len(), "group commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// A history row with its final outcome, as `jsonb_to_recordset` reads it.
+#[derive(Serialize)]
+struct HistoryRow<'a> {
+    #[serde(flatten)]
+    entry: &'a HistoryEntry,
+    outcome: &'static str,
+}
+
+/// A status row as `jsonb_to_recordset` reads it.
+#[derive(Serialize)]
+struct StatusRow<'a> {
+    id: Uuid,
+    status: &'a str,
+    set_url: bool,
+    url: Option<&'a str>,
+    reason: Option<&'a str>,
+    only_gen: Option<i64>,
+    ready_gen: Option<i64>,
+}
+
+const UPDATE_SQL: &str = r#"
+UPDATE endpoints AS e SET
+    status = v.status,
+    url = CASE WHEN v.set_url THEN v.url ELSE e.url END,
+    status_reason = v.reason,
+    ready_generation = COALESCE(v.ready_gen, e.ready_generation)
+FROM jsonb_to_recordset($1::jsonb) AS v(
+    id uuid, status text, set_url boolean, url text, reason text, only_gen bigint, ready_gen bigint)
+WHERE e.id = v.id
+  AND (v.only_gen IS NULL OR e.spec_generation = v.only_gen)
+  AND (v.status = 'DELETED' OR e.status <> 'DELETED')
+RETURNING e.id"#;
+
+const HISTORY_SQL: &str = r#"
+INSERT INTO deployment_history (endpoint_id, tenant_id, project_id, generation, action, outcome,
+    reason, isvc_name, url, events, trace_id, event_published_at, started_at, finished_at)
+SELECT endpoint_id, tenant_id, project_id, generation, action, outcome,
+    reason, isvc_name, url, events, trace_id, event_published_at, started_at, finished_at
+FROM jsonb_to_recordset($1::jsonb) AS h(endpoint_id uuid, tenant_id uuid, project_id uuid,
+    generation bigint, action text, outcome text, reason text, isvc_name text, url text,
+    events integer, trace_id text, event_published_at timestamptz, started_at timestamptz,
+    finished_at timestamptz)"#;
+
+const REJECTED_SQL: &str = r#"
+INSERT INTO rejected_events (subject, stream_sequence, endpoint_id, reason, payload)
+SELECT subject, stream_sequence, endpoint_id, reason, payload
+FROM jsonb_to_recordset($1::jsonb) AS r(subject text, stream_sequence bigint, endpoint_id uuid,
+    reason text, payload text)"#;
+
+fn json_param<T: Serialize>(value: &T) -> Result<sea_orm::Value, StoreError> {
+    serde_json::to_value(value)
+        .map(Into::into)
+        .map_err(|err| StoreError(err.to_string()))
+}
+
+/// Commits one batch; returns, per write, whether it applied.
+async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Applied>, StoreError> {
+    #[derive(FromQueryResult)]
+    struct Updated {
+        id: Uuid,
+    }
+    let statuses: Vec<StatusRow<'_>> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Status(s) => Some(StatusRow {
+                id: s.endpoint_id,
+                status: s.status,
+                set_url: s.url != UrlChange::Keep,
+                url: match &s.url {
+                    UrlChange::Set(url) => Some(url),
+                    _ => None,
+                },
+                reason: s.reason.as_deref(),
+                only_gen: s.only_at_generation,
+                ready_gen: s.ready_generation,
+            }),
+            Write::History(_) | Write::Rejected(_) => None,
+        })
+        .collect();
+    let rejected: Vec<&RejectedEvent> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Rejected(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+
+    let txn = db.begin().await?;
+    let updated: HashSet<Uuid> = if statuses.is_empty() {
+        HashSet::new()
+    } else {
+        Updated::find_by_statement(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            UPDATE_SQL,
+            [json_param(&statuses)?],
+        ))
+        .all(&txn)
+        .await?
+        .into_iter()
+        .map(|row| row.id)
+        .collect()
+    };
+    let applied: Vec<Applied> = writes
+        .iter()
+        .map(|w| match w {
+            Write::Status(s) if !updated.contains(&s.endpoint_id) => Applied::Superseded,
+            _ => Applied::Yes,
+        })
+        .collect();
+    // A pass whose outcome was refused by the guard is recorded as superseded.
+    let history: Vec<HistoryRow<'_>> = writes
+        .iter()
+        .zip(&applied)
+        .filter_map(|(w, applied)| match w {
+            Write::Status(StatusWrite {
+                history: Some(entry),
+                ..
+            }) => Some(HistoryRow {
+                outcome: match applied {
+                    Applied::Yes => entry.outcome,
+                    Applied::Superseded => outcome::SUPERSEDED,
+                },
+                entry,
+            }),
+            Write::History(entry) => Some(HistoryRow {
+                outcome: entry.outcome,
+                entry,
+            }),
+            _ => None,
+        })
+        .collect();
+    if !history.is_empty() {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            HISTORY_SQL,
+            [json_param(&history)?],
+        ))
+        .await?;
+    }
+    if !rejected.is_empty() {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            REJECTED_SQL,
+            [json_param(&rejected)?],
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(applied)
+}

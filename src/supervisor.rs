@@ -1,0 +1,290 @@
+//! The supervisor: owns the JetStream consumers and the registry of endpoint actors.
+//!
+//! Two fetch tasks (one per durable consumer) pull messages and hand them to the supervisor,
+//! which decodes each payload ([`ServingEvent::decode`]) and routes it to the actor of its
+//! endpoint, starting one if needed. Payloads that cannot be decoded are refused right here:
+//! recorded in `rejected_events`, then terminated.
+//!
+//! The registry is a [`DashMap`] from endpoint id to the actor's address and the number of
+//! deliveries routed to it; the count lets the supervisor stop idle actors without racing a
+//! delivery (see [`crate::endpoint_actor`]), so memory follows the endpoints with work, not
+//! every endpoint ever seen. Metrics and the HTTP probes read the registry from other threads.
+//!
+//! Shutdown ([`Shutdown`]): stop fetching, hand back anything still arriving, drain every
+//! actor, and answer when the last one has stopped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use dashmap::DashMap;
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::delivery::Delivery;
+use crate::endpoint_actor::{Deliver, Drain, EndpointActor, Idle, Reports, Stop, Stopped};
+use crate::events::{Consumers, EventKind, ServingEvent};
+use crate::pass::PassContext;
+use crate::store::{RejectedEvent, Write};
+
+/// An endpoint actor as the supervisor knows it.
+pub struct RegistryEntry {
+    addr: Addr<EndpointActor>,
+    routed: u64,
+}
+
+/// Endpoint id → its live actor.
+pub type Registry = DashMap<Uuid, RegistryEntry>;
+
+/// A message pulled from a consumer.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Incoming(jetstream::Message);
+
+/// Resume endpoints left `DEPLOYING` by an earlier run.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resume(pub Vec<Uuid>);
+
+/// Stop fetching and drain every actor; the reply comes when the last actor has stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown(pub oneshot::Sender<()>);
+
+/// Stops the supervisor itself, once [`Shutdown`] has drained it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Terminate;
+
+/// The supervisor actor.
+pub struct Supervisor {
+    ctx: Arc<PassContext>,
+    registry: Arc<Registry>,
+    consumers: Option<Consumers>,
+    idle_after: Duration,
+    fetchers: Vec<tokio::task::JoinHandle<()>>,
+    draining: Option<oneshot::Sender<()>>,
+}
+
+impl Supervisor {
+    /// A supervisor that will consume from `consumers` once started.
+    pub fn new(
+        ctx: Arc<PassContext>,
+        consumers: Consumers,
+        registry: Arc<Registry>,
+        idle_after: Duration,
+    ) -> Self {
+        Self {
+            ctx,
+            registry,
+            consumers: Some(consumers),
+            idle_after,
+            fetchers: Vec::new(),
+            draining: None,
+        }
+    }
+
+    fn route(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+        let endpoint_id = delivery.endpoint_id;
+        let mut entry = self.registry.entry(endpoint_id).or_insert_with(|| {
+            let reports = Reports {
+                idle: ctx.address().recipient(),
+                stopped: ctx.address().recipient(),
+            };
+            let actor = EndpointActor::new(endpoint_id, self.ctx.clone(), reports, self.idle_after);
+            RegistryEntry {
+                addr: actor.start(),
+                routed: 0,
+            }
+        });
+        entry.routed += 1;
+        entry.addr.do_send(Deliver(delivery));
+    }
+
+    fn finish_drain_if_done(&mut self) {
+        if self.registry.is_empty()
+            && let Some(done) = self.draining.take()
+        {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Pulls from one consumer forever, re-opening the pull stream after errors.
+async fn fetch(consumer: PullConsumer, supervisor: Addr<Supervisor>) {
+    let name = consumer.cached_info().name.clone();
+    let mut failures: u32 = 0;
+    loop {
+        match consumer.messages().await {
+            Ok(mut messages) => {
+                while let Some(next) = messages.next().await {
+                    match next {
+                        Ok(message) => {
+                            failures = 0;
+                            // Awaiting the supervisor gives back-pressure to the pull.
+                            if supervisor.send(Incoming(message)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(consumer = %name, error = %err, "pull stream error");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(consumer = %name, error = %err, "cannot open pull stream"),
+        }
+        failures = failures.saturating_add(1);
+        let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+        tokio::time::sleep(delay).await;
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(Consumers { deploy, delete }) = self.consumers.take() {
+            for consumer in [deploy, delete] {
+                self.fetchers
+                    .push(tokio::spawn(fetch(consumer, ctx.address())));
+            }
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for fetcher in &self.fetchers {
+            fetcher.abort();
+        }
+    }
+}
+
+impl Handler<Incoming> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Incoming(message): Incoming, ctx: &mut Self::Context) {
+        if self.draining.is_some() {
+            // Fetching has stopped; give what was already in flight back untouched.
+            tokio::spawn(async move {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            });
+            return;
+        }
+        let published_at = message.info().ok().map(|info| info.published);
+        let decoded = EventKind::from_subject(message.subject.as_str())
+            .ok_or_else(|| format!("subject {} is not one the worker consumes", message.subject))
+            .and_then(|kind| {
+                ServingEvent::decode(&message.payload)
+                    .map(|event| (kind, event))
+                    .map_err(|err| err.to_string())
+            });
+        match decoded {
+            Ok((kind, event)) => {
+                let delivery = Delivery {
+                    kind,
+                    endpoint_id: event.endpoint_id,
+                    event: Some(event),
+                    message: Some(message),
+                    published_at,
+                    received_at: Instant::now(),
+                };
+                self.route(delivery, ctx);
+            }
+            Err(reason) => {
+                tracing::warn!(subject = %message.subject, %reason, "refusing event");
+                let store = self.ctx.store.clone();
+                let backoff = self.ctx.backoff;
+                tokio::spawn(async move {
+                    let sequence = message.info().ok().map(|info| info.stream_sequence);
+                    let record = RejectedEvent::new(
+                        message.subject.as_str(),
+                        sequence,
+                        None,
+                        reason,
+                        &message.payload,
+                    );
+                    let answer = match store.write(Write::Rejected(record)).await {
+                        Ok(_) => AckKind::Term,
+                        Err(_) => {
+                            let delivered = message.info().map_or(1, |info| info.delivered);
+                            AckKind::Nak(Some(backoff.delay(delivered)))
+                        }
+                    };
+                    if let Err(err) = message.ack_with(answer).await {
+                        tracing::warn!(error = %err, "could not answer a refused event");
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Handler<Resume> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Resume(ids): Resume, ctx: &mut Self::Context) {
+        if !ids.is_empty() {
+            tracing::info!(endpoints = ids.len(), "resuming endpoints left DEPLOYING");
+        }
+        for id in ids {
+            self.route(Delivery::resume(id), ctx);
+        }
+    }
+}
+
+impl Handler<Idle> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, idle: Idle, _ctx: &mut Self::Context) {
+        // Only when every routed delivery has reached the actor is it safe to forget it.
+        let removed = self
+            .registry
+            .remove_if(&idle.endpoint_id, |_, entry| entry.routed == idle.handled);
+        if let Some((_, entry)) = removed {
+            entry.addr.do_send(Stop);
+        }
+    }
+}
+
+impl Handler<Stopped> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, stopped: Stopped, _ctx: &mut Self::Context) {
+        if self.draining.is_some() {
+            // Nothing is routed while draining, so the entry is this actor's.
+            self.registry.remove(&stopped.endpoint_id);
+            self.finish_drain_if_done();
+        } else {
+            // An actor stopped after `Idle` was removed already, and its endpoint may have a
+            // new actor by now: only forget an entry whose actor is really gone.
+            self.registry
+                .remove_if(&stopped.endpoint_id, |_, entry| !entry.addr.connected());
+        }
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Shutdown(done): Shutdown, _ctx: &mut Self::Context) {
+        for fetcher in self.fetchers.drain(..) {
+            fetcher.abort();
+        }
+        self.draining = Some(done);
+        for entry in self.registry.iter() {
+            entry.addr.do_send(Drain);
+        }
+        self.finish_drain_if_done();
+    }
+}
+
+impl Handler<Terminate> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Terminate, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

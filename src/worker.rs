@@ -1,0 +1,223 @@
+//! Wiring: connect Postgres and NATS, bind the consumers, start the supervisor; stop gracefully.
+//!
+//! [`Worker::start`] must run inside an actix `System` (the binary runs one on a multi-threaded
+//! tokio runtime: actors live on the system thread, database and NATS I/O on tokio's workers).
+//! [`Worker::shutdown`] implements the graceful stop of DESIGN §3: stop fetching, let running
+//! passes finish within the grace period, hand back everything else, flush NATS, return.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use sea_orm_migration::MigratorTrait;
+use tokio::sync::{oneshot, watch};
+
+use crate::admission::Admission;
+use crate::config::{DeployMode, Settings};
+use crate::deployer::{Deployer, simulate::SimulateDeployer};
+use crate::events;
+use crate::pass::PassContext;
+use crate::store::{ConnectError, Store};
+use crate::supervisor::{Registry, Resume, Shutdown, Supervisor, Terminate};
+
+/// Why the worker could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A required setting is missing.
+    #[error(
+        "{0} is not set; set it, or try `deploy-worker demo`, which starts throw-away Postgres and NATS"
+    )]
+    Missing(&'static str),
+    /// Postgres is unreachable.
+    #[error(transparent)]
+    Database(#[from] ConnectError),
+    /// Migrations failed or are pending.
+    #[error("database schema: {0}")]
+    Schema(String),
+    /// NATS is unreachable.
+    #[error("cannot connect to NATS: {0}; check NATS_URL")]
+    Nats(String),
+    /// The stream or consumers could not be bound.
+    #[error(transparent)]
+    Bind(#[from] events::BindError),
+    /// A setting has a value the worker cannot use.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+    /// The supervisor went away unexpectedly.
+    #[error("the supervisor stopped unexpectedly")]
+    SupervisorGone,
+}
+
+/// A running worker.
+pub struct Worker {
+    supervisor: Addr<Supervisor>,
+    registry: Arc<Registry>,
+    admission: Admission,
+    store: Store,
+    nats: async_nats::Client,
+    abort: watch::Sender<bool>,
+    grace: Duration,
+}
+
+/// Applies pending migrations, or refuses when `apply` is false and some are pending.
+pub async fn migrate(store: &Store, apply: bool) -> Result<(), WorkerError> {
+    let db = store.db();
+    if apply {
+        return migration::Migrator::up(db, None)
+            .await
+            .map_err(|err| WorkerError::Schema(err.to_string()));
+    }
+    let pending = migration::Migrator::get_pending_migrations(db)
+        .await
+        .map_err(|err| WorkerError::Schema(err.to_string()))?;
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(WorkerError::Schema(format!(
+            "{} migration(s) pending; run `deploy-worker migrate` or set DATABASE_MIGRATE=true",
+            pending.len()
+        )))
+    }
+}
+
+impl Worker {
+    /// Connects, binds and starts consuming. Call inside an actix `System`.
+    pub async fn start(settings: &Settings) -> Result<Self, WorkerError> {
+        let database_url = settings
+            .database_url
+            .as_deref()
+            .ok_or(WorkerError::Missing("DATABASE_URL"))?;
+        let nats_url = settings
+            .nats_url
+            .as_deref()
+            .ok_or(WorkerError::Missing("NATS_URL"))?;
+        let render = settings.kserve.render_options();
+        let deployer = match settings.deploy_mode {
+            DeployMode::Simulate => Deployer::Simulate(SimulateDeployer::new(
+                Duration::from_millis(settings.simulate_delay_ms),
+            )),
+            DeployMode::K8s => {
+                return Err(WorkerError::Invalid(
+                    "DEPLOY_MODE=k8s is not available in this build".into(),
+                ));
+            }
+        };
+
+        let store = Store::connect(database_url, settings.store_settings()).await?;
+        migrate(&store, settings.database_migrate).await?;
+        let nats = async_nats::ConnectOptions::new()
+            .name("deploy-worker")
+            .retry_on_initial_connect()
+            .connect(nats_url)
+            .await
+            .map_err(|err| WorkerError::Nats(err.to_string()))?;
+        let js = async_nats::jetstream::new(nats.clone());
+        let consumers = events::bind(&js, settings.consumer_settings()).await?;
+
+        let (abort, abort_rx) = watch::channel(false);
+        let admission = Admission::new(settings.caps());
+        let ctx = Arc::new(PassContext {
+            store: store.clone(),
+            deployer,
+            admission: admission.clone(),
+            render,
+            backoff: settings.backoff(),
+            progress_every: settings.ack_wait() / 2,
+            abort: abort_rx,
+        });
+        let registry = Arc::new(Registry::new());
+        let idle_after = Duration::from_secs(settings.endpoint_idle_seconds);
+        let supervisor = Supervisor::new(ctx, consumers, registry.clone(), idle_after).start();
+
+        let resume = store
+            .deploying_endpoints()
+            .await
+            .map_err(|err| WorkerError::Schema(err.to_string()))?;
+        supervisor.do_send(Resume(resume));
+        tracing::info!(mode = ?settings.deploy_mode, "deploy-worker started");
+        Ok(Self {
+            supervisor,
+            registry,
+            admission,
+            store,
+            nats,
+            abort,
+            grace: Duration::from_secs(settings.shutdown_grace_seconds),
+        })
+    }
+
+    /// Endpoint actors alive.
+    pub fn actors(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// The fair-admission state (deploys in flight per tenant).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Graceful stop (see the module docs).
+    pub async fn shutdown(self) -> Result<(), WorkerError> {
+        let (done, drained) = oneshot::channel();
+        self.supervisor
+            .send(Shutdown(done))
+            .await
+            .map_err(|_| WorkerError::SupervisorGone)?;
+        let mut drained = std::pin::pin!(drained);
+        if tokio::time::timeout(self.grace, &mut drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "grace period over; handing running deploys back");
+            let _ = self.abort.send(true);
+            // Aborted passes answer quickly; bound the wait anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(10), drained).await;
+        }
+        // Acks and naks are buffered publishes: make sure they reach the server.
+        if let Err(err) = self.nats.flush().await {
+            tracing::warn!(error = %err, "could not flush NATS on shutdown");
+        }
+        self.supervisor.do_send(Terminate);
+        tracing::info!("deploy-worker stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the worker until `stop` resolves, then stops it gracefully.
+pub async fn run(
+    settings: &Settings,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let worker = Worker::start(settings).await?;
+    stop.await;
+    tracing::info!("shutdown requested");
+    worker.shutdown().await
+}
