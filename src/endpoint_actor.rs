@@ -19,7 +19,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use uuid::Uuid;
 
-use crate::delivery::{Delivery, hand_back_all};
+use async_nats::jetstream::AckKind;
+
+use crate::delivery::{Delivery, answer_all};
 use crate::pass::{self, PassContext};
 
 /// A delivery for this actor's endpoint.
@@ -118,14 +120,14 @@ impl EndpointActor {
         }));
     }
 
-    /// Hands `deliveries` back to JetStream, then stops if draining and nothing else runs.
+    /// Hands `deliveries` back to JetStream for immediate redelivery (to another replica or
+    /// this worker's successor), then stops if draining and nothing else runs.
     fn hand_back(&mut self, deliveries: Vec<Delivery>, ctx: &mut Context<Self>) {
         if deliveries.is_empty() {
             return;
         }
         self.answering += 1;
-        let backoff = self.ctx.backoff;
-        let work = async move { hand_back_all(&deliveries, &backoff).await };
+        let work = async move { answer_all(&deliveries, AckKind::Nak(None)).await };
         ctx.spawn(work.into_actor(self).map(|(), act, ctx| {
             act.answering -= 1;
             if act.draining {

@@ -107,6 +107,10 @@ impl ServingEvent {
                 size: payload.len(),
             });
         }
+        // serde accepts a struct written as a JSON array too; the contract is an object.
+        if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(DecodeError::Invalid("expected a JSON object".into()));
+        }
         serde_json::from_slice(payload).map_err(|err| DecodeError::Invalid(err.to_string()))
     }
 }
@@ -244,7 +248,11 @@ mod tests {
             (br#"{"tenant_id":null}"#, "missing field `endpoint_id`"),
             (br#"{"endpoint_id":"abc"}"#, "UUID"),
             (br#"{"endpoint_id":42}"#, "invalid type"),
-            (br#"["endpoint_id"]"#, "invalid type"),
+            (
+                br#"["6d0c5e8e-5f0e-4f4e-9d2b-3f1f0c1a2b3c"]"#,
+                "expected a JSON object",
+            ),
+            (b"", "expected a JSON object"),
             (
                 br#"{"endpoint_id":"6d0c5e8e-5f0e-4f4e-9d2b-3f1f0c1a2b3c","tenant_id":"x"}"#,
                 "UUID",

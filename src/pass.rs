@@ -49,8 +49,20 @@ pub struct PassContext {
     pub backoff: Backoff,
     /// Interval of progress acks while a pass waits or deploys.
     pub progress_every: Duration,
-    /// Set to `true` when shutdown's grace period is over: running passes hand back and end.
-    pub abort: watch::Receiver<bool>,
+    /// Where shutdown stands; see [`Phase`].
+    pub phase: watch::Receiver<Phase>,
+}
+
+/// The worker's shutdown phase, as passes see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Normal operation.
+    Running,
+    /// SIGTERM: passes still waiting for a permit hand their events back; deploys that
+    /// started run on.
+    Draining,
+    /// The grace period is over: running deploys are abandoned and handed back too.
+    Aborting,
 }
 
 /// How a pass ended, for the actor's bookkeeping and for tests.
@@ -222,12 +234,7 @@ impl<'a> Pass<'a> {
                 answer_all(self.batch, AckKind::Ack).await;
                 PassResult::Done(outcome::SUPERSEDED)
             }
-            Err(err) => {
-                tracing::warn!(endpoint_id = %self.record.id, error = %err,
-                    "cannot record the outcome; handing events back");
-                hand_back_all(self.batch, &self.ctx.backoff).await;
-                PassResult::HandedBack
-            }
+            Err(err) => self.retry_later("cannot record the outcome", &err).await,
         }
     }
 
@@ -268,17 +275,31 @@ impl<'a> Pass<'a> {
             .await
     }
 
-    /// Runs `work` with progress acks, unless shutdown aborts it first (`None`).
-    async fn guarded<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
-        let mut abort = self.ctx.abort.clone();
-        let aborted = async move {
-            // An error means the worker is gone: treat it as an abort too.
-            let _ = abort.wait_for(|aborted| *aborted).await;
+    /// Runs `work` with progress acks, unless shutdown reaches `stop_at` first (`None`).
+    async fn guarded<F: std::future::Future>(&self, stop_at: Phase, work: F) -> Option<F::Output> {
+        let mut phase = self.ctx.phase.clone();
+        let stopped = async move {
+            // An error means the worker is gone: treat it as stopped too.
+            let _ = phase.wait_for(|phase| *phase >= stop_at).await;
         };
         tokio::select! {
             output = keep_alive(self.batch, self.ctx.progress_every, work) => Some(output),
-            () = aborted => None,
+            () = stopped => None,
         }
+    }
+
+    /// A transient failure: hand the events back with a backoff delay.
+    async fn retry_later(&self, what: &str, err: &dyn std::fmt::Display) -> PassResult {
+        tracing::warn!(endpoint_id = %self.record.id, error = %err, "{what}; handing events back");
+        hand_back_all(self.batch, &self.ctx.backoff).await;
+        PassResult::HandedBack
+    }
+
+    /// Shutdown interrupted the pass: hand the events back for immediate redelivery to
+    /// another replica (or this worker's successor).
+    async fn release(&self) -> PassResult {
+        answer_all(self.batch, AckKind::Nak(None)).await;
+        PassResult::HandedBack
     }
 
     async fn deploy(&self) -> PassResult {
@@ -287,12 +308,12 @@ impl<'a> Pass<'a> {
             Ok(manifest) => manifest,
             Err(err) => return self.fail(EventKind::Deploy, err.to_string()).await,
         };
-        let Some(_permit) = self
-            .guarded(self.ctx.admission.acquire(self.record.tenant_id))
-            .await
-        else {
-            hand_back_all(self.batch, &self.ctx.backoff).await;
-            return PassResult::HandedBack;
+        let admitted = self.guarded(
+            Phase::Draining,
+            self.ctx.admission.acquire(self.record.tenant_id),
+        );
+        let Some(_permit) = admitted.await else {
+            return self.release().await;
         };
         let deploying = self.status_write(status::DEPLOYING, UrlChange::Keep, None, None);
         match self.ctx.store.write(Write::Status(deploying)).await {
@@ -301,11 +322,7 @@ impl<'a> Pass<'a> {
                 answer_all(self.batch, AckKind::Ack).await;
                 return PassResult::Done(outcome::SUPERSEDED);
             }
-            Err(err) => {
-                tracing::warn!(endpoint_id = %self.record.id, error = %err, "cannot record DEPLOYING; handing events back");
-                hand_back_all(self.batch, &self.ctx.backoff).await;
-                return PassResult::HandedBack;
-            }
+            Err(err) => return self.retry_later("cannot record DEPLOYING", &err).await,
         }
         let request = DeployRequest {
             endpoint_id: self.record.id,
@@ -313,7 +330,10 @@ impl<'a> Pass<'a> {
             manifest: &manifest,
             name: &self.name,
         };
-        match self.guarded(self.ctx.deployer.deploy(request)).await {
+        match self
+            .guarded(Phase::Aborting, self.ctx.deployer.deploy(request))
+            .await
+        {
             Some(Ok(DeployOutcome::Ready { url })) => {
                 let history =
                     self.history(EventKind::Deploy, outcome::READY, None, Some(url.clone()));
@@ -326,23 +346,17 @@ impl<'a> Pass<'a> {
             Some(Ok(DeployOutcome::Failed { reason })) => {
                 self.fail(EventKind::Deploy, reason).await
             }
-            Some(Err(err)) => {
-                tracing::warn!(endpoint_id = %self.record.id, error = %err, "deploy failed transiently; handing events back");
-                hand_back_all(self.batch, &self.ctx.backoff).await;
-                PassResult::HandedBack
-            }
-            None => {
-                hand_back_all(self.batch, &self.ctx.backoff).await;
-                PassResult::HandedBack
-            }
+            Some(Err(err)) => self.retry_later("deploy failed transiently", &err).await,
+            None => self.release().await,
         }
     }
 
     async fn delete(&self) -> PassResult {
-        match self
-            .guarded(self.ctx.deployer.delete(self.record.id, &self.name))
-            .await
-        {
+        let deleted = self.guarded(
+            Phase::Aborting,
+            self.ctx.deployer.delete(self.record.id, &self.name),
+        );
+        match deleted.await {
             Some(Ok(DeleteOutcome::Deleted)) => {
                 let history = self.history(EventKind::Delete, outcome::DELETED, None, None);
                 let mut write =
@@ -355,15 +369,8 @@ impl<'a> Pass<'a> {
             Some(Ok(DeleteOutcome::Failed { reason })) => {
                 self.fail(EventKind::Delete, reason).await
             }
-            Some(Err(err)) => {
-                tracing::warn!(endpoint_id = %self.record.id, error = %err, "delete failed transiently; handing events back");
-                hand_back_all(self.batch, &self.ctx.backoff).await;
-                PassResult::HandedBack
-            }
-            None => {
-                hand_back_all(self.batch, &self.ctx.backoff).await;
-                PassResult::HandedBack
-            }
+            Some(Err(err)) => self.retry_later("delete failed transiently", &err).await,
+            None => self.release().await,
         }
     }
 }

@@ -20,7 +20,7 @@ use actix::prelude::*;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use dashmap::DashMap;
 use futures::StreamExt;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::delivery::Delivery;
@@ -48,7 +48,13 @@ struct Incoming(jetstream::Message);
 #[rtype(result = "()")]
 pub struct Resume(pub Vec<Uuid>);
 
-/// Stop fetching and drain every actor; the reply comes when the last actor has stopped.
+/// Stop pulling messages; answers with the fetch tasks, which end once their last pull request
+/// has run out (within a second).
+#[derive(Message)]
+#[rtype(result = "Vec<tokio::task::JoinHandle<()>>")]
+pub struct StopFetching;
+
+/// Drain every actor; the reply comes when the last actor has stopped.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown(pub oneshot::Sender<()>);
@@ -65,6 +71,7 @@ pub struct Supervisor {
     consumers: Option<Consumers>,
     idle_after: Duration,
     fetchers: Vec<tokio::task::JoinHandle<()>>,
+    stop_fetching: watch::Sender<bool>,
     draining: Option<oneshot::Sender<()>>,
 }
 
@@ -82,6 +89,7 @@ impl Supervisor {
             consumers: Some(consumers),
             idle_after,
             fetchers: Vec::new(),
+            stop_fetching: watch::channel(false).0,
             draining: None,
         }
     }
@@ -112,34 +120,57 @@ impl Supervisor {
     }
 }
 
-/// Pulls from one consumer forever, re-opening the pull stream after errors.
-async fn fetch(consumer: PullConsumer, supervisor: Addr<Supervisor>) {
+/// Most messages one pull request asks for.
+const PULL_BATCH: usize = 512;
+/// How long one pull request waits on the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// Pulls from one consumer until `stop` is set.
+///
+/// Each pull request is finite (at most [`PULL_BATCH`] messages or [`PULL_EXPIRES`]), so on
+/// shutdown the loop simply lets the request in flight run out: every message the server
+/// delivered to it is read and handed back, none is left in a client buffer to sit
+/// unacknowledged until the ack wait expires.
+async fn fetch(consumer: PullConsumer, supervisor: Addr<Supervisor>, stop: watch::Receiver<bool>) {
     let name = consumer.cached_info().name.clone();
     let mut failures: u32 = 0;
-    loop {
-        match consumer.messages().await {
-            Ok(mut messages) => {
-                while let Some(next) = messages.next().await {
-                    match next {
-                        Ok(message) => {
-                            failures = 0;
-                            // Awaiting the supervisor gives back-pressure to the pull.
-                            if supervisor.send(Incoming(message)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(err) => {
-                            tracing::warn!(consumer = %name, error = %err, "pull stream error");
-                            break;
-                        }
+    while !*stop.borrow() {
+        let pulled = consumer
+            .batch()
+            .max_messages(PULL_BATCH)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match pulled {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(consumer = %name, error = %err, "cannot pull");
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(failures.min(6)))).await;
+                continue;
+            }
+        };
+        while let Some(next) = batch.next().await {
+            match next {
+                Ok(message) if *stop.borrow() => {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+                Ok(message) => {
+                    failures = 0;
+                    // Awaiting the supervisor gives back-pressure to the pull.
+                    if supervisor.send(Incoming(message)).await.is_err() {
+                        return;
                     }
                 }
+                Err(err) => {
+                    // For example 409 "exceeded MaxAckPending": wait a little, pull again.
+                    tracing::debug!(consumer = %name, error = %err, "pull ended");
+                    failures = failures.saturating_add(1);
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(failures.min(50))))
+                        .await;
+                }
             }
-            Err(err) => tracing::warn!(consumer = %name, error = %err, "cannot open pull stream"),
         }
-        failures = failures.saturating_add(1);
-        let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
-        tokio::time::sleep(delay).await;
     }
 }
 
@@ -149,8 +180,9 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(Consumers { deploy, delete }) = self.consumers.take() {
             for consumer in [deploy, delete] {
+                let stop = self.stop_fetching.subscribe();
                 self.fetchers
-                    .push(tokio::spawn(fetch(consumer, ctx.address())));
+                    .push(tokio::spawn(fetch(consumer, ctx.address(), stop)));
             }
         }
     }
@@ -266,13 +298,19 @@ impl Handler<Stopped> for Supervisor {
     }
 }
 
+impl Handler<StopFetching> for Supervisor {
+    type Result = MessageResult<StopFetching>;
+
+    fn handle(&mut self, _: StopFetching, _ctx: &mut Self::Context) -> Self::Result {
+        let _ = self.stop_fetching.send(true);
+        MessageResult(std::mem::take(&mut self.fetchers))
+    }
+}
+
 impl Handler<Shutdown> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, Shutdown(done): Shutdown, _ctx: &mut Self::Context) {
-        for fetcher in self.fetchers.drain(..) {
-            fetcher.abort();
-        }
         self.draining = Some(done);
         for entry in self.registry.iter() {
             entry.addr.do_send(Drain);

@@ -16,9 +16,9 @@ use crate::admission::Admission;
 use crate::config::{DeployMode, Settings};
 use crate::deployer::{Deployer, simulate::SimulateDeployer};
 use crate::events;
-use crate::pass::PassContext;
+use crate::pass::{PassContext, Phase};
 use crate::store::{ConnectError, Store};
-use crate::supervisor::{Registry, Resume, Shutdown, Supervisor, Terminate};
+use crate::supervisor::{Registry, Resume, Shutdown, StopFetching, Supervisor, Terminate};
 
 /// Why the worker could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,7 @@ pub struct Worker {
     admission: Admission,
     store: Store,
     nats: async_nats::Client,
-    abort: watch::Sender<bool>,
+    phase: watch::Sender<Phase>,
     grace: Duration,
 }
 
@@ -114,7 +114,7 @@ impl Worker {
         let js = async_nats::jetstream::new(nats.clone());
         let consumers = events::bind(&js, settings.consumer_settings()).await?;
 
-        let (abort, abort_rx) = watch::channel(false);
+        let (phase, phase_rx) = watch::channel(Phase::Running);
         let admission = Admission::new(settings.caps());
         let ctx = Arc::new(PassContext {
             store: store.clone(),
@@ -123,7 +123,7 @@ impl Worker {
             render,
             backoff: settings.backoff(),
             progress_every: settings.ack_wait() / 2,
-            abort: abort_rx,
+            phase: phase_rx,
         });
         let registry = Arc::new(Registry::new());
         let idle_after = Duration::from_secs(settings.endpoint_idle_seconds);
@@ -141,7 +141,7 @@ impl Worker {
             admission,
             store,
             nats,
-            abort,
+            phase,
             grace: Duration::from_secs(settings.shutdown_grace_seconds),
         })
     }
@@ -163,7 +163,22 @@ impl Worker {
 
     /// Graceful stop (see the module docs).
     pub async fn shutdown(self) -> Result<(), WorkerError> {
+        // Stop pulling first and wait until our last pull requests have run out: a message
+        // handed back while one is still open could be redelivered straight to this stopping
+        // worker and sit unacknowledged until the ack wait.
+        let fetchers = self
+            .supervisor
+            .send(StopFetching)
+            .await
+            .map_err(|_| WorkerError::SupervisorGone)?;
+        for fetcher in fetchers {
+            let _ = fetcher.await;
+        }
+        if let Err(err) = self.nats.flush().await {
+            tracing::warn!(error = %err, "could not flush NATS while stopping");
+        }
         let (done, drained) = oneshot::channel();
+        let _ = self.phase.send(Phase::Draining);
         self.supervisor
             .send(Shutdown(done))
             .await
@@ -174,7 +189,7 @@ impl Worker {
             .is_err()
         {
             tracing::warn!(grace = ?self.grace, "grace period over; handing running deploys back");
-            let _ = self.abort.send(true);
+            let _ = self.phase.send(Phase::Aborting);
             // Aborted passes answer quickly; bound the wait anyway.
             let _ = tokio::time::timeout(Duration::from_secs(10), drained).await;
         }

@@ -1,0 +1,303 @@
+//! Fixtures shared by the integration tests: a throw-away Postgres and NATS per test, a
+//! migrated schema, helpers to create platform rows and publish events, and to read back what
+//! the worker did. Nothing here stands in for Postgres or NATS: both are the real servers.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use deploy_worker::config::Settings;
+use deploy_worker::events::{self, EventKind};
+use deploy_worker::platform::{self, EventFields, ModelVersionRef, NewEndpoint, NewModelVersion};
+use deploy_worker::sandbox::{LocalNats, LocalPostgres};
+use deploy_worker::store::{Store, StoreSettings};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Real servers for one test.
+pub struct Env {
+    pub pg: LocalPostgres,
+    pub nats: LocalNats,
+    pub db: DatabaseConnection,
+    pub js: jetstream::Context,
+}
+
+impl Env {
+    /// Starts Postgres and NATS and migrates the schema.
+    pub async fn start() -> Env {
+        let pg = LocalPostgres::start().expect("start postgres");
+        let nats = LocalNats::start().expect("start nats");
+        let store = Store::connect(
+            &pg.url(),
+            StoreSettings {
+                max_connections: 4,
+                batch_max: 16,
+            },
+        )
+        .await
+        .expect("connect");
+        deploy_worker::worker::migrate(&store, true)
+            .await
+            .expect("migrate");
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(nats.url())
+            .await
+            .expect("connect nats");
+        let js = jetstream::new(client);
+        js.get_or_create_stream(events::stream_config())
+            .await
+            .expect("stream");
+        Env {
+            db: store.db().clone(),
+            pg,
+            nats,
+            js,
+        }
+    }
+
+    /// Worker settings for these servers: simulate mode, quick retries and idling.
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::from_env();
+        s.database_url = Some(self.pg.url());
+        s.nats_url = Some(self.nats.url());
+        s.retry_base_ms = 100;
+        s.retry_max_ms = 1_000;
+        s.endpoint_idle_seconds = 1;
+        s.nats_ack_wait_seconds = 5;
+        s.shutdown_grace_seconds = 10;
+        s
+    }
+
+    /// Creates a tenant/project with one model version.
+    pub async fn tenant(&self) -> Tenant {
+        let (tenant_id, project_id) = (Uuid::new_v4(), Uuid::new_v4());
+        let version = self
+            .model_version(tenant_id, project_id, 1, Some("gs://models/demo/1"))
+            .await;
+        Tenant {
+            tenant_id,
+            project_id,
+            version,
+        }
+    }
+
+    /// Creates a model version.
+    pub async fn model_version(
+        &self,
+        tenant_id: Uuid,
+        project_id: Uuid,
+        version: i32,
+        artifact: Option<&str>,
+    ) -> ModelVersionRef {
+        platform::create_model_version(
+            &self.db,
+            &NewModelVersion {
+                tenant_id,
+                project_id,
+                model_name: "model".into(),
+                version,
+                artifact_uri: artifact.map(str::to_owned),
+            },
+        )
+        .await
+        .expect("model version")
+    }
+
+    /// Creates `n` sklearn endpoints for `tenant`.
+    pub async fn endpoints(&self, tenant: &Tenant, n: usize) -> Vec<Uuid> {
+        let new: Vec<NewEndpoint> = (0..n)
+            .map(|i| NewEndpoint {
+                tenant_id: tenant.tenant_id,
+                project_id: tenant.project_id,
+                name: format!("ep-{}-{i}", Uuid::new_v4().simple()),
+                runtime: "kserve".into(),
+                model: Some(tenant.version),
+                traffic: None,
+                autoscaling: None,
+                runtime_config: Some(json!({"modelFormat": "sklearn"})),
+            })
+            .collect();
+        platform::create_endpoints(&self.db, &new)
+            .await
+            .expect("endpoints")
+    }
+
+    /// Publishes a deploy/delete event for `endpoint_id` as the platform would.
+    pub async fn publish(&self, kind: EventKind, tenant: &Tenant, endpoint_id: Uuid) {
+        let fields = EventFields {
+            tenant_id: tenant.tenant_id,
+            project_id: tenant.project_id,
+            endpoint_id,
+            name: "endpoint",
+            model: Some(tenant.version),
+        };
+        platform::publish(&self.js, kind, &fields, &Uuid::new_v4().to_string())
+            .await
+            .expect("publish");
+    }
+
+    /// Publishes raw bytes on the subject of `kind`.
+    pub async fn publish_raw(&self, kind: EventKind, payload: &[u8]) {
+        platform::publish_raw(&self.js, kind, payload.to_vec(), None)
+            .await
+            .expect("publish raw");
+    }
+
+    /// The endpoint's row.
+    pub async fn endpoint(&self, id: Uuid) -> EndpointRow {
+        EndpointRow::find_by_statement(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT status, url, status_reason, spec_generation, ready_generation FROM endpoints WHERE id = $1",
+            [id.into()],
+        ))
+        .one(&self.db)
+        .await
+        .expect("query")
+        .expect("endpoint exists")
+    }
+
+    /// History rows of an endpoint, oldest first.
+    pub async fn history(&self, id: Uuid) -> Vec<HistoryRow> {
+        HistoryRow::find_by_statement(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT generation, action, outcome, reason, isvc_name, url, events, trace_id, started_at, finished_at \
+             FROM deployment_history WHERE endpoint_id = $1 ORDER BY id",
+            [id.into()],
+        ))
+        .all(&self.db)
+        .await
+        .expect("history")
+    }
+
+    /// Rejected events, oldest first.
+    pub async fn rejected(&self) -> Vec<RejectedRow> {
+        RejectedRow::find_by_statement(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT subject, endpoint_id, reason, payload FROM rejected_events ORDER BY id",
+        ))
+        .all(&self.db)
+        .await
+        .expect("rejected")
+    }
+
+    /// Count of endpoints (among `ids`) with `status`.
+    pub async fn count_status(&self, ids: &[Uuid], status: &str) -> usize {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT count(*) AS n FROM endpoints WHERE id IN (SELECT value::uuid FROM jsonb_array_elements_text($1)) AND status = $2",
+                [json!(ids).into(), status.into()],
+            ))
+            .await
+            .expect("count")
+            .expect("row");
+        row.try_get::<i64>("", "n").expect("n") as usize
+    }
+
+    /// Runs SQL.
+    pub async fn sql(&self, sql: &str) {
+        self.db.execute_unprepared(sql).await.expect(sql);
+    }
+
+    /// Messages still in the stream (work-queue: answered messages are removed).
+    pub async fn stream_messages(&self) -> u64 {
+        let mut stream = self.js.get_stream(events::STREAM).await.expect("stream");
+        stream.info().await.expect("info").state.messages
+    }
+
+    /// Unacknowledged deliveries on both consumers.
+    pub async fn ack_pending(&self) -> usize {
+        let mut total = 0;
+        let stream = self.js.get_stream(events::STREAM).await.expect("stream");
+        for name in [events::DEPLOY_CONSUMER, events::DELETE_CONSUMER] {
+            if let Ok(mut consumer) = stream
+                .get_consumer::<jetstream::consumer::pull::Config>(name)
+                .await
+            {
+                total += consumer
+                    .info()
+                    .await
+                    .expect("consumer info")
+                    .num_ack_pending;
+            }
+        }
+        total
+    }
+
+    /// Waits until the stream is empty and nothing is unacknowledged: every event answered.
+    pub async fn wait_all_answered(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (left, pending) = (self.stream_messages().await, self.ack_pending().await);
+            if left == 0 && pending == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{left} messages still in the stream, {pending} unacknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A tenant with a project and a model version.
+#[derive(Debug, Clone, Copy)]
+pub struct Tenant {
+    pub tenant_id: Uuid,
+    pub project_id: Uuid,
+    pub version: ModelVersionRef,
+}
+
+#[derive(Debug, FromQueryResult)]
+pub struct EndpointRow {
+    pub status: String,
+    pub url: Option<String>,
+    pub status_reason: Option<String>,
+    pub spec_generation: i64,
+    pub ready_generation: Option<i64>,
+}
+
+#[derive(Debug, FromQueryResult)]
+pub struct HistoryRow {
+    pub generation: i64,
+    pub action: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub isvc_name: String,
+    pub url: Option<String>,
+    pub events: i32,
+    pub trace_id: Option<String>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, FromQueryResult)]
+pub struct RejectedRow {
+    pub subject: String,
+    pub endpoint_id: Option<Uuid>,
+    pub reason: String,
+    pub payload: String,
+}
+
+/// Polls `check` until it returns true or `timeout` passes (then panics with `what`).
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Traffic JSON for a canary percent.
+pub fn canary(percent: i64) -> Value {
+    json!({ "canaryTrafficPercent": percent })
+}
