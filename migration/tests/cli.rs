@@ -1,0 +1,41 @@
+//! The migration crate's own CLI applies the same migrations, and reports them applied.
+
+use std::process::Command;
+
+use deploy_worker::sandbox::LocalPostgres;
+
+fn migration(url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .output()
+        .expect("run the migration CLI");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn up_applies_every_migration_and_status_lists_them_applied() {
+    let pg = LocalPostgres::start().expect("start postgres");
+    let (ok, text) = migration(&pg.url(), &["up"]);
+    assert!(ok, "{text}");
+    let (ok, status) = migration(&pg.url(), &["status"]);
+    assert!(ok, "{status}");
+    for name in [
+        "m20260101_000001_platform_tables",
+        "m20260101_000002_worker_columns",
+    ] {
+        let line = status
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{status}"));
+        assert!(line.contains("Applied"), "{line}");
+    }
+    // Running it again is a no-op.
+    let (ok, text) = migration(&pg.url(), &["up"]);
+    assert!(ok, "{text}");
+}

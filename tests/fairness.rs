@@ -1,0 +1,99 @@
+//! Tenants share the worker fairly: a tenant's burst cannot hold back another tenant, and the
+//! global and per-tenant caps on deploys in flight hold.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Env, wait_for};
+use deploy_worker::events::EventKind;
+use deploy_worker::worker::Worker;
+
+#[actix_rt::test]
+async fn a_small_tenant_is_served_while_a_big_tenant_has_a_backlog() {
+    let env = Env::start().await;
+    let mut settings = env.settings();
+    settings.simulate_delay_ms = 150;
+    settings.max_in_flight = 6;
+    settings.max_in_flight_per_tenant = 4;
+    let worker = Arc::new(Worker::start(&settings).await.unwrap());
+    let (big, small) = (env.tenant().await, env.tenant().await);
+    let big_ids = env.endpoints(&big, 60).await;
+    let small_ids = env.endpoints(&small, 6).await;
+
+    // Sample the admission state throughout the run.
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let sampler = {
+        let (worker, samples) = (worker.clone(), samples.clone());
+        actix_rt::spawn(async move {
+            loop {
+                samples.lock().unwrap().push(worker.admission().snapshot());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    for id in &big_ids {
+        env.publish(EventKind::Deploy, &big, *id).await;
+    }
+    wait_for(
+        "the big tenant's backlog to build",
+        Duration::from_secs(30),
+        || async { worker.admission().snapshot().waiting > 20 },
+    )
+    .await;
+    for id in &small_ids {
+        env.publish(EventKind::Deploy, &small, *id).await;
+    }
+    let all: Vec<_> = big_ids.iter().chain(&small_ids).copied().collect();
+    wait_for("everything READY", Duration::from_secs(120), || async {
+        env.count_status(&all, "READY").await == all.len()
+    })
+    .await;
+    sampler.abort();
+
+    let small_done = futures::future::join_all(small_ids.iter().map(|id| env.history(*id)))
+        .await
+        .into_iter()
+        .map(|h| h[0].finished_at)
+        .max()
+        .unwrap();
+    let mut big_done: Vec<_> = futures::future::join_all(big_ids.iter().map(|id| env.history(*id)))
+        .await
+        .into_iter()
+        .map(|h| h[0].finished_at)
+        .collect();
+    big_done.sort();
+    let big_after_small = big_done.iter().filter(|t| **t > small_done).count();
+    assert!(
+        big_after_small >= big_ids.len() / 2,
+        "the small tenant finished while the big one still had most of its backlog \
+         ({big_after_small} of {} big deploys finished after the small tenant's last)",
+        big_ids.len()
+    );
+
+    let samples = samples.lock().unwrap();
+    assert!(!samples.is_empty());
+    for s in samples.iter() {
+        assert!(s.in_flight <= 6, "global cap exceeded: {s:?}");
+        assert!(
+            s.per_tenant.values().all(|n| *n <= 4),
+            "tenant cap exceeded: {s:?}"
+        );
+    }
+    assert!(
+        samples.iter().any(
+            |s| s.per_tenant.get(&small.tenant_id).copied().unwrap_or(0) > 0
+                && s.per_tenant.get(&big.tenant_id).copied().unwrap_or(0) > 0
+        ),
+        "both tenants ran at the same time"
+    );
+    drop(samples);
+    Arc::try_unwrap(worker)
+        .ok()
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+}
