@@ -73,7 +73,7 @@ async fn a_small_tenant_is_served_while_a_big_tenant_has_a_backlog() {
         big_ids.len()
     );
 
-    let samples = samples.lock().unwrap();
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
     assert!(!samples.is_empty());
     for s in samples.iter() {
         assert!(s.in_flight <= 6, "global cap exceeded: {s:?}");
@@ -89,7 +89,6 @@ async fn a_small_tenant_is_served_while_a_big_tenant_has_a_backlog() {
         ),
         "both tenants ran at the same time"
     );
-    drop(samples);
     Arc::try_unwrap(worker)
         .ok()
         .unwrap()
