@@ -208,7 +208,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         .map_err(|err| DemoError::Publish(err.to_string()))?;
     let js = async_nats::jetstream::new(client);
     let started = Instant::now();
-    for (id, endpoint) in ids.iter().zip(&new) {
+    let events = ids.iter().zip(&new).map(|(id, endpoint)| {
         let fields = EventFields {
             tenant_id: endpoint.tenant_id,
             project_id: endpoint.project_id,
@@ -216,10 +216,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             name: &endpoint.name,
             model: endpoint.model,
         };
-        platform::publish(&js, EventKind::Deploy, &fields, &format!("demo-{id}-1"))
-            .await
-            .map_err(|err| DemoError::Publish(err.to_string()))?;
-    }
+        (EventKind::Deploy, fields)
+    });
+    platform::publish_all(&js, events)
+        .await
+        .map_err(|err| DemoError::Publish(err.to_string()))?;
 
     let tenant_list = tenants
         .iter()

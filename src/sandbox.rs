@@ -137,6 +137,7 @@ pub struct LocalPostgres {
     bindir: PathBuf,
     port: u16,
     owner: Option<(u32, u32)>,
+    durable: bool,
     child: Option<Child>,
 }
 
@@ -144,6 +145,17 @@ impl LocalPostgres {
     /// Runs `initdb` in a new temporary directory and starts the server on a free port.
     /// Durability is switched off (`fsync=off`): this is for tests and demos.
     pub fn start() -> Result<Self, SandboxError> {
+        Self::start_with(false)
+    }
+
+    /// Like [`start`](Self::start) but with Postgres' default durability (`fsync`,
+    /// synchronous commit): every commit waits for the disk, as in production. For load
+    /// measurements, where the commit rate is what group commit is about.
+    pub fn start_durable() -> Result<Self, SandboxError> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<Self, SandboxError> {
         let bindir = postgres_bindir()?;
         let owner = postgres_user()?;
         let dir = tempfile::Builder::new()
@@ -180,6 +192,7 @@ impl LocalPostgres {
             bindir,
             port: free_port()?,
             owner,
+            durable,
             child: None,
         };
         server.start_again()?;
@@ -204,25 +217,17 @@ impl LocalPostgres {
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::chown(self.dir.path().join("postgres.log"), Some(uid), Some(gid))?;
         }
+        let fast: &[&str] = if self.durable {
+            &[]
+        } else {
+            &["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        };
         let mut child = Self::command(&self.bindir.join("postgres"), self.owner)
             .arg("-D")
             .arg(self.dir.path().join("data"))
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-k",
-            ])
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
             .arg(self.dir.path())
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ])
+            .args(fast)
             .args(["-c", "max_connections=200"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,294 @@
+//! End-to-end load harness (DESIGN §5), run with `cargo bench --bench e2e`.
+//!
+//! Everything is real and local: a throw-away Postgres with production durability (fsync and
+//! synchronous commit on), a throw-away `nats-server -js`, and the release `deploy-worker`
+//! binary as its own process. Each figure comes with a floor measured in the same run on the
+//! same servers, so the ratios hold on any machine:
+//!
+//! - **throughput**: events/s from a JetStream backlog to committed `READY` rows, against a
+//!   bare pull + ack loop on the same NATS server and a bare batched `UPDATE` (the worker's own
+//!   statement shape, one commit per batch) on the same database;
+//! - **memory**: the worker's resident set with 10,000 deploys in flight (simulate mode with a
+//!   long delay) and again once they are done and the endpoint actors have gone idle.
+//!
+//! Without `--bench` (as `cargo test --all-targets` runs it) it does a small smoke run of the
+//! same code paths, so the harness itself cannot rot.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use deploy_worker::events::{self, EventKind};
+use deploy_worker::platform::{self, EventFields, NewEndpoint, NewModelVersion};
+use deploy_worker::sandbox::{LocalNats, LocalPostgres};
+use deploy_worker::store::{Store, StoreSettings};
+use futures::StreamExt;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use serde_json::json;
+use uuid::Uuid;
+
+struct Scale {
+    throughput_events: usize,
+    in_flight: usize,
+    durable: bool,
+}
+
+fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let scale = if full {
+        Scale { throughput_events: 20_000, in_flight: 10_000, durable: true }
+    } else {
+        Scale { throughput_events: 300, in_flight: 200, durable: false }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        throughput(&scale).await;
+        memory(&scale).await;
+    });
+}
+
+/// Servers, schema and a tenant with `n` endpoints whose deploy events are published.
+struct Setup {
+    pg: LocalPostgres,
+    nats: LocalNats,
+    db: DatabaseConnection,
+    js: jetstream::Context,
+    ids: Vec<Uuid>,
+}
+
+async fn setup(scale: &Scale, n: usize) -> Setup {
+    let pg = if scale.durable { LocalPostgres::start_durable() } else { LocalPostgres::start() }
+        .expect("postgres");
+    let nats = LocalNats::start().expect("nats");
+    let store = Store::connect(&pg.url(), StoreSettings { max_connections: 4, batch_max: 1024 })
+        .await
+        .expect("connect");
+    deploy_worker::worker::migrate(&store, true).await.expect("migrate");
+    let db = store.db().clone();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("nats client"));
+    js.get_or_create_stream(events::stream_config()).await.expect("stream");
+
+    // Ten tenants, as a shared worker sees them.
+    let mut new = Vec::with_capacity(n);
+    for t in 0..10 {
+        let (tenant_id, project_id) = (Uuid::new_v4(), Uuid::new_v4());
+        let version = platform::create_model_version(
+            &db,
+            &NewModelVersion {
+                tenant_id,
+                project_id,
+                model_name: "load".into(),
+                version: 1,
+                artifact_uri: Some("gs://models/load/1".into()),
+            },
+        )
+        .await
+        .expect("model version");
+        new.extend((t..n).step_by(10).map(|i| NewEndpoint {
+            tenant_id,
+            project_id,
+            name: format!("load-{i}"),
+            runtime: "kserve".into(),
+            model: Some(version),
+            traffic: None,
+            autoscaling: Some(json!({"minReplicas": 1, "maxReplicas": 4})),
+            runtime_config: Some(json!({"modelFormat": "sklearn"})),
+        }));
+    }
+    let ids = platform::create_endpoints(&db, &new).await.expect("endpoints");
+    let events = ids.iter().zip(&new).map(|(id, e)| {
+        let fields = EventFields {
+            tenant_id: e.tenant_id,
+            project_id: e.project_id,
+            endpoint_id: *id,
+            name: &e.name,
+            model: e.model,
+        };
+        (EventKind::Deploy, fields)
+    });
+    platform::publish_all(&js, events).await.expect("publish");
+    Setup { pg, nats, db, js, ids }
+}
+
+fn spawn_worker(setup: &Setup, env: &[(&str, String)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_deploy-worker"));
+    command
+        .arg("run")
+        .env("DATABASE_URL", setup.pg.url())
+        .env("NATS_URL", setup.nats.url())
+        .env("RUST_LOG", "warn")
+        .env("HTTP_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().expect("start deploy-worker")
+}
+
+async fn count(db: &DatabaseConnection, status: &str) -> usize {
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM endpoints WHERE status = $1",
+            [status.into()],
+        ))
+        .await
+        .expect("count")
+        .expect("row");
+    row.try_get::<i64>("", "n").expect("n") as usize
+}
+
+async fn wait_count(db: &DatabaseConnection, status: &str, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while count(db, status).await < n {
+        assert!(Instant::now() < deadline, "timed out waiting for {n} {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+/// Bare pull + ack of `n` messages on a stream of the same configuration, same server.
+async fn floor_consume(js: &jetstream::Context, n: usize) -> f64 {
+    let mut config = events::stream_config();
+    config.name = "LOAD_FLOOR".into();
+    config.subjects = vec!["loadfloor.>".into()];
+    config.retention = stream::RetentionPolicy::WorkQueue;
+    let stream = js.get_or_create_stream(config).await.expect("floor stream");
+    let payload = platform::payload(&EventFields {
+        tenant_id: Uuid::new_v4(),
+        project_id: Uuid::new_v4(),
+        endpoint_id: Uuid::new_v4(),
+        name: "floor",
+        model: None,
+    });
+    let mut acks = Vec::new();
+    for _ in 0..n {
+        acks.push(js.publish("loadfloor.deploy", payload.clone().into()).await.expect("publish"));
+    }
+    for ack in acks {
+        ack.await.expect("ack");
+    }
+    let consumer = stream
+        .get_or_create_consumer(
+            "floor",
+            pull::Config {
+                durable_name: Some("floor".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("floor consumer");
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let mut batch = consumer
+            .batch()
+            .max_messages(512)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .expect("pull");
+        while let Some(message) = batch.next().await {
+            let message = message.expect("message");
+            // Decode as the worker does, then ack.
+            let _ = events::ServingEvent::decode(&message.payload);
+            message.ack_with(AckKind::Ack).await.expect("ack");
+            done += 1;
+            if done == n {
+                break;
+            }
+        }
+    }
+    js.client().flush().await.expect("flush");
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Bare batched UPDATE of `ids` to READY, batches of 1,024, one commit each.
+async fn floor_update(db: &DatabaseConnection, ids: &[Uuid]) -> f64 {
+    let started = Instant::now();
+    for chunk in ids.chunks(1024) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|id| json!({"id": id, "status": "READY", "url": format!("http://{id}.example.local")}))
+            .collect();
+        db.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE endpoints AS e SET status = v.status, url = v.url \
+             FROM jsonb_to_recordset($1::jsonb) AS v(id uuid, status text, url text) WHERE e.id = v.id",
+            [serde_json::Value::Array(rows).into()],
+        ))
+        .await
+        .expect("update");
+    }
+    let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
+    db.execute_unprepared("UPDATE endpoints SET status = 'CREATING', url = NULL")
+        .await
+        .expect("reset");
+    rate
+}
+
+async fn throughput(scale: &Scale) {
+    let n = scale.throughput_events;
+    let setup = setup(scale, n).await;
+    let consume = floor_consume(&setup.js, n).await;
+    let update = floor_update(&setup.db, &setup.ids).await;
+
+    let started = Instant::now();
+    let worker = spawn_worker(&setup, &[]);
+    wait_count(&setup.db, "READY", n, Duration::from_secs(600)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    stop(worker);
+    let worker_rate = n as f64 / elapsed;
+
+    println!("throughput ({n} events, simulate mode, {} Postgres)", if scale.durable { "durable" } else { "non-durable" });
+    println!("  worker, JetStream backlog -> committed READY  {worker_rate:>9.0} events/s  ({elapsed:.2} s incl. start-up)");
+    println!("  floor: bare pull + ack loop                    {consume:>9.0} events/s  ratio {:.2}", worker_rate / consume);
+    println!("  floor: bare batched UPDATE (1,024 per commit)  {update:>9.0} rows/s    ratio {:.2}", worker_rate / update);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn memory(scale: &Scale) {
+    let n = scale.in_flight;
+    let setup = setup(scale, n).await;
+    let worker = spawn_worker(
+        &setup,
+        &[
+            ("SIMULATE_DELAY_MS", "20000".into()),
+            ("DEPLOY_MAX_IN_FLIGHT", n.to_string()),
+            ("DEPLOY_MAX_IN_FLIGHT_PER_TENANT", n.to_string()),
+            ("ENDPOINT_IDLE_SECONDS", "1".into()),
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started_rss = rss_kib(worker.id());
+    wait_count(&setup.db, "DEPLOYING", n, Duration::from_secs(300)).await;
+    let busy_rss = rss_kib(worker.id());
+    wait_count(&setup.db, "READY", n, Duration::from_secs(300)).await;
+    // Idle actors stop after 1 s; give them and the allocator a moment.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle_rss = rss_kib(worker.id());
+    stop(worker);
+    println!("memory (worker resident set)");
+    println!("  just started                     {:>7.1} MiB", started_rss as f64 / 1024.0);
+    println!("  {n} deploys in flight         {:>7.1} MiB  ({:.1} KiB per deploy above start)", busy_rss as f64 / 1024.0, (busy_rss.saturating_sub(started_rss)) as f64 / n as f64);
+    println!("  all done, actors idle and gone   {:>7.1} MiB", idle_rss as f64 / 1024.0);
+}
