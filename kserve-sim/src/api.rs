@@ -15,6 +15,7 @@
 //! `fieldSelector`, `limit`, `continue`, `fieldManager`, `force`, `fieldValidation`, `dryRun`,
 //! `includeObject`. Bodies may be JSON or YAML.
 
+use crate::discovery;
 use crate::error::ApiError;
 use crate::faults::{FaultState, Injected};
 use crate::fieldset::Scope;
@@ -24,7 +25,6 @@ use crate::resource::{DeleteOpts, Deleted, PatchBody, Registry, WriteOpts};
 use crate::schema::FieldValidation;
 use crate::selector::Selectors;
 use crate::watch::{self, WatchRequest};
-use crate::discovery;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{StatusCode, header};
@@ -102,7 +102,13 @@ fn content_type(req: &HttpRequest) -> String {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -532,76 +538,96 @@ fn namespaces(state: &AppState) -> Vec<String> {
 
 /// Registers all routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/version", web::get().to(|| async { ok_json(discovery::version()) }))
-        .route("/version/", web::get().to(|| async { ok_json(discovery::version()) }))
-        .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
-        .route("/livez", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
-        .route("/readyz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
-        .route(
-            "/api",
-            web::get().to(|state: web::Data<AppState>| async move {
-                ok_json(discovery::core_versions(&state.settings.server_address))
-            }),
-        )
-        .route("/api/v1", web::get().to(|| async { ok_json(discovery::core_resources()) }))
-        .route("/apis", web::get().to(|| async { ok_json(discovery::groups()) }))
-        .route(
-            "/apis/serving.kserve.io",
-            web::get().to(|| async { ok_json(discovery::group_doc()) }),
-        )
-        .route(
-            GV_PREFIX,
-            web::get().to(|| async { ok_json(discovery::resources()) }),
-        )
-        .service(
-            web::resource(format!("{GV_PREFIX}/inferenceservices"))
-                .route(web::get().to(list_all))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource(format!("{GV_PREFIX}/namespaces/{{ns}}/inferenceservices"))
-                .route(web::get().to(list_ns))
-                .route(web::post().to(create))
-                .route(web::delete().to(delete_collection))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource(format!(
-                "{GV_PREFIX}/namespaces/{{ns}}/inferenceservices/{{name}}"
+    cfg.route(
+        "/version",
+        web::get().to(|| async { ok_json(discovery::version()) }),
+    )
+    .route(
+        "/version/",
+        web::get().to(|| async { ok_json(discovery::version()) }),
+    )
+    .route(
+        "/healthz",
+        web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+    )
+    .route(
+        "/livez",
+        web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+    )
+    .route(
+        "/readyz",
+        web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+    )
+    .route(
+        "/api",
+        web::get().to(|state: web::Data<AppState>| async move {
+            ok_json(discovery::core_versions(&state.settings.server_address))
+        }),
+    )
+    .route(
+        "/api/v1",
+        web::get().to(|| async { ok_json(discovery::core_resources()) }),
+    )
+    .route(
+        "/apis",
+        web::get().to(|| async { ok_json(discovery::groups()) }),
+    )
+    .route(
+        "/apis/serving.kserve.io",
+        web::get().to(|| async { ok_json(discovery::group_doc()) }),
+    )
+    .route(
+        GV_PREFIX,
+        web::get().to(|| async { ok_json(discovery::resources()) }),
+    )
+    .service(
+        web::resource(format!("{GV_PREFIX}/inferenceservices"))
+            .route(web::get().to(list_all))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource(format!("{GV_PREFIX}/namespaces/{{ns}}/inferenceservices"))
+            .route(web::get().to(list_ns))
+            .route(web::post().to(create))
+            .route(web::delete().to(delete_collection))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource(format!(
+            "{GV_PREFIX}/namespaces/{{ns}}/inferenceservices/{{name}}"
+        ))
+        .to(object_route),
+    )
+    .service(
+        web::resource(format!(
+            "{GV_PREFIX}/namespaces/{{ns}}/inferenceservices/{{name}}/{{sub}}"
+        ))
+        .to(subresource_route),
+    )
+    .route(
+        "/openapi/v3",
+        web::get().to(|| async { ok_json(discovery::openapi_v3_root()) }),
+    )
+    .route(
+        "/openapi/v3/apis/serving.kserve.io/v1beta1",
+        web::get().to(|state: web::Data<AppState>| async move {
+            ok_json(discovery::openapi_v3_group(
+                state.registry.schema.document(),
             ))
-            .to(object_route),
-        )
-        .service(
-            web::resource(format!(
-                "{GV_PREFIX}/namespaces/{{ns}}/inferenceservices/{{name}}/{{sub}}"
-            ))
-            .to(subresource_route),
-        )
-        .route(
-            "/openapi/v3",
-            web::get().to(|| async { ok_json(discovery::openapi_v3_root()) }),
-        )
-        .route(
-            "/openapi/v3/apis/serving.kserve.io/v1beta1",
-            web::get().to(|state: web::Data<AppState>| async move {
-                ok_json(discovery::openapi_v3_group(
-                    state.registry.schema.document(),
-                ))
-            }),
-        )
-        .route(
-            "/api/v1/namespaces",
-            web::get().to(|state: web::Data<AppState>| async move {
-                ok_json(discovery::namespace_list(&namespaces(&state)))
-            }),
-        )
-        .route(
-            "/api/v1/namespaces/{name}",
-            web::get().to(|path: web::Path<String>| async move {
-                ok_json(discovery::namespace(&path))
-            }),
-        )
-        .default_service(web::to(not_found));
+        }),
+    )
+    .route(
+        "/api/v1/namespaces",
+        web::get().to(|state: web::Data<AppState>| async move {
+            ok_json(discovery::namespace_list(&namespaces(&state)))
+        }),
+    )
+    .route(
+        "/api/v1/namespaces/{name}",
+        web::get()
+            .to(|path: web::Path<String>| async move { ok_json(discovery::namespace(&path)) }),
+    )
+    .default_service(web::to(not_found));
 }
 
 /// What a request is, from its method, path, query and content type.
@@ -629,8 +655,15 @@ fn classify(req: &ServiceRequest) -> RequestRecord {
     let Some(rest) = path.strip_prefix(GV_PREFIX) else {
         if matches!(
             path.as_str(),
-            "/version" | "/version/" | "/api" | "/api/v1" | "/apis" | "/apis/serving.kserve.io"
-                | "/healthz" | "/livez" | "/readyz"
+            "/version"
+                | "/version/"
+                | "/api"
+                | "/api/v1"
+                | "/apis"
+                | "/apis/serving.kserve.io"
+                | "/healthz"
+                | "/livez"
+                | "/readyz"
         ) || path.starts_with("/openapi")
         {
             record.verb = Verb::Discovery;

@@ -177,7 +177,9 @@ pub fn restrict_to_scope(applied: &mut Value, scope: Scope) {
         Scope::Main => {
             map.remove("status");
         }
-        Scope::Status => map.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status")),
+        Scope::Status => {
+            map.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status"))
+        }
     }
 }
 
@@ -263,7 +265,10 @@ pub fn apply(
             .iter()
             .map(|(i, p)| Cause {
                 reason: "FieldManagerConflict".into(),
-                message: format!("conflict with \"{}\" using {API_VERSION}", entries[*i].manager),
+                message: format!(
+                    "conflict with \"{}\" using {API_VERSION}",
+                    entries[*i].manager
+                ),
                 field: display_path(p),
             })
             .collect();
@@ -290,7 +295,11 @@ pub fn apply(
                         )
                     })
                     .collect();
-                format!("Apply failed with {} conflicts: {}", many.len(), parts.join("\n"))
+                format!(
+                    "Apply failed with {} conflicts: {}",
+                    many.len(),
+                    parts.join("\n")
+                )
             }
         };
         return Err(ApiError::apply_conflict(name, message, causes));
@@ -366,26 +375,62 @@ mod tests {
     #[test]
     fn apply_conflicts_share_and_force() {
         let s = schema();
-        let a = apply(None, &cfg(1, Some(10)), "one", false, Scope::Main, s.root(), "t")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .object;
+        let a = apply(
+            None,
+            &cfg(1, Some(10)),
+            "one",
+            false,
+            Scope::Main,
+            s.root(),
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .object;
         // Same values: shared, no conflict.
-        let b = apply(Some(&a), &cfg(1, None), "two", false, Scope::Main, s.root(), "t")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .object;
+        let b = apply(
+            Some(&a),
+            &cfg(1, None),
+            "two",
+            false,
+            Scope::Main,
+            s.root(),
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .object;
         assert_eq!(read_managed(&b).len(), 2);
         // A different value for a field "one" owns: conflict naming the field and manager.
-        let err = apply(Some(&b), &cfg(3, None), "two", false, Scope::Main, s.root(), "t")
-            .err()
-            .unwrap_or_else(|| panic!("expected a conflict"));
+        let err = apply(
+            Some(&b),
+            &cfg(3, None),
+            "two",
+            false,
+            Scope::Main,
+            s.root(),
+            "t",
+        )
+        .err()
+        .unwrap_or_else(|| panic!("expected a conflict"));
         assert_eq!(err.code, 409);
         assert_eq!(err.causes.len(), 1);
         assert_eq!(err.causes[0].field, ".spec.predictor.minReplicas");
-        assert!(err.message.contains("conflict with \"one\""), "{}", err.message);
+        assert!(
+            err.message.contains("conflict with \"one\""),
+            "{}",
+            err.message
+        );
         // Forced: "two" takes the field, "one" loses it.
-        let c = apply(Some(&b), &cfg(3, None), "two", true, Scope::Main, s.root(), "t")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .object;
+        let c = apply(
+            Some(&b),
+            &cfg(3, None),
+            "two",
+            true,
+            Scope::Main,
+            s.root(),
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .object;
         assert_eq!(c["spec"]["predictor"]["minReplicas"], 3);
         let one = read_managed(&c)
             .into_iter()
@@ -401,12 +446,28 @@ mod tests {
     #[test]
     fn omitted_fields_are_removed_unless_shared() {
         let s = schema();
-        let a = apply(None, &cfg(1, Some(10)), "one", false, Scope::Main, s.root(), "t")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .object;
-        let b = apply(Some(&a), &cfg(1, None), "one", false, Scope::Main, s.root(), "t")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .object;
+        let a = apply(
+            None,
+            &cfg(1, Some(10)),
+            "one",
+            false,
+            Scope::Main,
+            s.root(),
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .object;
+        let b = apply(
+            Some(&a),
+            &cfg(1, None),
+            "one",
+            false,
+            Scope::Main,
+            s.root(),
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .object;
         assert!(b["spec"]["predictor"].get("canaryTrafficPercent").is_none());
         assert_eq!(b["spec"]["predictor"]["minReplicas"], 1);
     }
@@ -414,9 +475,17 @@ mod tests {
     #[test]
     fn updates_take_ownership_without_conflict() {
         let s = schema();
-        let a = apply(None, &cfg(1, None), "one", false, Scope::Main, s.root(), "t")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .object;
+        let a = apply(
+            None,
+            &cfg(1, None),
+            "one",
+            false,
+            Scope::Main,
+            s.root(),
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .object;
         let mut b = a.clone();
         b["spec"]["predictor"]["minReplicas"] = json!(2);
         record_update(Some(&a), &mut b, "editor", Scope::Main, s.root(), "t2");
@@ -424,9 +493,17 @@ mod tests {
         let editor = entries.iter().find(|e| e.manager == "editor");
         assert!(editor.is_some_and(|e| e.operation == "Update" && e.time == "t2"));
         // Now "one" re-applying its old value conflicts with "editor".
-        let err = apply(Some(&b), &cfg(1, None), "one", false, Scope::Main, s.root(), "t")
-            .err()
-            .map(|e| e.causes[0].message.clone());
+        let err = apply(
+            Some(&b),
+            &cfg(1, None),
+            "one",
+            false,
+            Scope::Main,
+            s.root(),
+            "t",
+        )
+        .err()
+        .map(|e| e.causes[0].message.clone());
         assert_eq!(
             err.as_deref(),
             Some("conflict with \"editor\" using serving.kserve.io/v1beta1")

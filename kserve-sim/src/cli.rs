@@ -37,7 +37,11 @@ pub struct SimArgs {
     #[arg(long, env = "KSERVE_SIM_WATCH_TIMEOUT_SECONDS", default_value_t = 1800)]
     pub watch_timeout_seconds: u64,
     /// Milliseconds between BOOKMARK events on watches that allow them.
-    #[arg(long, env = "KSERVE_SIM_BOOKMARK_INTERVAL_MS", default_value_t = 60_000)]
+    #[arg(
+        long,
+        env = "KSERVE_SIM_BOOKMARK_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
     pub bookmark_interval_ms: u64,
     /// Events kept for watches to resume from (older resourceVersions get 410 Gone).
     #[arg(long, env = "KSERVE_SIM_HISTORY_SIZE", default_value_t = 10_000)]

@@ -41,7 +41,7 @@
 
 use crate::fieldset::Scope;
 use crate::meta;
-use crate::resource::Registry;
+use crate::resource::{Expect, Registry};
 use crate::store::{Key, StoredEvent};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -201,7 +201,11 @@ pub struct Controller {
 
 impl Controller {
     /// A controller over `registry`; run it with [`Controller::run`].
-    pub fn new(registry: Arc<Registry>, timings: Timings, domain: String) -> (Self, Arc<ControllerShared>) {
+    pub fn new(
+        registry: Arc<Registry>,
+        timings: Timings,
+        domain: String,
+    ) -> (Self, Arc<ControllerShared>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(ControllerShared {
             timings: Mutex::new(timings),
@@ -301,7 +305,9 @@ impl Controller {
 
 fn key_of(obj: &Value) -> Key {
     (
-        meta::meta_str(obj, "namespace").unwrap_or_default().to_string(),
+        meta::meta_str(obj, "namespace")
+            .unwrap_or_default()
+            .to_string(),
         meta::name(obj).to_string(),
     )
 }
@@ -325,7 +331,10 @@ fn is_knative(obj: &Value) -> bool {
 
 /// The predictor template: what makes Knative create a new revision.
 fn template(obj: &Value) -> Value {
-    let mut p = obj.pointer("/spec/predictor").cloned().unwrap_or(Value::Null);
+    let mut p = obj
+        .pointer("/spec/predictor")
+        .cloned()
+        .unwrap_or(Value::Null);
     if let Some(m) = p.as_object_mut() {
         m.remove("canaryTrafficPercent");
     }
@@ -351,18 +360,13 @@ impl Reconcile {
         f: impl FnOnce(&mut Value),
     ) -> Result<bool, crate::error::ApiError> {
         let generation = (!self.signature.deleting).then_some(self.signature.generation);
-        Ok(self
-            .registry
-            .modify(
-                &self.key.0,
-                &self.key.1,
-                &self.signature.uid,
-                generation,
-                MANAGER,
-                scope,
-                f,
-            )?
-            .is_some())
+        let target = Expect {
+            namespace: &self.key.0,
+            name: &self.key.1,
+            uid: &self.signature.uid,
+            generation,
+        };
+        Ok(self.registry.modify(&target, MANAGER, scope, f)?.is_some())
     }
 
     fn current(&self) -> Option<Arc<Value>> {
@@ -517,16 +521,46 @@ fn progressing(o: &mut Value, knative: bool, revision: Option<&str>, now: &str) 
     common(o, knative);
     let s = status_of(o);
     if knative {
-        let msg = format!("Configuration \"{name}-predictor\" is waiting for a Revision to become ready.");
+        let msg = format!(
+            "Configuration \"{name}-predictor\" is waiting for a Revision to become ready."
+        );
         for ty in ["LatestDeploymentReady", "PredictorConfigurationReady"] {
-            set_condition(s, ty, "Unknown", Some("RevisionMissing"), Some(&msg), true, now);
+            set_condition(
+                s,
+                ty,
+                "Unknown",
+                Some("RevisionMissing"),
+                Some(&msg),
+                true,
+                now,
+            );
         }
         for ty in ["PredictorReady", "Ready"] {
-            set_condition(s, ty, "Unknown", Some("RevisionMissing"), Some(&msg), false, now);
+            set_condition(
+                s,
+                ty,
+                "Unknown",
+                Some("RevisionMissing"),
+                Some(&msg),
+                false,
+                now,
+            );
         }
-        for (ty, info) in [("IngressReady", false), ("PredictorRouteReady", true), ("RoutesReady", true)] {
+        for (ty, info) in [
+            ("IngressReady", false),
+            ("PredictorRouteReady", true),
+            ("RoutesReady", true),
+        ] {
             if !condition_is_true(s, ty) {
-                set_condition(s, ty, "Unknown", Some("RevisionMissing"), Some(&msg), info, now);
+                set_condition(
+                    s,
+                    ty,
+                    "Unknown",
+                    Some("RevisionMissing"),
+                    Some(&msg),
+                    info,
+                    now,
+                );
             }
         }
         if let Some(rev) = revision {
@@ -535,10 +569,26 @@ fn progressing(o: &mut Value, knative: bool, revision: Option<&str>, now: &str) 
     } else {
         let msg = "Deployment does not have minimum availability.";
         for ty in ["PredictorReady", "Ready"] {
-            set_condition(s, ty, "False", Some("MinimumReplicasUnavailable"), Some(msg), false, now);
+            set_condition(
+                s,
+                ty,
+                "False",
+                Some("MinimumReplicasUnavailable"),
+                Some(msg),
+                false,
+                now,
+            );
         }
         if !condition_is_true(s, "IngressReady") {
-            set_condition(s, "IngressReady", "Unknown", Some("PredictorNotReady"), Some(msg), false, now);
+            set_condition(
+                s,
+                "IngressReady",
+                "Unknown",
+                Some("PredictorNotReady"),
+                Some(msg),
+                false,
+                now,
+            );
         }
     }
     let active = s
@@ -553,7 +603,14 @@ fn progressing(o: &mut Value, knative: bool, revision: Option<&str>, now: &str) 
     });
 }
 
-fn failed(o: &mut Value, knative: bool, revision: Option<&str>, reason: &str, message: &str, now: &str) {
+fn failed(
+    o: &mut Value,
+    knative: bool,
+    revision: Option<&str>,
+    reason: &str,
+    message: &str,
+    now: &str,
+) {
     common(o, knative);
     let s = status_of(o);
     let mut types = vec![("PredictorReady", false), ("Ready", false)];
@@ -581,7 +638,9 @@ fn failed(o: &mut Value, knative: bool, revision: Option<&str>, reason: &str, me
 
 fn ready(o: &mut Value, knative: bool, revision: Option<&str>, domain: &str, now: &str) {
     let name = meta::name(o).to_string();
-    let ns = meta::meta_str(o, "namespace").unwrap_or_default().to_string();
+    let ns = meta::meta_str(o, "namespace")
+        .unwrap_or_default()
+        .to_string();
     let canary = o
         .pointer("/spec/predictor/canaryTrafficPercent")
         .and_then(Value::as_i64);
@@ -608,7 +667,11 @@ fn ready(o: &mut Value, knative: bool, revision: Option<&str>, domain: &str, now
             ("RoutesReady", true),
         ]
     } else {
-        &[("IngressReady", false), ("PredictorReady", false), ("Ready", false)]
+        &[
+            ("IngressReady", false),
+            ("PredictorReady", false),
+            ("Ready", false),
+        ]
     };
     if let (true, Some(latest)) = (knative, revision) {
         let rolled = component["latestRolledoutRevision"]
@@ -699,14 +762,20 @@ mod tests {
         ready(&mut o, true, Some("m-predictor-00002"), "example.com", "t");
         assert_eq!(
             traffic(&o),
-            vec![("m-predictor-00002".into(), 10), ("m-predictor-00001".into(), 90)]
+            vec![
+                ("m-predictor-00002".into(), 10),
+                ("m-predictor-00001".into(), 90)
+            ]
         );
         // Rollback: 0 % to the canary.
         o["spec"] = obj(Some(0))["spec"].clone();
         ready(&mut o, true, Some("m-predictor-00002"), "example.com", "t");
         assert_eq!(
             traffic(&o),
-            vec![("m-predictor-00002".into(), 0), ("m-predictor-00001".into(), 100)]
+            vec![
+                ("m-predictor-00002".into(), 0),
+                ("m-predictor-00001".into(), 100)
+            ]
         );
         // Promote.
         o["spec"] = obj(None)["spec"].clone();
@@ -725,7 +794,10 @@ mod tests {
             ANNOTATION_FAIL: "RevisionFailed: image not found",
             ANNOTATION_READY_DELAY_MS: "250"}}});
         let b = ObjectBehaviour::from_annotations(&o);
-        assert_eq!(b.fail, Some(("RevisionFailed".into(), "image not found".into())));
+        assert_eq!(
+            b.fail,
+            Some(("RevisionFailed".into(), "image not found".into()))
+        );
         assert_eq!(b.ready_delay, Some(Duration::from_millis(250)));
         assert!(!b.never_ready);
     }

@@ -134,9 +134,7 @@ fn param(name: &str, location: &str, required: bool) -> Value {
 pub fn openapi_v3_group(schema: &Value) -> Value {
     let gvk = json!({"group": GROUP, "version": "v1beta1", "kind": KIND});
     let object_ref = json!({"$ref": format!("#/components/schemas/{SCHEMA_NAME}")});
-    let ok = |desc: &str| {
-        json!({"200": {"description": desc, "content": {"application/json": {"schema": object_ref}}}})
-    };
+    let ok = |desc: &str| json!({"200": {"description": desc, "content": {"application/json": {"schema": object_ref}}}});
     let write_params = || {
         json!([
             param("dryRun", "query", false),
@@ -157,7 +155,11 @@ pub fn openapi_v3_group(schema: &Value) -> Value {
     if let Some(a) = patch_params.as_array_mut() {
         a.push(param("force", "query", false));
     }
-    let mut patch = op("patch", "patchServingKserveIoV1beta1NamespacedInferenceService", patch_params);
+    let mut patch = op(
+        "patch",
+        "patchServingKserveIoV1beta1NamespacedInferenceService",
+        patch_params,
+    );
     patch["requestBody"] = json!({"content": {
         "application/apply-patch+yaml": {"schema": {"type": "object"}},
         "application/json-patch+json": {"schema": {"type": "object"}},

@@ -75,7 +75,11 @@ impl ApiError {
 
     /// 404 for a path the server does not serve.
     pub fn path_not_found() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     /// 409 on create when the name is taken.
@@ -184,7 +188,9 @@ impl ApiError {
         Self::new(
             406,
             "NotAcceptable",
-            format!("only the following media types are accepted: application/json, application/yaml ({what})"),
+            format!(
+                "only the following media types are accepted: application/json, application/yaml ({what})"
+            ),
         )
     }
 
@@ -195,7 +201,11 @@ impl ApiError {
 
     /// 429 with a retry hint (injected throttling).
     pub fn too_many_requests(retry_after_seconds: u32) -> Self {
-        let mut e = Self::new(429, "TooManyRequests", "Too many requests, please try again later.");
+        let mut e = Self::new(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        );
         e.retry_after_seconds = Some(retry_after_seconds);
         e
     }
@@ -203,7 +213,11 @@ impl ApiError {
     /// 500 (injected faults and unexpected internal states).
     pub fn internal(message: impl Into<String>) -> Self {
         let message = message.into();
-        let mut e = Self::new(500, "InternalError", format!("Internal error occurred: {message}"));
+        let mut e = Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {message}"),
+        );
         e.causes = vec![Cause {
             reason: String::new(),
             message,

@@ -356,12 +356,24 @@ mod tests {
 
     #[test]
     fn value_at_and_remove_at_follow_keys() {
-        let mut o = json!({"spec": {"l": [{"name": "a", "x": 1}, {"name": "b", "x": 2}], "s": ["p", "q"]}});
-        let p: FieldPath = vec!["f:spec".into(), "f:l".into(), "k:{\"name\":\"b\"}".into(), "f:x".into()];
+        let mut o =
+            json!({"spec": {"l": [{"name": "a", "x": 1}, {"name": "b", "x": 2}], "s": ["p", "q"]}});
+        let p: FieldPath = vec![
+            "f:spec".into(),
+            "f:l".into(),
+            "k:{\"name\":\"b\"}".into(),
+            "f:x".into(),
+        ];
         assert_eq!(value_at(&o, &p), Some(&json!(2)));
         assert_eq!(display_path(&p), ".spec.l[name=\"b\"].x");
         assert!(remove_at(&mut o, &p[..3]));
-        assert!(remove_at(&mut o, &["f:spec".into(), "f:s".into(), "v:\"p\"".into()]));
-        assert_eq!(o, json!({"spec": {"l": [{"name": "a", "x": 1}], "s": ["q"]}}));
+        assert!(remove_at(
+            &mut o,
+            &["f:spec".into(), "f:s".into(), "v:\"p\"".into()]
+        ));
+        assert_eq!(
+            o,
+            json!({"spec": {"l": [{"name": "a", "x": 1}], "s": ["q"]}})
+        );
     }
 }

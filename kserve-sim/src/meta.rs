@@ -8,9 +8,7 @@ use serde_json::Value;
 
 /// `metav1.Time` format: RFC 3339, whole seconds, UTC.
 pub fn now() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// `metadata.<field>` as a string, if present.
@@ -32,9 +30,7 @@ pub fn generation(obj: &Value) -> i64 {
 
 /// `metadata.annotations[key]`.
 pub fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
-    obj.pointer("/metadata/annotations")?
-        .get(key)?
-        .as_str()
+    obj.pointer("/metadata/annotations")?.get(key)?.as_str()
 }
 
 /// `metadata.finalizers` as strings.
@@ -194,6 +190,9 @@ mod tests {
     fn generated_suffix_is_five_safe_chars() {
         let s = generated_suffix();
         assert_eq!(s.len(), 5);
-        assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(
+            s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
     }
 }

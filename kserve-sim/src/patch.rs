@@ -94,14 +94,18 @@ fn add(doc: &mut Value, ptr: &str, value: Value) -> Result<(), JsonPatchError> {
             a.insert(idx, value);
             Ok(())
         }
-        _ => Err(JsonPatchError::Path(format!("{ptr}: parent is not a container"))),
+        _ => Err(JsonPatchError::Path(format!(
+            "{ptr}: parent is not a container"
+        ))),
     }
 }
 
 fn remove(doc: &mut Value, ptr: &str) -> Result<Value, JsonPatchError> {
     let tokens = split_pointer(ptr)?;
     let Some((last, parents)) = tokens.split_last() else {
-        return Err(JsonPatchError::Path("cannot remove the whole document".into()));
+        return Err(JsonPatchError::Path(
+            "cannot remove the whole document".into(),
+        ));
     };
     match parent_mut(doc, parents, ptr)? {
         Value::Object(m) => m
@@ -115,7 +119,9 @@ fn remove(doc: &mut Value, ptr: &str) -> Result<Value, JsonPatchError> {
                 .ok_or_else(|| JsonPatchError::Path(format!("{ptr}: index out of range")))?;
             Ok(a.remove(idx))
         }
-        _ => Err(JsonPatchError::Path(format!("{ptr}: parent is not a container"))),
+        _ => Err(JsonPatchError::Path(format!(
+            "{ptr}: parent is not a container"
+        ))),
     }
 }
 

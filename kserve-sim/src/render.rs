@@ -95,23 +95,51 @@ fn partial_metadata(obj: &Value) -> Value {
     })
 }
 
-fn find<'a>(list: Option<&'a Value>, pred: impl Fn(&Value) -> bool) -> Option<&'a Value> {
+fn find(list: Option<&Value>, pred: impl Fn(&Value) -> bool) -> Option<&Value> {
     list.and_then(Value::as_array)?.iter().find(|i| pred(i))
 }
 
 /// The CRD's `additionalPrinterColumns` (with the implicit Name column first).
 fn column_definitions() -> Value {
-    let col = |name: &str, ty: &str, format: &str, description: &str| {
-        json!({"name": name, "type": ty, "format": format, "description": description, "priority": 0})
-    };
+    let col = |name: &str, ty: &str, format: &str, description: &str| json!({"name": name, "type": ty, "format": format, "description": description, "priority": 0});
     json!([
-        col("Name", "string", "name", "Name must be unique within a namespace."),
+        col(
+            "Name",
+            "string",
+            "name",
+            "Name must be unique within a namespace."
+        ),
         col("URL", "string", "", ".status.url"),
-        col("Ready", "string", "", ".status.conditions[?(@.type=='Ready')].status"),
-        col("Prev", "integer", "", ".status.components.predictor.traffic[?(@.tag=='prev')].percent"),
-        col("Latest", "integer", "", ".status.components.predictor.traffic[?(@.latestRevision==true)].percent"),
-        col("PrevRolledoutRevision", "string", "", ".status.components.predictor.traffic[?(@.tag=='prev')].revisionName"),
-        col("LatestReadyRevision", "string", "", ".status.components.predictor.traffic[?(@.latestRevision==true)].revisionName"),
+        col(
+            "Ready",
+            "string",
+            "",
+            ".status.conditions[?(@.type=='Ready')].status"
+        ),
+        col(
+            "Prev",
+            "integer",
+            "",
+            ".status.components.predictor.traffic[?(@.tag=='prev')].percent"
+        ),
+        col(
+            "Latest",
+            "integer",
+            "",
+            ".status.components.predictor.traffic[?(@.latestRevision==true)].percent"
+        ),
+        col(
+            "PrevRolledoutRevision",
+            "string",
+            "",
+            ".status.components.predictor.traffic[?(@.tag=='prev')].revisionName"
+        ),
+        col(
+            "LatestReadyRevision",
+            "string",
+            "",
+            ".status.components.predictor.traffic[?(@.latestRevision==true)].revisionName"
+        ),
         col("Age", "date", "", ".metadata.creationTimestamp"),
     ])
 }
@@ -211,7 +239,11 @@ pub fn object(obj: &Value, render: Render) -> Value {
                 .pointer("/metadata/resourceVersion")
                 .cloned()
                 .unwrap_or(Value::Null);
-            table(vec![row(obj, include)], v1beta1, json!({"resourceVersion": rv}))
+            table(
+                vec![row(obj, include)],
+                v1beta1,
+                json!({"resourceVersion": rv}),
+            )
         }
     }
 }
@@ -248,15 +280,28 @@ mod tests {
         let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
         assert_eq!(
             negotiate(Some(kubectl), IncludeObject::Object).ok(),
-            Some(Render::Table { v1beta1: false, include: IncludeObject::Object })
+            Some(Render::Table {
+                v1beta1: false,
+                include: IncludeObject::Object
+            })
         );
-        assert_eq!(negotiate(None, IncludeObject::Metadata).ok(), Some(Render::Full));
-        let discovery = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
-        assert_eq!(negotiate(Some(discovery), IncludeObject::Metadata).ok(), Some(Render::Full));
         assert_eq!(
-            negotiate(Some("application/vnd.kubernetes.protobuf"), IncludeObject::Metadata)
-                .err()
-                .map(|e| e.code),
+            negotiate(None, IncludeObject::Metadata).ok(),
+            Some(Render::Full)
+        );
+        let discovery =
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(
+            negotiate(Some(discovery), IncludeObject::Metadata).ok(),
+            Some(Render::Full)
+        );
+        assert_eq!(
+            negotiate(
+                Some("application/vnd.kubernetes.protobuf"),
+                IncludeObject::Metadata
+            )
+            .err()
+            .map(|e| e.code),
             Some(406)
         );
     }
@@ -268,7 +313,10 @@ mod tests {
               "components": {"predictor": {"traffic": [
                 {"revisionName": "a-2", "percent": 10, "latestRevision": true, "tag": "latest"},
                 {"revisionName": "a-1", "percent": 90, "latestRevision": false, "tag": "prev"}]}}}});
-        assert_eq!(cells(&o), json!(["a", "http://a", "True", 90, 10, "a-1", "a-2", null]));
+        assert_eq!(
+            cells(&o),
+            json!(["a", "http://a", "True", 90, 10, "a-1", "a-2", null])
+        );
     }
 
     #[test]

@@ -110,6 +110,28 @@ enum Ownership<'a> {
     AlreadyRecorded,
 }
 
+/// How the last steps of an update are carried out.
+struct Commit<'a> {
+    key: Key,
+    scope: Scope,
+    ownership: Ownership<'a>,
+    dry_run: bool,
+}
+
+/// The stored object an internal write is meant for: it only happens if the object still has
+/// this uid (and generation, when given).
+#[derive(Clone, Copy, Debug)]
+pub struct Expect<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// `metadata.uid`.
+    pub uid: &'a str,
+    /// `metadata.generation`, if it must match.
+    pub generation: Option<i64>,
+}
+
 /// The registry.
 pub struct Registry {
     /// Objects, resourceVersions and event history.
@@ -432,16 +454,22 @@ impl Registry {
     fn finish_update(
         &self,
         st: &mut StoreState,
-        k: Key,
         old: &Arc<Value>,
         mut c: Value,
-        scope: Scope,
-        ownership: Ownership<'_>,
-        dry_run: bool,
+        how: Commit<'_>,
     ) -> Result<Arc<Value>, ApiError> {
+        let Commit {
+            key: k,
+            scope,
+            ownership,
+            dry_run,
+        } = how;
         if meta::is_deleting(old) {
             let before = meta::finalizers(old);
-            if let Some(added) = meta::finalizers(&c).into_iter().find(|f| !before.contains(f)) {
+            if let Some(added) = meta::finalizers(&c)
+                .into_iter()
+                .find(|f| !before.contains(f))
+            {
                 return Err(ApiError::invalid(
                     meta::name(old),
                     vec![crate::error::Cause {
@@ -504,7 +532,10 @@ impl Registry {
         let warnings = self.prune(&mut body, opts.field_validation)?;
         let mut st = self.store.lock();
         let k = key(ns, name);
-        let old = st.get(&k).cloned().ok_or_else(|| ApiError::not_found(name))?;
+        let old = st
+            .get(&k)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(name))?;
         let Some(rv) = rv else {
             return Err(ApiError::invalid(
                 name,
@@ -532,12 +563,14 @@ impl Registry {
         let c = Self::candidate(&old, body, scope);
         let object = self.finish_update(
             &mut st,
-            k,
             &old,
             c,
-            scope,
-            Ownership::Update(&opts.manager),
-            opts.dry_run,
+            Commit {
+                key: k,
+                scope,
+                ownership: Ownership::Update(&opts.manager),
+                dry_run: opts.dry_run,
+            },
         )?;
         Ok(Written {
             object,
@@ -568,7 +601,10 @@ impl Registry {
         };
         let mut st = self.store.lock();
         let k = key(ns, name);
-        let old = st.get(&k).cloned().ok_or_else(|| ApiError::not_found(name))?;
+        let old = st
+            .get(&k)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(name))?;
         let mut c = (*old).clone();
         match patched {
             Ok(merge) => patch::merge_patch(&mut c, &merge),
@@ -593,12 +629,14 @@ impl Registry {
         let c = Self::candidate(&old, c, scope);
         let object = self.finish_update(
             &mut st,
-            k,
             &old,
             c,
-            scope,
-            Ownership::Update(&opts.manager),
-            opts.dry_run,
+            Commit {
+                key: k,
+                scope,
+                ownership: Ownership::Update(&opts.manager),
+                dry_run: opts.dry_run,
+            },
         )?;
         Ok(Written {
             object,
@@ -690,12 +728,14 @@ impl Registry {
         }
         let object = self.finish_update(
             &mut st,
-            k,
             &old,
             c,
-            scope,
-            Ownership::AlreadyRecorded,
-            opts.dry_run,
+            Commit {
+                key: k,
+                scope,
+                ownership: Ownership::AlreadyRecorded,
+                dry_run: opts.dry_run,
+            },
         )?;
         Ok(Written {
             object,
@@ -708,7 +748,10 @@ impl Registry {
     pub fn delete(&self, ns: &str, name: &str, opts: &DeleteOpts) -> Result<Deleted, ApiError> {
         let mut st = self.store.lock();
         let k = key(ns, name);
-        let old = st.get(&k).cloned().ok_or_else(|| ApiError::not_found(name))?;
+        let old = st
+            .get(&k)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(name))?;
         if let Some(uid) = &opts.uid
             && Some(uid.as_str()) != meta::meta_str(&old, "uid")
         {
@@ -753,29 +796,38 @@ impl Registry {
     /// the write was meant for a state that no longer exists.
     pub fn modify(
         &self,
-        ns: &str,
-        name: &str,
-        uid: &str,
-        generation: Option<i64>,
+        target: &Expect<'_>,
         manager: &str,
         scope: Scope,
         f: impl FnOnce(&mut Value),
     ) -> Result<Option<Arc<Value>>, ApiError> {
         let mut st = self.store.lock();
-        let k = key(ns, name);
+        let k = key(target.namespace, target.name);
         let Some(old) = st.get(&k).cloned() else {
             return Ok(None);
         };
-        if meta::meta_str(&old, "uid") != Some(uid)
-            || generation.is_some_and(|g| g != meta::generation(&old))
+        if meta::meta_str(&old, "uid") != Some(target.uid)
+            || target
+                .generation
+                .is_some_and(|g| g != meta::generation(&old))
         {
             return Ok(None);
         }
         let mut c = (*old).clone();
         f(&mut c);
         let c = Self::candidate(&old, c, scope);
-        self.finish_update(&mut st, k, &old, c, scope, Ownership::Update(manager), false)
-            .map(Some)
+        self.finish_update(
+            &mut st,
+            &old,
+            c,
+            Commit {
+                key: k,
+                scope,
+                ownership: Ownership::Update(manager),
+                dry_run: false,
+            },
+        )
+        .map(Some)
     }
 
     /// A `Status` body for a completed deletion.

@@ -498,9 +498,15 @@ mod tests {
         let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(
             fields,
-            vec!["spec.predictor.minReplicas", "spec.predictor.model.modelFormat.name"]
+            vec![
+                "spec.predictor.minReplicas",
+                "spec.predictor.model.modelFormat.name"
+            ]
         );
-        assert!(causes[0].message.contains("must be of type integer"), "{causes:?}");
+        assert!(
+            causes[0].message.contains("must be of type integer"),
+            "{causes:?}"
+        );
         assert_eq!(causes[1].message, "Required value");
     }
 
@@ -510,22 +516,34 @@ mod tests {
         let o = isvc(json!({"model": {"modelFormat": {"name": "x"},
             "resources": {"limits": {"cpu": "lots", "memory": true}}}}));
         let fields: Vec<String> = s.validate(&o).into_iter().map(|c| c.field).collect();
-        assert!(fields.contains(&"spec.predictor.model.resources.limits.cpu".to_string()), "{fields:?}");
-        assert!(fields.contains(&"spec.predictor.model.resources.limits.memory".to_string()), "{fields:?}");
+        assert!(
+            fields.contains(&"spec.predictor.model.resources.limits.cpu".to_string()),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"spec.predictor.model.resources.limits.memory".to_string()),
+            "{fields:?}"
+        );
     }
 
     #[test]
     fn prune_drops_unknown_fields_but_keeps_status_and_map_values() {
         let s = schema();
-        let mut o = isvc(json!({"bogus": 1, "model": {"modelFormat": {"name": "x"}, "extra": {"a": 1}},
-            "nodeSelector": {"any-key": "v"}}));
+        let mut o = isvc(
+            json!({"bogus": 1, "model": {"modelFormat": {"name": "x"}, "extra": {"a": 1}},
+            "nodeSelector": {"any-key": "v"}}),
+        );
         o["status"] = json!({"anything": {"goes": true}});
         o["metadata"]["surprise"] = json!(1);
         let mut pruned = s.prune(&mut o);
         pruned.sort();
         assert_eq!(
             pruned,
-            vec!["metadata.surprise", "spec.predictor.bogus", "spec.predictor.model.extra"]
+            vec![
+                "metadata.surprise",
+                "spec.predictor.bogus",
+                "spec.predictor.model.extra"
+            ]
         );
         assert_eq!(o["spec"]["predictor"]["nodeSelector"]["any-key"], "v");
         assert_eq!(o["status"]["anything"]["goes"], true);
@@ -537,7 +555,10 @@ mod tests {
         let mut o = isvc(json!({"model": {"modelFormat": {"name": "x"}},
             "containers": [{"name": "c", "ports": [{"containerPort": 8080}]}]}));
         s.apply_defaults(&mut o);
-        assert_eq!(o["spec"]["predictor"]["containers"][0]["ports"][0]["protocol"], "TCP");
+        assert_eq!(
+            o["spec"]["predictor"]["containers"][0]["ports"][0]["protocol"],
+            "TCP"
+        );
         assert!(o["spec"]["predictor"].get("storageUris").is_none());
     }
 
@@ -550,13 +571,19 @@ mod tests {
             ListType::Map(vec!["name".into()])
         );
         // Lists without x-kubernetes-list-type are atomic in a CRD.
-        assert_eq!(predictor.property("containers").list_type(), ListType::Atomic);
+        assert_eq!(
+            predictor.property("containers").list_type(),
+            ListType::Atomic
+        );
         assert_eq!(
             predictor.property("model").property("args").list_type(),
             ListType::Atomic
         );
         assert_eq!(
-            s.root().property("metadata").property("finalizers").list_type(),
+            s.root()
+                .property("metadata")
+                .property("finalizers")
+                .list_type(),
             ListType::Set
         );
     }

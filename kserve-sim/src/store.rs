@@ -225,13 +225,23 @@ mod tests {
         let mut st = store.lock();
         let start = st.current_rv();
         for i in 0..5 {
-            let o = st.commit(("ns".into(), format!("o{i}")), obj(&format!("o{i}")), EventType::Added);
-            assert_eq!(o["metadata"]["resourceVersion"], json!((start + 1 + i).to_string()));
+            let o = st.commit(
+                ("ns".into(), format!("o{i}")),
+                obj(&format!("o{i}")),
+                EventType::Added,
+            );
+            assert_eq!(
+                o["metadata"]["resourceVersion"],
+                json!((start + 1 + i).to_string())
+            );
         }
         // 5 events, 3 kept: the two oldest are gone.
         assert_eq!(st.oldest_watchable(), start + 2);
         assert!(st.watch_from(Some(start)).is_err());
-        let w = st.watch_from(Some(start + 2)).map_err(|_| "too old").unwrap_or_else(|e| panic!("{e}"));
+        let w = st
+            .watch_from(Some(start + 2))
+            .map_err(|_| "too old")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(w.replay.len(), 3);
         assert_eq!(w.replay[0].rv, start + 3);
     }
@@ -244,7 +254,10 @@ mod tests {
         st.commit(key.clone(), obj("a"), EventType::Added);
         st.commit(key.clone(), obj("a"), EventType::Deleted);
         assert!(st.get(&key).is_none());
-        let w = st.watch_from(Some(0)).map_err(|_| "too old").unwrap_or_else(|e| panic!("{e}"));
+        let w = st
+            .watch_from(Some(0))
+            .map_err(|_| "too old")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(w.replay[1].kind, EventType::Deleted);
         assert!(w.replay[1].previous.is_some());
     }

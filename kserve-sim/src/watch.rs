@@ -93,8 +93,8 @@ fn bookmark(rv: u64, initial_end: bool) -> Bytes {
 
 /// The ERROR line for a resourceVersion older than the history.
 fn expired(requested: u64, oldest: u64) -> Bytes {
-    let status = ApiError::expired(format!("too old resource version: {requested} ({oldest})"))
-        .to_status();
+    let status =
+        ApiError::expired(format!("too old resource version: {requested} ({oldest})")).to_status();
     line("ERROR", status)
 }
 
@@ -195,9 +195,10 @@ pub fn open(
 ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + 'static, ApiError> {
     let from = match req.resource_version.as_deref() {
         None | Some("") | Some("0") => None,
-        Some(s) => Some(s.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("invalid resource version: {s:?}"))
-        })?),
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))?,
+        ),
     };
     let initial = req.send_initial_events;
     let now = Instant::now();
@@ -208,17 +209,14 @@ pub fn open(
         last_rv: 0,
         deadline: now + req.timeout,
         cut_at: req.cut_after.map(|d| now + d),
-        next_bookmark: req
-            .allow_bookmarks
-            .then(|| now + req.bookmark_interval),
+        next_bookmark: req.allow_bookmarks.then(|| now + req.bookmark_interval),
         events_sent: 0,
         done: false,
         req,
     };
     {
         let st = store.lock();
-        let start = if initial { Ok(None) } else { Ok(from) }
-            .and_then(|f| st.watch_from(f));
+        let start = if initial { Ok(None) } else { Ok(from) }.and_then(|f| st.watch_from(f));
         match start {
             Err(too_old) => {
                 state.queue.push_back(Line {
@@ -232,12 +230,18 @@ pub fn open(
                 for obj in &start.snapshot {
                     if state.in_scope(obj) {
                         let bytes = line("ADDED", render::object(obj, state.req.render));
-                        state.queue.push_back(Line { bytes, is_event: true });
+                        state.queue.push_back(Line {
+                            bytes,
+                            is_event: true,
+                        });
                     }
                 }
                 for ev in &start.replay {
                     if let Some(bytes) = state.render_event(ev) {
-                        state.queue.push_back(Line { bytes, is_event: true });
+                        state.queue.push_back(Line {
+                            bytes,
+                            is_event: true,
+                        });
                     }
                 }
                 if initial && state.req.allow_bookmarks {

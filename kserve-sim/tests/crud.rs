@@ -6,11 +6,11 @@
 mod common;
 
 use common::*;
-use kube::api::{
-    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, ValidationDirective,
-    WatchEvent, WatchParams,
-};
 use futures::{StreamExt, TryStreamExt};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+    ValidationDirective, WatchEvent, WatchParams,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -20,7 +20,11 @@ async fn create_get_list_with_selectors_and_pages() {
     let c = client(&sim).await;
     let a = api(&c, NS);
     let pp = PostParams::default();
-    for (name, tier, extra) in [("a1", "web", true), ("a2", "web", false), ("a3", "batch", false)] {
+    for (name, tier, extra) in [
+        ("a1", "web", true),
+        ("a2", "web", false),
+        ("a3", "batch", false),
+    ] {
         let mut labels = json!({"tier": tier});
         if extra {
             labels["canary"] = json!("yes");
@@ -35,17 +39,31 @@ async fn create_get_list_with_selectors_and_pages() {
         assert!(meta.creation_timestamp.is_some());
     }
     api(&c, "other")
-        .create(&pp, &dynamic(manifest("b1", json!({"tier": "web"}), "s3://m/1")))
+        .create(
+            &pp,
+            &dynamic(manifest("b1", json!({"tier": "web"}), "s3://m/1")),
+        )
         .await
         .unwrap_or_else(|e| panic!("create b1: {e}"));
 
     let got = a.get("a2").await.unwrap_or_else(|e| panic!("get: {e}"));
-    assert_eq!(json_of(&got)["spec"]["predictor"]["model"]["storageUri"], "s3://m/1");
-    let missing = api_status(a.get("nope").await.err().unwrap_or_else(|| panic!("found nope")));
+    assert_eq!(
+        json_of(&got)["spec"]["predictor"]["model"]["storageUri"],
+        "s3://m/1"
+    );
+    let missing = api_status(
+        a.get("nope")
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("found nope")),
+    );
     assert_eq!((missing.code, missing.reason.as_str()), (404, "NotFound"));
 
     let names = |l: kube::core::ObjectList<DynamicObject>| -> Vec<String> {
-        l.items.into_iter().filter_map(|o| o.metadata.name).collect()
+        l.items
+            .into_iter()
+            .filter_map(|o| o.metadata.name)
+            .collect()
     };
     for (selector, expected) in [
         ("tier=web", vec!["a1", "a2"]),
@@ -82,7 +100,10 @@ async fn create_get_list_with_selectors_and_pages() {
     assert_eq!(names(l), vec!["a1", "a2", "b1"]);
 
     // Pagination: 2 + 1, the continue token carries the first page's resourceVersion.
-    let p1 = a.list(&ListParams::default().limit(2)).await.unwrap_or_else(|e| panic!("{e}"));
+    let p1 = a
+        .list(&ListParams::default().limit(2))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let token = p1.metadata.continue_.clone().filter(|t| !t.is_empty());
     let rv1 = p1.metadata.resource_version.clone();
     assert_eq!(names(p1), vec!["a1", "a2"]);
@@ -105,7 +126,10 @@ async fn create_get_list_with_selectors_and_pages() {
     assert_eq!((dup.code, dup.reason.as_str()), (409, "AlreadyExists"));
     let mut generated = manifest("", json!({}), "s3://m/1");
     generated["metadata"] = json!({"generateName": "gen-"});
-    let g = a.create(&pp, &dynamic(generated)).await.unwrap_or_else(|e| panic!("{e}"));
+    let g = a
+        .create(&pp, &dynamic(generated))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let gname = g.metadata.name.unwrap_or_default();
     assert!(gname.starts_with("gen-") && gname.len() == 9, "{gname}");
     sim.stop().await;
@@ -116,9 +140,12 @@ async fn update_with_stale_resource_version_is_a_conflict() {
     let sim = start(fast_config()).await;
     let c = client(&sim).await;
     let a = api(&c, NS);
-    a.create(&PostParams::default(), &dynamic(manifest("u", json!({}), "s3://m/1")))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    a.create(
+        &PostParams::default(),
+        &dynamic(manifest("u", json!({}), "s3://m/1")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let first = a.get("u").await.unwrap_or_else(|e| panic!("{e}"));
     let mut changed = first.clone();
     changed.data["spec"]["predictor"]["minReplicas"] = json!(2);
@@ -126,7 +153,10 @@ async fn update_with_stale_resource_version_is_a_conflict() {
         .replace("u", &PostParams::default(), &changed)
         .await
         .unwrap_or_else(|e| panic!("replace: {e}"));
-    assert_ne!(updated.metadata.resource_version, first.metadata.resource_version);
+    assert_ne!(
+        updated.metadata.resource_version,
+        first.metadata.resource_version
+    );
     assert_eq!(updated.metadata.generation, Some(2));
 
     // The same stale object again: 409 Conflict.
@@ -139,7 +169,11 @@ async fn update_with_stale_resource_version_is_a_conflict() {
             .unwrap_or_else(|| panic!("stale update accepted")),
     );
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
-    assert!(err.message.contains("the object has been modified"), "{}", err.message);
+    assert!(
+        err.message.contains("the object has been modified"),
+        "{}",
+        err.message
+    );
     let now = a.get("u").await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(json_of(&now)["spec"]["predictor"]["minReplicas"], 2);
 
@@ -163,20 +197,45 @@ async fn patches_and_generation_semantics() {
     let a = api(&c, NS);
     let pp = PatchParams::default();
     let o = a
-        .create(&PostParams::default(), &dynamic(manifest("p", json!({}), "s3://m/1")))
+        .create(
+            &PostParams::default(),
+            &dynamic(manifest("p", json!({}), "s3://m/1")),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let rv0: u64 = o.metadata.resource_version.unwrap_or_default().parse().unwrap_or(0);
+    let rv0: u64 = o
+        .metadata
+        .resource_version
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
 
     // Metadata-only merge patch: new resourceVersion, same generation.
     let o = a
-        .patch("p", &pp, &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})))
+        .patch(
+            "p",
+            &pp,
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let rv1: u64 = o.metadata.resource_version.clone().unwrap_or_default().parse().unwrap_or(0);
+    let rv1: u64 = o
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
     assert!(rv1 > rv0);
     assert_eq!(o.metadata.generation, Some(1));
-    assert_eq!(o.metadata.labels.as_ref().and_then(|l| l.get("x")).map(String::as_str), Some("1"));
+    assert_eq!(
+        o.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("x"))
+            .map(String::as_str),
+        Some("1")
+    );
 
     // Spec merge patch: generation + 1; null removes a field.
     let o = a
@@ -229,7 +288,11 @@ async fn patches_and_generation_semantics() {
     // Status written on the main resource is ignored; /status writes change only the status
     // and never the generation.
     let o = a
-        .patch("p", &pp, &Patch::Merge(json!({"status": {"url": "http://nope"}})))
+        .patch(
+            "p",
+            &pp,
+            &Patch::Merge(json!({"status": {"url": "http://nope"}})),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_ne!(json_of(&o)["status"]["url"], "http://nope");
@@ -279,7 +342,12 @@ async fn server_side_apply_owns_fields_and_detects_conflicts() {
         .unwrap_or_else(|e| panic!("apply create: {e}"));
     assert_eq!(o.metadata.generation, Some(1));
     let managed = o.metadata.managed_fields.clone().unwrap_or_default();
-    assert!(managed.iter().any(|m| m.manager.as_deref() == Some("deploy-worker") && m.operation.as_deref() == Some("Apply")));
+    assert!(
+        managed
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("deploy-worker")
+                && m.operation.as_deref() == Some("Apply"))
+    );
 
     // Re-applying the same configuration is a no-op: same resourceVersion, same generation.
     let settled = wait_ready(&sim, NS, "s").await;
@@ -287,29 +355,47 @@ async fn server_side_apply_owns_fields_and_detects_conflicts() {
         .patch("s", &worker, &Patch::Apply(&desired))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(json_of(&again)["metadata"]["resourceVersion"], settled["metadata"]["resourceVersion"]);
+    assert_eq!(
+        json_of(&again)["metadata"]["resourceVersion"],
+        settled["metadata"]["resourceVersion"]
+    );
 
     // Another manager changing a field the worker owns: 409 with one cause per field.
     let mut other = manifest("s", json!({}), "s3://m/2");
     other["spec"]["predictor"]["minReplicas"] = json!(1);
     let err = api_status(
-        a.patch("s", &PatchParams::apply("someone-else"), &Patch::Apply(&other))
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("conflicting apply accepted")),
+        a.patch(
+            "s",
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&other),
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("conflicting apply accepted")),
     );
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
     let causes = err.details.map(|d| d.causes).unwrap_or_default();
     let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
     assert_eq!(fields, vec![".spec.predictor.model.storageUri"]);
-    assert!(causes[0].message.contains("deploy-worker"), "{:?}", causes[0]);
+    assert!(
+        causes[0].message.contains("deploy-worker"),
+        "{:?}",
+        causes[0]
+    );
 
     // Forced, the other manager takes the field; the worker then conflicts in turn.
     let o = a
-        .patch("s", &PatchParams::apply("someone-else").force(), &Patch::Apply(&other))
+        .patch(
+            "s",
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(&other),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(json_of(&o)["spec"]["predictor"]["model"]["storageUri"], "s3://m/2");
+    assert_eq!(
+        json_of(&o)["spec"]["predictor"]["model"]["storageUri"],
+        "s3://m/2"
+    );
     assert_eq!(o.metadata.generation, Some(2));
     let err = api_status(
         a.patch("s", &worker, &Patch::Apply(&desired))
@@ -330,7 +416,11 @@ async fn server_side_apply_owns_fields_and_detects_conflicts() {
         .patch("s", &worker, &Patch::Apply(&promoted))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(json_of(&o)["spec"]["predictor"].get("canaryTrafficPercent").is_none());
+    assert!(
+        json_of(&o)["spec"]["predictor"]
+            .get("canaryTrafficPercent")
+            .is_none()
+    );
 
     // Apply without a field manager: 422; with an unknown field under Strict: 400.
     let err = api_status(
@@ -353,7 +443,11 @@ async fn server_side_apply_owns_fields_and_detects_conflicts() {
         .unwrap_or_else(|| panic!("unknown field accepted under Strict")),
     );
     assert_eq!((err.code, err.reason.as_str()), (400, "BadRequest"));
-    assert!(err.message.contains("spec.predictor.bogus"), "{}", err.message);
+    assert!(
+        err.message.contains("spec.predictor.bogus"),
+        "{}",
+        err.message
+    );
 
     // The body may be YAML.
     let yaml = "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n  name: y\nspec:\n  predictor:\n    model:\n      modelFormat:\n        name: onnx\n";
@@ -366,7 +460,10 @@ async fn server_side_apply_owns_fields_and_detects_conflicts() {
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    assert_eq!(r.json()["spec"]["predictor"]["model"]["modelFormat"]["name"], "onnx");
+    assert_eq!(
+        r.json()["spec"]["predictor"]["model"]["modelFormat"]["name"],
+        "onnx"
+    );
     sim.stop().await;
 }
 
@@ -399,14 +496,22 @@ async fn schema_violations_are_422_with_causes_and_unknown_fields_are_pruned() {
             "spec.predictor.model.resources.limits.cpu"
         ]
     );
-    assert!(a.get_opt("bad").await.unwrap_or_else(|e| panic!("{e}")).is_none());
+    assert!(
+        a.get_opt("bad")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none()
+    );
 
     // Bad name → 422 on metadata.name.
     let err = api_status(
-        a.create(&PostParams::default(), &dynamic(manifest("Not_A_Name", json!({}), "s3://m")))
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("bad name accepted")),
+        a.create(
+            &PostParams::default(),
+            &dynamic(manifest("Not_A_Name", json!({}), "s3://m")),
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("bad name accepted")),
     );
     assert_eq!(err.code, 422);
     assert!(err.message.contains("metadata.name"), "{}", err.message);
@@ -433,7 +538,12 @@ async fn schema_violations_are_422_with_causes_and_unknown_fields_are_pruned() {
     .await;
     assert_eq!(r.status, 201);
     let warnings = r.header("warning");
-    assert!(warnings.iter().any(|w| w.contains("spec.predictor.surprise")), "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("spec.predictor.surprise")),
+        "{warnings:?}"
+    );
     extra["metadata"]["name"] = json!("extra3");
     let r = raw(
         &sim,
@@ -447,8 +557,14 @@ async fn schema_violations_are_422_with_causes_and_unknown_fields_are_pruned() {
     // Defaults from the schema are applied (container ports default to TCP).
     let mut ported = manifest("ported", json!({}), "s3://m/1");
     ported["spec"]["predictor"]["model"]["ports"] = json!([{"containerPort": 8080}]);
-    let o = a.create(&PostParams::default(), &dynamic(ported)).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(json_of(&o)["spec"]["predictor"]["model"]["ports"][0]["protocol"], "TCP");
+    let o = a
+        .create(&PostParams::default(), &dynamic(ported))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        json_of(&o)["spec"]["predictor"]["model"]["ports"][0]["protocol"],
+        "TCP"
+    );
     sim.stop().await;
 }
 
@@ -459,20 +575,41 @@ async fn delete_lingers_with_finalizer_then_is_gone_with_a_deleted_event() {
     let sim = start(cfg).await;
     let c = client(&sim).await;
     let a = api(&c, NS);
-    a.create(&PostParams::default(), &dynamic(manifest("d", json!({}), "s3://m/1")))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    a.create(
+        &PostParams::default(),
+        &dynamic(manifest("d", json!({}), "s3://m/1")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let ready = wait_ready(&sim, NS, "d").await;
-    assert_eq!(ready["metadata"]["finalizers"], json!(["inferenceservice.finalizers"]));
-    let uid = ready["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-    let rv = ready["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        ready["metadata"]["finalizers"],
+        json!(["inferenceservice.finalizers"])
+    );
+    let uid = ready["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let rv = ready["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
 
     // Preconditions are honoured.
     let err = api_status(
-        a.delete("d", &DeleteParams { preconditions: Some(kube::api::Preconditions { uid: Some("wrong".into()), resource_version: None }), ..DeleteParams::default() })
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("wrong uid accepted")),
+        a.delete(
+            "d",
+            &DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some("wrong".into()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            },
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("wrong uid accepted")),
     );
     assert_eq!(err.code, 409);
 
@@ -482,10 +619,21 @@ async fn delete_lingers_with_finalizer_then_is_gone_with_a_deleted_event() {
         .unwrap_or_else(|e| panic!("{e}"))
         .boxed();
     let deleted = a
-        .delete("d", &DeleteParams { preconditions: Some(kube::api::Preconditions { uid: Some(uid), resource_version: None }), ..DeleteParams::default() })
+        .delete(
+            "d",
+            &DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            },
+        )
         .await
         .unwrap_or_else(|e| panic!("delete: {e}"));
-    let lingering = deleted.left().unwrap_or_else(|| panic!("object with finalizer vanished at once"));
+    let lingering = deleted
+        .left()
+        .unwrap_or_else(|| panic!("object with finalizer vanished at once"));
     assert!(lingering.metadata.deletion_timestamp.is_some());
     // Still there for a moment, with its deletionTimestamp.
     let still = a.get_opt("d").await.unwrap_or_else(|e| panic!("{e}"));
@@ -493,7 +641,10 @@ async fn delete_lingers_with_finalizer_then_is_gone_with_a_deleted_event() {
 
     let mut kinds = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.try_next()).await.unwrap_or(Ok(None)) {
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.try_next())
+        .await
+        .unwrap_or(Ok(None))
+    {
         match ev {
             WatchEvent::Modified(_) => kinds.push("MODIFIED"),
             WatchEvent::Deleted(o) => {
@@ -506,32 +657,57 @@ async fn delete_lingers_with_finalizer_then_is_gone_with_a_deleted_event() {
         }
     }
     assert_eq!(kinds.last(), Some(&"DELETED"), "{kinds:?}");
-    assert!(a.get_opt("d").await.unwrap_or_else(|e| panic!("{e}")).is_none());
-    let err = api_status(a.delete("d", &DeleteParams::default()).await.err().unwrap_or_else(|| panic!("deleted twice")));
+    assert!(
+        a.get_opt("d")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none()
+    );
+    let err = api_status(
+        a.delete("d", &DeleteParams::default())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("deleted twice")),
+    );
     assert_eq!(err.code, 404);
 
     // Without finalizers the object is removed at once and a Status is returned. (Wait for
     // the controller's finalizer first, so that removing it is not raced by its addition.)
-    a.create(&PostParams::default(), &dynamic(manifest("quick", json!({}), "s3://m/1")))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    a.create(
+        &PostParams::default(),
+        &dynamic(manifest("quick", json!({}), "s3://m/1")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     sim.wait_for(NS, "quick", Duration::from_secs(10), |o| {
         o.is_some_and(|o| o["metadata"]["finalizers"].is_array())
     })
     .await
     .unwrap_or_else(|| panic!("no finalizer added"));
     let quick = a
-        .patch("quick", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .patch(
+            "quick",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(quick.metadata.finalizers.as_ref().is_none_or(Vec::is_empty));
-    let gone = a.delete("quick", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let gone = a
+        .delete("quick", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let status: Value = gone
         .right()
         .map(|s| serde_json::to_value(s).unwrap_or_default())
         .unwrap_or_else(|| panic!("expected a Status for an immediate deletion"));
     assert_eq!(status["status"], "Success");
     assert_eq!(status["details"]["name"], "quick");
-    assert!(a.get_opt("quick").await.unwrap_or_else(|e| panic!("{e}")).is_none());
+    assert!(
+        a.get_opt("quick")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none()
+    );
     sim.stop().await;
 }

@@ -3,9 +3,9 @@
 //! to send something the `kube` client would never send.
 #![allow(dead_code)]
 
+use kserve_sim::{KserveSim, SimConfig, SimHandle};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kserve_sim::{KserveSim, SimConfig, SimHandle};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -175,7 +175,11 @@ pub async fn raw(
     let chunked = headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Raw {
         status,
         headers,
