@@ -355,8 +355,8 @@ mod tests {
     use crate::schema::Schema;
     use std::path::Path;
 
-    fn schema() -> Schema {
-        Schema::load(Path::new(concat!(
+    fn schema() -> std::sync::Arc<Schema> {
+        Schema::load_shared(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../shared/kserve/inferenceservice-v1beta1.schema.json"
         )))

@@ -321,8 +321,8 @@ mod tests {
     use serde_json::json;
     use std::path::Path;
 
-    fn schema() -> Schema {
-        Schema::load(Path::new(concat!(
+    fn schema() -> std::sync::Arc<Schema> {
+        Schema::load_shared(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../shared/kserve/inferenceservice-v1beta1.schema.json"
         )))

@@ -13,7 +13,10 @@
 use crate::error::{Cause, SimError};
 use jsonschema::error::ValidationErrorKind;
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
 
 /// The loaded CRD schema and its compiled validator.
 pub struct Schema {
@@ -192,6 +195,27 @@ impl Schema {
             source,
         })?;
         Self::from_value(root, path)
+    }
+
+    /// Like [`Schema::load`], but compiled once per process for each file (and file
+    /// modification time): a test process starting many instances pays the compilation once.
+    pub fn load_shared(path: &Path) -> Result<Arc<Self>, SimError> {
+        type Cache = Mutex<HashMap<PathBuf, (Option<SystemTime>, Arc<Schema>)>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let modified = std::fs::metadata(&key).and_then(|m| m.modified()).ok();
+        let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+        if let Some((m, schema)) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && *m == modified
+        {
+            return Ok(schema.clone());
+        }
+        let schema = Arc::new(Self::load(path)?);
+        cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (modified, schema.clone()));
+        Ok(schema)
     }
 
     /// Compiles an already parsed schema.
@@ -462,12 +486,12 @@ fn to_cause(e: &jsonschema::ValidationError<'_>) -> Cause {
 mod tests {
     use super::*;
 
-    fn schema() -> Schema {
+    fn schema() -> std::sync::Arc<Schema> {
         let path = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../shared/kserve/inferenceservice-v1beta1.schema.json"
         ));
-        Schema::load(path).unwrap_or_else(|e| panic!("{e}"))
+        Schema::load_shared(path).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn isvc(predictor: Value) -> Value {
