@@ -1,0 +1,260 @@
+//! Watch streams: `?watch=true` answered with chunked JSON lines
+//! `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":{...}}`.
+//!
+//! Start: resourceVersion absent or `"0"` → synthetic ADDED events for the current state, then
+//! live events; a numeric resourceVersion → the retained history after it is replayed, then
+//! live events; one older than the history → a single ERROR event carrying a 410 `Expired`
+//! Status (HTTP 200, as the real server answers watches) and the end of the stream.
+//! `sendInitialEvents=true` (streaming lists) sends the current state followed by a BOOKMARK
+//! annotated `k8s.io/initial-events-end`.
+//!
+//! While open: events pass the namespace and label/field selectors, and an object that stops
+//! (starts) matching a selector is sent as DELETED (ADDED), as the watch cache does. With
+//! `allowWatchBookmarks=true`, a BOOKMARK with the latest resourceVersion this watch has seen
+//! is sent every bookmark interval. The stream ends cleanly (terminating chunk) at
+//! `min(timeoutSeconds, server watch timeout)` or when it fell too far behind the broadcast
+//! (the client resumes from its last resourceVersion); injected cuts end it with an I/O error
+//! instead, which closes the connection without the terminating chunk.
+
+use crate::error::ApiError;
+use crate::render::{self, Render};
+use crate::selector::Selectors;
+use crate::store::{EventType, Store, StoredEvent};
+use bytes::Bytes;
+use futures::Stream;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+/// Parameters of one watch request.
+#[derive(Clone, Debug)]
+pub struct WatchRequest {
+    /// Namespace filter (None: all namespaces).
+    pub namespace: Option<String>,
+    /// Label and field selectors.
+    pub selectors: Selectors,
+    /// `resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `sendInitialEvents=true`.
+    pub send_initial_events: bool,
+    /// `allowWatchBookmarks=true`.
+    pub allow_bookmarks: bool,
+    /// Effective timeout.
+    pub timeout: Duration,
+    /// Bookmark period.
+    pub bookmark_interval: Duration,
+    /// Injected cut after this many events.
+    pub cut_after_events: Option<u32>,
+    /// Injected cut after this long.
+    pub cut_after: Option<Duration>,
+    /// Representation of objects.
+    pub render: Render,
+}
+
+struct Line {
+    bytes: Bytes,
+    is_event: bool,
+}
+
+struct WatchState {
+    req: WatchRequest,
+    queue: VecDeque<Line>,
+    receiver: Option<broadcast::Receiver<Arc<StoredEvent>>>,
+    /// Events at or below this were delivered through the snapshot/replay.
+    start_rv: u64,
+    /// Latest resourceVersion this watch has seen (bookmarks carry it).
+    last_rv: u64,
+    deadline: Instant,
+    cut_at: Option<Instant>,
+    next_bookmark: Option<Instant>,
+    events_sent: u32,
+    done: bool,
+}
+
+fn line(kind: &str, object: Value) -> Bytes {
+    let mut s = json!({"type": kind, "object": object}).to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+fn bookmark(rv: u64, initial_end: bool) -> Bytes {
+    let mut meta = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    line(
+        "BOOKMARK",
+        json!({"kind": crate::resource::KIND, "apiVersion": crate::apply::API_VERSION, "metadata": meta}),
+    )
+}
+
+/// The ERROR line for a resourceVersion older than the history.
+fn expired(requested: u64, oldest: u64) -> Bytes {
+    let status =
+        ApiError::expired(format!("too old resource version: {requested} ({oldest})")).to_status();
+    line("ERROR", status)
+}
+
+impl WatchState {
+    fn in_scope(&self, obj: &Value) -> bool {
+        let ns_ok = self.req.namespace.as_deref().is_none_or(|ns| {
+            obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
+        });
+        ns_ok && self.req.selectors.matches(obj)
+    }
+
+    fn render_event(&self, ev: &StoredEvent) -> Option<Bytes> {
+        let now = self.in_scope(&ev.object);
+        let before = ev.previous.as_deref().is_some_and(|p| self.in_scope(p));
+        let (kind, obj) = match ev.kind {
+            EventType::Added if now => ("ADDED", (*ev.object).clone()),
+            EventType::Deleted if now => ("DELETED", (*ev.object).clone()),
+            EventType::Modified if now && before => ("MODIFIED", (*ev.object).clone()),
+            EventType::Modified if now => ("ADDED", (*ev.object).clone()),
+            EventType::Modified if before => {
+                // The object left the selection: DELETED with its previous state at this rv.
+                let mut prev = ev.previous.as_deref().cloned().unwrap_or(Value::Null);
+                if let Some(m) = prev.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.insert("resourceVersion".into(), json!(ev.rv.to_string()));
+                }
+                ("DELETED", prev)
+            }
+            _ => return None,
+        };
+        Some(line(kind, render::object(&obj, self.req.render)))
+    }
+
+    async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(limit) = self.req.cut_after_events
+                && self.events_sent >= limit
+                && self.queue.front().is_some_and(|l| l.is_event)
+            {
+                self.done = true;
+                return Some(Err(std::io::Error::other("watch cut by fault injection")));
+            }
+            if let Some(l) = self.queue.pop_front() {
+                if l.is_event {
+                    self.events_sent += 1;
+                }
+                return Some(Ok(l.bytes));
+            }
+            let Some(receiver) = self.receiver.as_mut() else {
+                self.done = true;
+                return None;
+            };
+            let far = self.deadline + Duration::from_secs(3600);
+            let cut_at = self.cut_at.unwrap_or(far);
+            let bookmark_at = self.next_bookmark.unwrap_or(far);
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    self.done = true;
+                    return None;
+                }
+                _ = tokio::time::sleep_until(cut_at), if self.cut_at.is_some() => {
+                    self.done = true;
+                    return Some(Err(std::io::Error::other("watch cut by fault injection")));
+                }
+                _ = tokio::time::sleep_until(bookmark_at), if self.next_bookmark.is_some() => {
+                    self.next_bookmark = Some(Instant::now() + self.req.bookmark_interval);
+                    self.queue.push_back(Line { bytes: bookmark(self.last_rv, false), is_event: false });
+                }
+                ev = receiver.recv() => match ev {
+                    Ok(ev) => {
+                        if ev.rv <= self.start_rv {
+                            continue;
+                        }
+                        self.last_rv = ev.rv;
+                        if let Some(bytes) = self.render_event(&ev) {
+                            self.queue.push_back(Line { bytes, is_event: true });
+                        }
+                    }
+                    // Fell behind the broadcast, or the server is going away: end cleanly so the
+                    // client resumes from its last resourceVersion.
+                    Err(_) => {
+                        self.done = true;
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens a watch. Errors are request errors (bad resourceVersion); an expired resourceVersion
+/// is reported inside the stream.
+pub fn open(
+    store: &Store,
+    req: WatchRequest,
+) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + 'static, ApiError> {
+    let from = match req.resource_version.as_deref() {
+        None | Some("") | Some("0") => None,
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))?,
+        ),
+    };
+    let initial = req.send_initial_events;
+    let now = Instant::now();
+    let mut state = WatchState {
+        queue: VecDeque::new(),
+        receiver: None,
+        start_rv: 0,
+        last_rv: 0,
+        deadline: now + req.timeout,
+        cut_at: req.cut_after.map(|d| now + d),
+        next_bookmark: req.allow_bookmarks.then(|| now + req.bookmark_interval),
+        events_sent: 0,
+        done: false,
+        req,
+    };
+    {
+        let st = store.lock();
+        let start = if initial { Ok(None) } else { Ok(from) }.and_then(|f| st.watch_from(f));
+        match start {
+            Err(too_old) => {
+                state.queue.push_back(Line {
+                    bytes: expired(too_old.requested, too_old.oldest),
+                    is_event: false,
+                });
+            }
+            Ok(start) => {
+                state.start_rv = start.rv;
+                state.last_rv = start.rv;
+                for obj in &start.snapshot {
+                    if state.in_scope(obj) {
+                        let bytes = line("ADDED", render::object(obj, state.req.render));
+                        state.queue.push_back(Line {
+                            bytes,
+                            is_event: true,
+                        });
+                    }
+                }
+                for ev in &start.replay {
+                    if let Some(bytes) = state.render_event(ev) {
+                        state.queue.push_back(Line {
+                            bytes,
+                            is_event: true,
+                        });
+                    }
+                }
+                if initial && state.req.allow_bookmarks {
+                    state.queue.push_back(Line {
+                        bytes: bookmark(start.rv, true),
+                        is_event: false,
+                    });
+                }
+                state.receiver = Some(start.receiver);
+            }
+        }
+    }
+    Ok(futures::stream::unfold(state, |mut s| async move {
+        s.next().await.map(|item| (item, s))
+    }))
+}
