@@ -39,6 +39,9 @@ enum Command {
     Demo(Box<DemoArgs>),
     /// Print the InferenceService manifest for an intent.
     Render(RenderArgs),
+    /// Run the KServe stand-in: a Kubernetes API server for InferenceServices with a
+    /// simulated KServe controller, for trying k8s mode without a cluster.
+    KserveSim(kserve_sim::SimArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +102,9 @@ pub fn main() -> ExitCode {
         Some(Command::Migrate(args)) => migrate(args),
         Some(Command::Demo(args)) => demo(*args),
         Some(Command::Render(args)) => render(args),
+        Some(Command::KserveSim(args)) => runtime()
+            .map_err(|err| err.to_string())
+            .and_then(|rt| rt.block_on(kserve_sim::run(args)).map_err(|err| format!("{err:#}"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
