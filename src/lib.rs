@@ -1,1 +1,4 @@
 //! x
+
+pub mod intent;
+pub mod kserve;

@@ -1,0 +1,1261 @@
+//! KServe `serving.kserve.io/v1beta1` InferenceService: typed manifest and the pure mapping
+//! from an endpoint [`Intent`].
+//!
+//! [`render`] builds the typed [`InferenceService`] (k8s-openapi `ObjectMeta` and `Quantity`,
+//! the worker's own serde types for the KServe spec, `#[derive(kube::CustomResource)]` so the
+//! k8s deployer can server-side apply it). [`render_json`] is the hot path: it writes the same
+//! manifest as JSON bytes straight from the validated [`ServingSpec`] through borrowed mirror
+//! types, so the only allocation is the output buffer. Both go through
+//! [`Intent::validate`], and the tests assert `render_json(i) == serde_json::to_vec(&render(i))`
+//! for every generated intent; the mirror types below must therefore keep the field order and
+//! skip rules of the owned types (ObjectMeta serializes its fields alphabetically).
+//!
+//! Output is deterministic: maps are `BTreeMap`s (or written in sorted order), never
+//! `HashMap`s, so the same intent gives byte-identical manifests.
+//!
+//! Where fields live (checked against the v1beta1 CRD schema): `minReplicas`, `maxReplicas`,
+//! `scaleTarget`, `scaleMetric`, `autoScaling`, `timeout`, `canaryTrafficPercent`, `batcher` and
+//! `serviceAccountName` sit directly on `spec.predictor` (KServe's ComponentExtensionSpec is
+//! inlined there); `modelFormat`, `protocolVersion`, `runtimeVersion`, `storageUri` and
+//! `resources` sit on `spec.predictor.model`. The autoscaler class and deployment mode are
+//! metadata annotations: this CRD version has no spec field for them.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::CustomResource;
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
+use uuid::Uuid;
+
+use crate::intent::{
+    Autoscaler, DeploymentMode, Intent, IntentError, QuantityRef, ResourceList, Resources,
+    ServingSpec,
+};
+
+/// `apiVersion` of the manifests.
+pub const API_VERSION: &str = "serving.kserve.io/v1beta1";
+/// `kind` of the manifests.
+pub const KIND: &str = "InferenceService";
+/// Field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "deploy-worker";
+
+/// Label marking objects the worker manages.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "deploy-worker";
+/// Label carrying the tenant id.
+pub const LABEL_TENANT_ID: &str = "mlops.platform/tenant-id";
+/// Label carrying the project id.
+pub const LABEL_PROJECT_ID: &str = "mlops.platform/project-id";
+/// Label carrying the endpoint id; the worker only touches objects whose label matches.
+pub const LABEL_ENDPOINT_ID: &str = "mlops.platform/endpoint-id";
+
+/// Annotation carrying the endpoint's spec generation.
+pub const ANNOTATION_SPEC_GENERATION: &str = "mlops.platform/spec-generation";
+/// KServe's autoscaler class annotation.
+pub const ANNOTATION_AUTOSCALER_CLASS: &str = "serving.kserve.io/autoscalerClass";
+/// KServe's deployment mode annotation.
+pub const ANNOTATION_DEPLOYMENT_MODE: &str = "serving.kserve.io/deploymentMode";
+/// KServe's Prometheus scraping annotation.
+pub const ANNOTATION_PROMETHEUS_SCRAPING: &str = "serving.kserve.io/enable-prometheus-scraping";
+
+/// Hex digits of the endpoint-derived part of a name.
+pub const NAME_HASH_LEN: usize = 16;
+
+/// Longest InferenceService name the worker creates.
+///
+/// KServe and Knative derive further names from it, and the tightest is a Kubernetes Service
+/// name, which must be a DNS-1035 label (at most 63 characters):
+/// - KServe names the predictor component `<name>-predictor` (Knative Service, or Deployment,
+///   Service and HPA/ScaledObject in Standard mode): `name + 10`;
+/// - Knative names revisions `<ksvc>-<5-digit generation>`, i.e. `<name>-predictor-00001`
+///   (also a label value, at most 63), and creates for every revision a Kubernetes Service of
+///   that name and a private one, `<name>-predictor-00001-private`: `name + 24`;
+/// - its Deployment `<name>-predictor-00001-deployment` is `name + 27` but Deployment names may
+///   be DNS subdomains (253), so it is not the limit.
+///
+/// `name + 24 <= 63` gives 39. The hostnames are checked with the namespace by
+/// [`RenderOptions::validate`]: KServe's default domain template
+/// `{{ .Name }}-{{ .Namespace }}.{{ .IngressDomain }}` makes `<name>-predictor-<namespace>` one
+/// DNS label.
+pub const MAX_NAME_LEN: usize = 39;
+
+/// Longest name prefix: `MAX_NAME_LEN` minus `-` and the 16 hex digits.
+pub const MAX_PREFIX_LEN: usize = MAX_NAME_LEN - NAME_HASH_LEN - 1;
+
+const DNS_LABEL_MAX: usize = 63;
+const PREDICTOR_HOST_INFIX: &str = "-predictor-";
+
+/// The InferenceService name for an endpoint: `{prefix}-{16 lowercase hex}`, the hex being the
+/// high 64 bits of the endpoint UUID XOR its low 64 bits (all 122 random bits of a v4 UUID
+/// contribute, so names stay collision-resistant at 64 bits).
+pub fn isvc_name(prefix: &str, endpoint_id: Uuid) -> String {
+    let hex = name_hash(endpoint_id);
+    let mut name = String::with_capacity(prefix.len() + 1 + NAME_HASH_LEN);
+    name.push_str(prefix);
+    name.push('-');
+    name.push_str(hex.as_str());
+    name
+}
+
+struct NameHash([u8; NAME_HASH_LEN]);
+
+impl NameHash {
+    fn as_str(&self) -> &str {
+        // only ASCII hex digits are ever written into the buffer
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+fn name_hash(endpoint_id: Uuid) -> NameHash {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let (hi, lo) = endpoint_id.as_u64_pair();
+    let folded = hi ^ lo;
+    let mut out = [0u8; NAME_HASH_LEN];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((folded >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    NameHash(out)
+}
+
+/// Which names the deployment mode annotation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModeNames {
+    /// `Knative` / `Standard` (current KServe).
+    #[default]
+    Current,
+    /// `Serverless` / `RawDeployment`, for KServe releases before the rename.
+    Legacy,
+}
+
+impl ModeNames {
+    /// The annotation value for `mode`.
+    pub fn name(self, mode: DeploymentMode) -> &'static str {
+        match (self, mode) {
+            (ModeNames::Current, DeploymentMode::Knative) => "Knative",
+            (ModeNames::Current, DeploymentMode::Standard) => "Standard",
+            (ModeNames::Legacy, DeploymentMode::Knative) => "Serverless",
+            (ModeNames::Legacy, DeploymentMode::Standard) => "RawDeployment",
+        }
+    }
+}
+
+impl std::str::FromStr for ModeNames {
+    type Err = OptionsError;
+
+    /// `current` or `legacy` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("current") {
+            Ok(ModeNames::Current)
+        } else if s.eq_ignore_ascii_case("legacy") {
+            Ok(ModeNames::Legacy)
+        } else {
+            Err(OptionsError::ModeNames { value: s.into() })
+        }
+    }
+}
+
+impl fmt::Display for ModeNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModeNames::Current => "current",
+            ModeNames::Legacy => "legacy",
+        })
+    }
+}
+
+/// Worker-wide settings of the mapping (from the environment / CLI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// Namespace of the InferenceServices (`KSERVE_NAMESPACE`).
+    pub namespace: String,
+    /// Name prefix (`KSERVE_NAME_PREFIX`).
+    pub name_prefix: String,
+    /// Global default of the Prometheus scraping annotation (on unless configured off);
+    /// `runtime_config.enablePrometheusScraping` overrides it per endpoint.
+    pub prometheus_scraping: bool,
+    /// Deployment mode names to write.
+    pub mode_names: ModeNames,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        RenderOptions {
+            namespace: "mlops-serving".into(),
+            name_prefix: "isvc".into(),
+            prometheus_scraping: true,
+            mode_names: ModeNames::Current,
+        }
+    }
+}
+
+/// A worker setting that would produce names or hosts Kubernetes or KServe reject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// The name prefix is not usable.
+    #[error(
+        "KSERVE_NAME_PREFIX {prefix:?}: {reason}; use a short lowercase prefix such as \"isvc\""
+    )]
+    Prefix {
+        /// The rejected prefix.
+        prefix: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The namespace is not usable.
+    #[error("KSERVE_NAMESPACE {namespace:?}: {reason}")]
+    Namespace {
+        /// The rejected namespace.
+        namespace: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Unknown mode-names setting.
+    #[error(
+        "deployment mode names {value:?}: use \"current\" (Knative/Standard) or \"legacy\" (Serverless/RawDeployment)"
+    )]
+    ModeNames {
+        /// The rejected value.
+        value: String,
+    },
+}
+
+/// Checks a name prefix: the names it produces must be DNS-1035 labels (a lowercase letter,
+/// then lowercase letters, digits and '-') no longer than [`MAX_NAME_LEN`].
+pub fn validate_prefix(prefix: &str) -> Result<(), OptionsError> {
+    let err = |reason: String| OptionsError::Prefix {
+        prefix: prefix.into(),
+        reason,
+    };
+    let b = prefix.as_bytes();
+    if b.is_empty() {
+        return Err(err("the prefix is empty".into()));
+    }
+    if !b[0].is_ascii_lowercase() {
+        return Err(err(
+            "names must start with a lowercase letter (DNS-1035)".into()
+        ));
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(err(format!(
+            "{c:?} is not allowed: names may contain lowercase letters, digits and '-' only (DNS-1035)"
+        )));
+    }
+    if b.len() > MAX_PREFIX_LEN {
+        return Err(err(format!(
+            "{} characters is too long: names are `<prefix>-<16 hex>` and KServe/Knative derive `<name>-predictor-00001-private`, a 63-character Service name, so the prefix can have at most {MAX_PREFIX_LEN}",
+            b.len()
+        )));
+    }
+    Ok(())
+}
+
+impl RenderOptions {
+    /// Checks the settings once at start-up, so that no manifest rendered with them can be
+    /// refused by Kubernetes for its name or hosts.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        validate_prefix(&self.name_prefix)?;
+        let ns = &self.namespace;
+        let err = |reason: String| OptionsError::Namespace {
+            namespace: ns.clone(),
+            reason,
+        };
+        let b = ns.as_bytes();
+        let label = !b.is_empty()
+            && b.len() <= DNS_LABEL_MAX
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+        if !label {
+            return Err(err(
+                "a namespace is a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters".into(),
+            ));
+        }
+        let name_len = self.name_prefix.len() + 1 + NAME_HASH_LEN;
+        let host_label = name_len + PREDICTOR_HOST_INFIX.len() + ns.len();
+        if host_label > DNS_LABEL_MAX {
+            return Err(err(format!(
+                "KServe's default host `<name>-predictor-<namespace>` would be {host_label} characters, over the 63 of a DNS label; shorten the namespace or KSERVE_NAME_PREFIX (together at most {} characters)",
+                DNS_LABEL_MAX - PREDICTOR_HOST_INFIX.len() - 1 - NAME_HASH_LEN
+            )));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed manifest (owned). Every optional field is `Option` + `#[serde(default)]` so objects read
+// back from the cluster (possibly defaulted by KServe's webhook) deserialize.
+
+/// `spec` of a KServe v1beta1 InferenceService, as far as the worker writes it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "serving.kserve.io",
+    version = "v1beta1",
+    kind = "InferenceService",
+    plural = "inferenceservices",
+    shortname = "isvc",
+    namespaced,
+    status = "InferenceServiceStatus",
+    schema = "disabled",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceServiceSpec {
+    /// The predictor component.
+    #[serde(default)]
+    pub predictor: PredictorSpec,
+}
+
+/// `spec.predictor`: KServe's PredictorSpec with the inlined ComponentExtensionSpec fields.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictorSpec {
+    /// Lower replica bound (0 allows scale to zero in Knative mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<i32>,
+    /// Upper replica bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<i32>,
+    /// Target value of `scale_metric`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_target: Option<i32>,
+    /// Metric the mode's autoscaler watches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_metric: Option<ScaleMetric>,
+    /// HPA/KEDA autoscaling metrics (used for KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_scaling: Option<AutoScalingSpec>,
+    /// Request timeout in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    /// Percentage of traffic sent to the latest revision (Knative canary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_traffic_percent: Option<i64>,
+    /// KServe request batching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batcher: Option<Batcher>,
+    /// Service account of the predictor pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// The model to serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+}
+
+/// `spec.predictor.model`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// Model format; KServe picks a serving runtime supporting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_format: Option<ModelFormat>,
+    /// Inference protocol (`v1`, `v2`, `grpc-v1`, `grpc-v2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    /// Serving runtime image tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_version: Option<String>,
+    /// Where the model artifact is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_uri: Option<String>,
+    /// Container requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// `model.modelFormat`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ModelFormat {
+    /// Format name, e.g. `sklearn` or `triton`.
+    #[serde(default)]
+    pub name: String,
+    /// Format version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// `spec.predictor.batcher`: KServe's request batching agent (a sidecar that batches v1
+/// `:predict` requests; other requests pass through).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Batcher {
+    /// Requests per batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<i64>,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency: Option<i64>,
+    /// Timeout of the sidecar's call to the model server, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+}
+
+/// `scaleMetric` values (the CRD's enum).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleMetric {
+    /// CPU utilization (HPA).
+    Cpu,
+    /// Memory utilization (HPA).
+    Memory,
+    /// In-flight requests per pod (Knative).
+    Concurrency,
+    /// Requests per second (Knative).
+    Rps,
+}
+
+impl ScaleMetric {
+    /// Every value.
+    pub const ALL: [ScaleMetric; 4] = [
+        ScaleMetric::Cpu,
+        ScaleMetric::Memory,
+        ScaleMetric::Concurrency,
+        ScaleMetric::Rps,
+    ];
+
+    /// The CRD spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleMetric::Cpu => "cpu",
+            ScaleMetric::Memory => "memory",
+            ScaleMetric::Concurrency => "concurrency",
+            ScaleMetric::Rps => "rps",
+        }
+    }
+}
+
+/// `spec.predictor.autoScaling`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoScalingSpec {
+    /// Metrics to scale on.
+    #[serde(default)]
+    pub metrics: Vec<MetricSpec>,
+}
+
+/// One `autoScaling.metrics[]` entry. Only resource metrics are written; the other sources
+/// deserialize without their details.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricSpec {
+    /// Metric source.
+    #[serde(rename = "type")]
+    pub type_: MetricSourceType,
+    /// Resource metric details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceMetricSource>,
+}
+
+/// `autoScaling.metrics[].type`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricSourceType {
+    /// A container resource (cpu/memory).
+    Resource,
+    /// An external metric (KEDA).
+    External,
+    /// A pod metric (KEDA + OpenTelemetry).
+    PodMetric,
+}
+
+/// `autoScaling.metrics[].resource`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceMetricSource {
+    /// Which resource.
+    pub name: ResourceMetricName,
+    /// Target value.
+    pub target: MetricTarget,
+}
+
+/// Resource a metric watches.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceMetricName {
+    /// CPU.
+    Cpu,
+    /// Memory.
+    Memory,
+}
+
+/// `...target` of a metric.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricTarget {
+    /// Kind of target.
+    #[serde(rename = "type")]
+    pub type_: MetricTargetType,
+    /// Utilization percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_utilization: Option<i32>,
+    /// Average value per pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_value: Option<Quantity>,
+    /// Absolute value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Quantity>,
+}
+
+/// `target.type`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricTargetType {
+    /// Percentage of the request.
+    Utilization,
+    /// Absolute value.
+    Value,
+    /// Average value per pod.
+    AverageValue,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status (read from the cluster; lenient: every field optional and defaulted, unknown fields
+// ignored, so a newer or older KServe never breaks the watcher).
+
+/// `status` of an InferenceService, as the KServe controller reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct InferenceServiceStatus {
+    /// External URL of the service, once routable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Cluster-internal address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Addressable>,
+    /// `metadata.generation` the controller last reconciled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions (`Ready`, `PredictorReady`, `IngressReady`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Per-component status, keyed `predictor`, `transformer`, `explainer`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, ComponentStatus>,
+    /// Model loading state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_status: Option<ModelStatus>,
+    /// Mode the controller deployed with (it refuses later changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment_mode: Option<String>,
+    /// Serving runtime chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving_runtime_name: Option<String>,
+    /// Cluster serving runtime chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_serving_runtime_name: Option<String>,
+}
+
+/// An address (`status.address`, `components.*.address`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Addressable {
+    /// URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Name of the address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A Knative-style condition.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Condition {
+    /// Condition type, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the status last changed (RFC 3339, kept as text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// `Error`, `Warning` or `Info`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+}
+
+/// `status.components.<component>`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ComponentStatus {
+    /// Component URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// REST URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rest_url: Option<String>,
+    /// gRPC URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_url: Option<String>,
+    /// Component address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Addressable>,
+    /// Latest revision that became ready (Knative).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_ready_revision: Option<String>,
+    /// Latest revision created (Knative).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_created_revision: Option<String>,
+    /// Revision rolled out before the latest one (the canary's baseline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_rolledout_revision: Option<String>,
+    /// Latest revision rolled out with traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_rolledout_revision: Option<String>,
+    /// Traffic split between revisions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficTarget>,
+}
+
+/// One `traffic[]` entry of a component.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TrafficTarget {
+    /// Revision receiving the traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_name: Option<String>,
+    /// Configuration the revision belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub configuration_name: Option<String>,
+    /// Percentage of traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i64>,
+    /// Whether this entry follows the latest ready revision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_revision: Option<bool>,
+    /// Traffic tag (`prev`, `latest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Tag URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// `status.modelStatus`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ModelStatus {
+    /// `UpToDate`, `InProgress`, `BlockedByFailedLoad`, `InvalidSpec`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transition_status: Option<String>,
+    /// Model states.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub states: Option<ModelStates>,
+    /// Last failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure_info: Option<FailureInfo>,
+}
+
+/// `modelStatus.states`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ModelStates {
+    /// State of the active model (`Loaded`, `FailedToLoad`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_model_state: Option<String>,
+    /// State of the model being rolled out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_model_state: Option<String>,
+}
+
+/// `modelStatus.lastFailureInfo`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FailureInfo {
+    /// Failure reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Failure message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Where it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Container exit code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+impl InferenceServiceStatus {
+    /// The condition of type `type_`, if reported.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// The predictor's component status, if reported.
+    pub fn predictor(&self) -> Option<&ComponentStatus> {
+        self.components.get("predictor")
+    }
+}
+
+impl InferenceService {
+    /// True when the controller has observed this object's generation, published a URL and
+    /// reports `Ready=True`: right after an update KServe still shows the previous generation's
+    /// `Ready`, so all three are needed.
+    pub fn is_ready(&self) -> bool {
+        let Some(status) = &self.status else {
+            return false;
+        };
+        let observed = match (status.observed_generation, self.metadata.generation) {
+            (Some(seen), Some(current)) => seen >= current,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        observed
+            && status.url.as_deref().is_some_and(|u| !u.is_empty())
+            && status
+                .condition("Ready")
+                .is_some_and(|c| c.status == "True")
+    }
+
+    /// The `mlops.platform/spec-generation` annotation, if present and numeric.
+    pub fn spec_generation(&self) -> Option<i64> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(ANNOTATION_SPEC_GENERATION)?
+            .parse()
+            .ok()
+    }
+
+    /// The `mlops.platform/endpoint-id` label, if present.
+    pub fn endpoint_id(&self) -> Option<&str> {
+        self.metadata
+            .labels
+            .as_ref()?
+            .get(LABEL_ENDPOINT_ID)
+            .map(String::as_str)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+/// Renders the typed InferenceService for an intent.
+pub fn render(intent: &Intent, opts: &RenderOptions) -> Result<InferenceService, IntentError> {
+    let spec = intent.validate()?;
+    Ok(build(intent, &spec, opts))
+}
+
+/// Renders the manifest as compact JSON bytes; byte-identical to
+/// `serde_json::to_vec(&render(intent, opts)?)` and allocation-free apart from the buffer.
+pub fn render_json(intent: &Intent, opts: &RenderOptions) -> Result<Vec<u8>, IntentError> {
+    let mut out = Vec::new();
+    render_json_into(intent, opts, &mut out)?;
+    Ok(out)
+}
+
+/// Like [`render_json`], appending to `out` (reuse one buffer across renders to skip even the
+/// buffer allocation).
+pub fn render_json_into(
+    intent: &Intent,
+    opts: &RenderOptions,
+    out: &mut Vec<u8>,
+) -> Result<(), IntentError> {
+    let spec = intent.validate()?;
+    out.reserve(size_hint(&spec, opts));
+    let manifest = ManifestView {
+        intent,
+        spec: &spec,
+        opts,
+    };
+    serde_json::to_writer(out, &manifest).map_err(|e| IntentError::Serialize(e.to_string()))
+}
+
+/// The manifest as YAML (what `kubectl get -o yaml` users read). Annotation values such as
+/// `"true"` and `"3"` stay quoted strings.
+pub fn to_yaml(isvc: &InferenceService) -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(isvc)
+}
+
+/// Bytes a manifest needs, so the output buffer is allocated once: ~700 bytes of fixed keys
+/// and ids plus the variable strings.
+fn size_hint(spec: &ServingSpec<'_>, opts: &RenderOptions) -> usize {
+    let resources = spec
+        .resources
+        .as_ref()
+        .map_or(0, |r| (r.requests.len() + r.limits.len()) * 40);
+    768 + opts.namespace.len()
+        + opts.name_prefix.len()
+        + spec.storage_uri.len()
+        + spec.runtime_version.map_or(0, str::len)
+        + spec.service_account_name.map_or(0, str::len)
+        + resources
+}
+
+/// Annotation values, shared by both renderers so they cannot disagree.
+struct Annotations {
+    autoscaler_class: Option<&'static str>,
+    deployment_mode: Option<&'static str>,
+    prometheus_scraping: &'static str,
+}
+
+fn annotations(spec: &ServingSpec<'_>, opts: &RenderOptions) -> Annotations {
+    Annotations {
+        autoscaler_class: matches!(spec.autoscaler, Autoscaler::Keda { .. }).then_some("keda"),
+        deployment_mode: spec.deployment_mode.map(|m| opts.mode_names.name(m)),
+        prometheus_scraping: if spec.prometheus_scraping.unwrap_or(opts.prometheus_scraping) {
+            "true"
+        } else {
+            "false"
+        },
+    }
+}
+
+fn keda_metrics(metric: ResourceMetricName, target: i32) -> MetricSpec {
+    MetricSpec {
+        type_: MetricSourceType::Resource,
+        resource: Some(ResourceMetricSource {
+            name: metric,
+            target: MetricTarget {
+                type_: MetricTargetType::Utilization,
+                average_utilization: Some(target),
+                average_value: None,
+                value: None,
+            },
+        }),
+    }
+}
+
+fn owned_list(list: &ResourceList<'_>) -> Option<BTreeMap<String, Quantity>> {
+    (!list.is_empty()).then(|| {
+        list.iter()
+            .map(|(name, q)| ((*name).to_owned(), Quantity(q.to_string())))
+            .collect()
+    })
+}
+
+fn build(intent: &Intent, spec: &ServingSpec<'_>, opts: &RenderOptions) -> InferenceService {
+    let ann = annotations(spec, opts);
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        ANNOTATION_SPEC_GENERATION.to_owned(),
+        spec.generation.to_string(),
+    );
+    if let Some(class) = ann.autoscaler_class {
+        annotations.insert(ANNOTATION_AUTOSCALER_CLASS.to_owned(), class.to_owned());
+    }
+    if let Some(mode) = ann.deployment_mode {
+        annotations.insert(ANNOTATION_DEPLOYMENT_MODE.to_owned(), mode.to_owned());
+    }
+    annotations.insert(
+        ANNOTATION_PROMETHEUS_SCRAPING.to_owned(),
+        ann.prometheus_scraping.to_owned(),
+    );
+    let labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_ENDPOINT_ID.to_owned(), intent.endpoint_id.to_string()),
+        (LABEL_PROJECT_ID.to_owned(), intent.project_id.to_string()),
+        (LABEL_TENANT_ID.to_owned(), intent.tenant_id.to_string()),
+    ]);
+    let (scale_metric, scale_target, auto_scaling) = match spec.autoscaler {
+        Autoscaler::Default { metric, target } => (metric, target, None),
+        Autoscaler::Keda { metric, target } => (
+            None,
+            None,
+            Some(AutoScalingSpec {
+                metrics: vec![keda_metrics(metric, target)],
+            }),
+        ),
+    };
+    InferenceService {
+        metadata: ObjectMeta {
+            name: Some(isvc_name(&opts.name_prefix, intent.endpoint_id)),
+            namespace: Some(opts.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: InferenceServiceSpec {
+            predictor: PredictorSpec {
+                min_replicas: spec.min_replicas,
+                max_replicas: spec.max_replicas,
+                scale_target,
+                scale_metric,
+                auto_scaling,
+                timeout: spec.timeout,
+                canary_traffic_percent: spec.canary_traffic_percent,
+                batcher: spec.batcher,
+                service_account_name: spec.service_account_name.map(str::to_owned),
+                model: Some(ModelSpec {
+                    model_format: Some(ModelFormat {
+                        name: spec.model_format.to_owned(),
+                        version: None,
+                    }),
+                    protocol_version: spec.protocol_version.map(str::to_owned),
+                    runtime_version: spec.runtime_version.map(str::to_owned),
+                    storage_uri: Some(spec.storage_uri.to_owned()),
+                    resources: spec.resources.as_ref().map(|r| ResourceRequirements {
+                        claims: None,
+                        limits: owned_list(&r.limits),
+                        requests: owned_list(&r.requests),
+                    }),
+                }),
+            },
+        },
+        status: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Borrowed mirror of the owned types for `render_json`. Field order and skip rules must match
+// the owned types exactly (the tests compare the bytes).
+
+struct ManifestView<'a> {
+    intent: &'a Intent,
+    spec: &'a ServingSpec<'a>,
+    opts: &'a RenderOptions,
+}
+
+impl Serialize for ManifestView<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut s = ser.serialize_struct("InferenceService", 4)?;
+        s.serialize_field("apiVersion", API_VERSION)?;
+        s.serialize_field("kind", KIND)?;
+        s.serialize_field("metadata", &MetaView(self))?;
+        s.serialize_field("spec", &SpecView(self.spec))?;
+        s.end()
+    }
+}
+
+/// `ObjectMeta` order: annotations, labels, name, namespace.
+struct MetaView<'a>(&'a ManifestView<'a>);
+
+impl Serialize for MetaView<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let m = self.0;
+        let mut s = ser.serialize_struct("ObjectMeta", 4)?;
+        s.serialize_field("annotations", &AnnotationsView(m))?;
+        s.serialize_field("labels", &LabelsView(m.intent))?;
+        s.serialize_field(
+            "name",
+            &NameView {
+                prefix: &m.opts.name_prefix,
+                hash: name_hash(m.intent.endpoint_id),
+            },
+        )?;
+        s.serialize_field("namespace", &m.opts.namespace)?;
+        s.end()
+    }
+}
+
+/// Keys in sorted order (a unit test checks the constants really sort this way).
+struct AnnotationsView<'a>(&'a ManifestView<'a>);
+
+impl Serialize for AnnotationsView<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let ann = annotations(self.0.spec, self.0.opts);
+        let mut buf = [0u8; 20];
+        let generation = fmt_u64(self.0.spec.generation, &mut buf);
+        let len = 2
+            + usize::from(ann.autoscaler_class.is_some())
+            + usize::from(ann.deployment_mode.is_some());
+        let mut m = ser.serialize_map(Some(len))?;
+        m.serialize_entry(ANNOTATION_SPEC_GENERATION, generation)?;
+        if let Some(class) = ann.autoscaler_class {
+            m.serialize_entry(ANNOTATION_AUTOSCALER_CLASS, class)?;
+        }
+        if let Some(mode) = ann.deployment_mode {
+            m.serialize_entry(ANNOTATION_DEPLOYMENT_MODE, mode)?;
+        }
+        m.serialize_entry(ANNOTATION_PROMETHEUS_SCRAPING, ann.prometheus_scraping)?;
+        m.end()
+    }
+}
+
+/// Keys in sorted order: managed-by, endpoint-id, project-id, tenant-id.
+struct LabelsView<'a>(&'a Intent);
+
+impl Serialize for LabelsView<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut e = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let mut p = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let mut t = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let mut m = ser.serialize_map(Some(4))?;
+        m.serialize_entry(LABEL_MANAGED_BY, MANAGED_BY)?;
+        m.serialize_entry(
+            LABEL_ENDPOINT_ID,
+            &*self.0.endpoint_id.hyphenated().encode_lower(&mut e),
+        )?;
+        m.serialize_entry(
+            LABEL_PROJECT_ID,
+            &*self.0.project_id.hyphenated().encode_lower(&mut p),
+        )?;
+        m.serialize_entry(
+            LABEL_TENANT_ID,
+            &*self.0.tenant_id.hyphenated().encode_lower(&mut t),
+        )?;
+        m.end()
+    }
+}
+
+struct NameView<'a> {
+    prefix: &'a str,
+    hash: NameHash,
+}
+
+impl fmt::Display for NameView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix)?;
+        f.write_char('-')?;
+        f.write_str(self.hash.as_str())
+    }
+}
+
+impl Serialize for NameView<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_str(self)
+    }
+}
+
+/// Decimal digits of `n` in `buf`.
+fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // only ASCII digits were written
+    std::str::from_utf8(&buf[i..]).unwrap_or_default()
+}
+
+struct SpecView<'a>(&'a ServingSpec<'a>);
+
+impl Serialize for SpecView<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let spec = self.0;
+        let (scale_metric, scale_target, auto_scaling) = match spec.autoscaler {
+            Autoscaler::Default { metric, target } => (metric, target, None),
+            Autoscaler::Keda { metric, target } => (
+                None,
+                None,
+                Some(AutoScalingView {
+                    metrics: [keda_metrics(metric, target)],
+                }),
+            ),
+        };
+        let predictor = PredictorView {
+            min_replicas: spec.min_replicas,
+            max_replicas: spec.max_replicas,
+            scale_target,
+            scale_metric,
+            auto_scaling,
+            timeout: spec.timeout,
+            canary_traffic_percent: spec.canary_traffic_percent,
+            batcher: spec.batcher,
+            service_account_name: spec.service_account_name,
+            model: ModelView {
+                model_format: ModelFormatView {
+                    name: spec.model_format,
+                },
+                protocol_version: spec.protocol_version,
+                runtime_version: spec.runtime_version,
+                storage_uri: spec.storage_uri,
+                resources: spec.resources.as_ref().map(ResourcesView),
+            },
+        };
+        let mut s = ser.serialize_struct("InferenceServiceSpec", 1)?;
+        s.serialize_field("predictor", &predictor)?;
+        s.end()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PredictorView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_replicas: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_replicas: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale_target: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale_metric: Option<ScaleMetric>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto_scaling: Option<AutoScalingView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    canary_traffic_percent: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batcher: Option<Batcher>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_account_name: Option<&'a str>,
+    model: ModelView<'a>,
+}
+
+/// Same JSON as `AutoScalingSpec` with one metric, without the `Vec`.
+#[derive(Serialize)]
+struct AutoScalingView {
+    metrics: [MetricSpec; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ModelView<'a> {
+    model_format: ModelFormatView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol_version: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime_version: Option<&'a str>,
+    storage_uri: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resources: Option<ResourcesView<'a>>,
+}
+
+#[derive(Serialize)]
+struct ModelFormatView {
+    name: &'static str,
+}
+
+/// `ResourceRequirements` order: claims (never set), limits, requests.
+struct ResourcesView<'a>(&'a Resources<'a>);
+
+impl Serialize for ResourcesView<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let len = usize::from(!r.limits.is_empty()) + usize::from(!r.requests.is_empty());
+        let mut s = ser.serialize_struct("ResourceRequirements", len)?;
+        if !r.limits.is_empty() {
+            s.serialize_field("limits", &ListView(&r.limits))?;
+        }
+        if !r.requests.is_empty() {
+            s.serialize_field("requests", &ListView(&r.requests))?;
+        }
+        s.end()
+    }
+}
+
+struct ListView<'a>(&'a ResourceList<'a>);
+
+impl Serialize for ListView<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut m = ser.serialize_map(Some(self.0.len()))?;
+        for (name, q) in self.0 {
+            m.serialize_entry(name, &QuantityView(*q))?;
+        }
+        m.end()
+    }
+}
+
+/// A quantity is always a JSON string, as `Quantity` serializes.
+struct QuantityView<'a>(QuantityRef<'a>);
+
+impl Serialize for QuantityView<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            QuantityRef::Str(s) => ser.serialize_str(s),
+            QuantityRef::Int(n) => {
+                let mut buf = [0u8; 20];
+                ser.serialize_str(fmt_u64(n, &mut buf))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hard_coded_key_orders_are_sorted() {
+        // AnnotationsView and LabelsView write keys in this order; BTreeMap sorts them.
+        let ann = [
+            ANNOTATION_SPEC_GENERATION,
+            ANNOTATION_AUTOSCALER_CLASS,
+            ANNOTATION_DEPLOYMENT_MODE,
+            ANNOTATION_PROMETHEUS_SCRAPING,
+        ];
+        assert!(ann.windows(2).all(|w| w[0] < w[1]), "{ann:?}");
+        let labels = [
+            LABEL_MANAGED_BY,
+            LABEL_ENDPOINT_ID,
+            LABEL_PROJECT_ID,
+            LABEL_TENANT_ID,
+        ];
+        assert!(labels.windows(2).all(|w| w[0] < w[1]), "{labels:?}");
+    }
+
+    #[test]
+    fn name_is_prefix_and_folded_hex() {
+        let id = Uuid::from_u64_pair(0x0123_4567_89ab_cdef, 0xffff_0000_ffff_0000);
+        assert_eq!(isvc_name("isvc", id), "isvc-fedc45677654cdef");
+        assert_eq!(
+            NameView {
+                prefix: "p",
+                hash: name_hash(id)
+            }
+            .to_string(),
+            "p-fedc45677654cdef"
+        );
+    }
+
+    #[test]
+    fn u64_formatting() {
+        let mut buf = [0u8; 20];
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            assert_eq!(fmt_u64(n, &mut buf), n.to_string());
+        }
+    }
+
+    #[test]
+    fn prefix_limits() {
+        assert!(validate_prefix("isvc").is_ok());
+        assert!(validate_prefix(&"a".repeat(MAX_PREFIX_LEN)).is_ok());
+        for bad in [
+            "",
+            "1abc",
+            "-a",
+            "Isvc",
+            "a_b",
+            "a.b",
+            &"a".repeat(MAX_PREFIX_LEN + 1),
+        ] {
+            assert!(validate_prefix(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(MAX_NAME_LEN, 63 - "-predictor-00001-private".len());
+    }
+
+    #[test]
+    fn options_check_namespace_and_hosts() {
+        assert!(RenderOptions::default().validate().is_ok());
+        let mut o = RenderOptions {
+            namespace: "Bad_NS".into(),
+            ..RenderOptions::default()
+        };
+        assert!(o.validate().is_err());
+        // name 21 + "-predictor-" 11 + namespace 31 = 63: fits; one more does not
+        o.namespace = "a".repeat(31);
+        assert!(o.validate().is_ok());
+        o.namespace = "a".repeat(32);
+        assert!(o.validate().is_err());
+    }
+
+    #[test]
+    fn mode_names_parse() {
+        assert_eq!("legacy".parse::<ModeNames>(), Ok(ModeNames::Legacy));
+        assert_eq!("Current".parse::<ModeNames>(), Ok(ModeNames::Current));
+        assert!("new".parse::<ModeNames>().is_err());
+        assert_eq!(
+            ModeNames::Legacy.name(DeploymentMode::Standard),
+            "RawDeployment"
+        );
+    }
+}
