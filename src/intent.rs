@@ -229,7 +229,7 @@ pub const MODEL_FORMATS: &[&str] = &[
 pub const TRITON_MODEL_FORMATS: &[&str] = &["onnx", "tensorflow", "tensorrt", "triton"];
 
 /// Inference protocols KServe knows (`protocolVersion`).
-pub const PROTOCOL_VERSIONS: &[&str] = &["v1", "v2", "grpc-v1", "grpc-v2"];
+pub const PROTOCOL_VERSIONS: &[&str] = &["grpc-v1", "grpc-v2", "v1", "v2"];
 
 /// Extended resource added by `runtime_config.gpu: true`.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -284,9 +284,131 @@ impl fmt::Display for QuantityRef<'_> {
     }
 }
 
+/// `model.resources` after validation and the GPU rule, borrowing the intent's JSON maps:
+/// [`Resources::requests`] and [`Resources::limits`] list the entries sorted by name (as
+/// Kubernetes' maps are), with the GPU added by `gpu: true` where a side lacked it. Nothing is
+/// copied or allocated on the render path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resources<'a> {
+    requests: Option<&'a Map<String, Value>>,
+    limits: Option<&'a Map<String, Value>>,
+    gpu_request: Option<QuantityRef<'a>>,
+    gpu_limit: Option<QuantityRef<'a>>,
+    // whether each map iterates in name order (always, unless serde_json's `preserve_order`
+    // feature is on); checked once during validation
+    requests_sorted: bool,
+    limits_sorted: bool,
+}
+
+impl<'a> Resources<'a> {
+    /// Requests, sorted by resource name.
+    pub fn requests(&self) -> ResourceIter<'a> {
+        ResourceIter::new(self.requests, self.gpu_request, self.requests_sorted)
+    }
+
+    /// Limits, sorted by resource name.
+    pub fn limits(&self) -> ResourceIter<'a> {
+        ResourceIter::new(self.limits, self.gpu_limit, self.limits_sorted)
+    }
+
+    /// The limit set for `name`, if any.
+    pub fn limit(&self, name: &str) -> Option<QuantityRef<'a>> {
+        match self.gpu_limit {
+            Some(q) if name == GPU_RESOURCE => Some(q),
+            _ => self.limits?.get(name).and_then(quantity_ref),
+        }
+    }
+
+    /// An upper bound of the number of entries on both sides.
+    pub fn max_entries(&self) -> usize {
+        self.requests.map_or(0, Map::len) + self.limits.map_or(0, Map::len) + 2
+    }
+}
+
+/// Entries of a validated resource map in name order, with an extra entry merged in.
+pub struct ResourceIter<'a> {
+    inner: ResourceIterInner<'a>,
+}
+
+enum ResourceIterInner<'a> {
+    /// The map iterates in name order (a `BTreeMap`, serde_json's default).
+    Sorted {
+        entries: std::iter::Peekable<serde_json::map::Iter<'a>>,
+        extra: Option<(&'a str, QuantityRef<'a>)>,
+    },
+    /// The map keeps insertion order (serde_json's `preserve_order` feature): sorted copy.
+    Collected(std::vec::IntoIter<(&'a str, QuantityRef<'a>)>),
+}
+
+impl<'a> ResourceIter<'a> {
+    fn new(
+        map: Option<&'a Map<String, Value>>,
+        gpu: Option<QuantityRef<'a>>,
+        sorted: bool,
+    ) -> Self {
+        let extra = gpu.map(|q| (GPU_RESOURCE, q));
+        let inner = match map {
+            Some(m) if !sorted => {
+                let mut all: Vec<_> = m
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str(), quantity_ref(v)?)))
+                    .chain(extra)
+                    .collect();
+                all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                ResourceIterInner::Collected(all.into_iter())
+            }
+            _ => ResourceIterInner::Sorted {
+                entries: map
+                    .map_or_else(|| EMPTY_MAP.iter(), |m| m.iter())
+                    .peekable(),
+                extra,
+            },
+        };
+        ResourceIter { inner }
+    }
+}
+
+static EMPTY_MAP: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+
+impl<'a> Iterator for ResourceIter<'a> {
+    type Item = (&'a str, QuantityRef<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.inner {
+            ResourceIterInner::Collected(it) => it.next(),
+            ResourceIterInner::Sorted { entries, extra } => loop {
+                match (entries.peek(), *extra) {
+                    (Some((k, _)), Some((name, _))) if name < k.as_str() => return extra.take(),
+                    (Some(_), _) => {
+                        let (k, v) = entries.next()?;
+                        // `null` entries mean "not set"
+                        if let Some(q) = quantity_ref(v) {
+                            return Some((k.as_str(), q));
+                        }
+                    }
+                    (None, _) => return extra.take(),
+                }
+            },
+        }
+    }
+}
+
+/// The quantity of a validated map entry (`None` for `null`).
+fn quantity_ref(v: &Value) -> Option<QuantityRef<'_>> {
+    match v {
+        Value::String(s) => Some(QuantityRef::Str(s)),
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().map(|f| f as u64))
+            .map(QuantityRef::Int),
+        _ => None,
+    }
+}
+
 impl QuantityRef<'_> {
-    /// Approximate numeric value, for comparisons only.
-    fn value(&self) -> f64 {
+    /// Approximate numeric value (for comparisons); NaN if unparseable, which validation
+    /// excludes.
+    pub fn value(&self) -> f64 {
         match self {
             QuantityRef::Str(s) => parse_quantity(s).unwrap_or(f64::NAN),
             QuantityRef::Int(n) => *n as f64,
@@ -294,21 +416,8 @@ impl QuantityRef<'_> {
     }
 }
 
-/// Resource requests or limits, sorted by resource name (so output never depends on the JSON
-/// map's iteration order).
-pub type ResourceList<'a> = Vec<(&'a str, QuantityRef<'a>)>;
-
-/// `model.resources` after validation and the GPU rule; empty lists mean "not set".
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Resources<'a> {
-    /// Requests, sorted by name.
-    pub requests: ResourceList<'a>,
-    /// Limits, sorted by name.
-    pub limits: ResourceList<'a>,
-}
-
 /// A validated intent: every decision made, nothing spelled the KServe way yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServingSpec<'a> {
     /// Canonical model format name (one of [`MODEL_FORMATS`]).
     pub model_format: &'static str,
@@ -369,10 +478,7 @@ impl Intent {
             Some(uri) if !uri.trim().is_empty() => uri,
             _ => return Err(IntentError::MissingArtifact { model_version_id }),
         };
-        if let Some(bad) = storage_uri
-            .chars()
-            .find(|c| c.is_whitespace() || c.is_control())
-        {
+        if let Some(bad) = uri_forbidden_char(storage_uri) {
             return Err(IntentError::InvalidValue {
                 field: "artifact_uri".into(),
                 value: storage_uri.into(),
@@ -386,16 +492,22 @@ impl Intent {
         let autoscaling = object(self.autoscaling.as_ref(), "autoscaling")?;
         let rc = object(self.runtime_config.as_ref(), "runtime_config")?;
 
+        // one pass over each map (cheaper than a lookup per key on the hot path)
+        let a = AutoscalingFields::read(autoscaling);
+        let c = RuntimeConfigFields::read(rc);
+
         // traffic
         let canary = member(traffic, "canaryTrafficPercent")
             .map(|v| int_in(v, "traffic.canaryTrafficPercent", 0, 100, "0..=100"))
             .transpose()?;
 
         // autoscaling
-        let min_replicas = member(autoscaling, "minReplicas")
+        let min_replicas = a
+            .min_replicas
             .map(|v| int32_in(v, "autoscaling.minReplicas", 0, "0..=2147483647"))
             .transpose()?;
-        let max_replicas = member(autoscaling, "maxReplicas")
+        let max_replicas = a
+            .max_replicas
             .map(|v| int32_in(v, "autoscaling.maxReplicas", 1, "1..=2147483647"))
             .transpose()?;
         if let (Some(min), Some(max)) = (min_replicas, max_replicas)
@@ -408,33 +520,38 @@ impl Intent {
                 ),
             });
         }
-        let scale_target = member(autoscaling, "scaleTarget")
+        let scale_target = a
+            .scale_target
             .map(|v| int32_in(v, "autoscaling.scaleTarget", 1, "1..=2147483647"))
             .transpose()?;
-        let scale_metric = member(autoscaling, "scaleMetric")
+        let scale_metric = a
+            .scale_metric
             .map(|v| scale_metric(v, "autoscaling.scaleMetric"))
             .transpose()?;
-        let keda_flag = member(autoscaling, "keda")
-            .map(|v| boolean(v, "autoscaling.keda"))
-            .transpose()?;
+        let keda_flag = a.keda.map(|v| boolean(v, "autoscaling.keda")).transpose()?;
 
         // runtime_config
-        let format_setting = member(rc, "modelFormat")
+        let format_setting = c
+            .model_format
             .map(|v| model_format(v, "runtime_config.modelFormat"))
             .transpose()?;
-        let protocol_version = member(rc, "protocolVersion")
+        let protocol_version = c
+            .protocol_version
             .map(|v| protocol_version(v, "runtime_config.protocolVersion"))
             .transpose()?;
-        let runtime_version = member(rc, "runtimeVersion")
+        let runtime_version = c
+            .runtime_version
             .map(|v| runtime_version(v, "runtime_config.runtimeVersion"))
             .transpose()?;
-        let gpu = member(rc, "gpu")
+        let gpu = c
+            .gpu
             .map(|v| boolean(v, "runtime_config.gpu"))
             .transpose()?
             .unwrap_or(false);
-        let resources = resources(member(rc, "resources"), gpu)?;
-        let batcher = member(rc, "batcher").map(batcher).transpose()?;
-        let timeout = member(rc, "timeout")
+        let resources = resources(c.resources, gpu)?;
+        let batcher = c.batcher.map(batcher).transpose()?;
+        let timeout = c
+            .timeout
             .map(|v| {
                 int_in(
                     v,
@@ -445,16 +562,20 @@ impl Intent {
                 )
             })
             .transpose()?;
-        let service_account_name = member(rc, "serviceAccountName")
+        let service_account_name = c
+            .service_account_name
             .map(|v| service_account(v, "runtime_config.serviceAccountName"))
             .transpose()?;
-        let explicit_mode = member(rc, "deploymentMode")
+        let explicit_mode = c
+            .deployment_mode
             .map(|v| deployment_mode(v, "runtime_config.deploymentMode"))
             .transpose()?;
-        let class_keda = member(rc, "autoscalerClass")
+        let class_keda = c
+            .autoscaler_class
             .map(|v| autoscaler_class(v, "runtime_config.autoscalerClass"))
             .transpose()?;
-        let prometheus_scraping = member(rc, "enablePrometheusScraping")
+        let prometheus_scraping = c
+            .prometheus_scraping
             .map(|v| boolean(v, "runtime_config.enablePrometheusScraping"))
             .transpose()?;
 
@@ -530,6 +651,74 @@ impl Intent {
             prometheus_scraping,
             generation,
         })
+    }
+}
+
+/// The `autoscaling` keys the mapping reads (JSON `null` counts as absent).
+#[derive(Default)]
+struct AutoscalingFields<'a> {
+    min_replicas: Option<&'a Value>,
+    max_replicas: Option<&'a Value>,
+    scale_target: Option<&'a Value>,
+    scale_metric: Option<&'a Value>,
+    keda: Option<&'a Value>,
+}
+
+impl<'a> AutoscalingFields<'a> {
+    fn read(m: Option<&'a Map<String, Value>>) -> Self {
+        let mut f = Self::default();
+        for (k, v) in m.into_iter().flatten() {
+            let slot = match k.as_str() {
+                "minReplicas" => &mut f.min_replicas,
+                "maxReplicas" => &mut f.max_replicas,
+                "scaleTarget" => &mut f.scale_target,
+                "scaleMetric" => &mut f.scale_metric,
+                "keda" => &mut f.keda,
+                _ => continue, // unknown keys are ignored, never copied
+            };
+            *slot = (!v.is_null()).then_some(v);
+        }
+        f
+    }
+}
+
+/// The `runtime_config` keys the mapping reads (JSON `null` counts as absent).
+#[derive(Default)]
+struct RuntimeConfigFields<'a> {
+    model_format: Option<&'a Value>,
+    protocol_version: Option<&'a Value>,
+    runtime_version: Option<&'a Value>,
+    gpu: Option<&'a Value>,
+    resources: Option<&'a Value>,
+    batcher: Option<&'a Value>,
+    timeout: Option<&'a Value>,
+    service_account_name: Option<&'a Value>,
+    deployment_mode: Option<&'a Value>,
+    autoscaler_class: Option<&'a Value>,
+    prometheus_scraping: Option<&'a Value>,
+}
+
+impl<'a> RuntimeConfigFields<'a> {
+    fn read(m: Option<&'a Map<String, Value>>) -> Self {
+        let mut f = Self::default();
+        for (k, v) in m.into_iter().flatten() {
+            let slot = match k.as_str() {
+                "modelFormat" => &mut f.model_format,
+                "protocolVersion" => &mut f.protocol_version,
+                "runtimeVersion" => &mut f.runtime_version,
+                "gpu" => &mut f.gpu,
+                "resources" => &mut f.resources,
+                "batcher" => &mut f.batcher,
+                "timeout" => &mut f.timeout,
+                "serviceAccountName" => &mut f.service_account_name,
+                "deploymentMode" => &mut f.deployment_mode,
+                "autoscalerClass" => &mut f.autoscaler_class,
+                "enablePrometheusScraping" => &mut f.prometheus_scraping,
+                _ => continue, // unknown keys are ignored, never copied
+            };
+            *slot = (!v.is_null()).then_some(v);
+        }
+        f
     }
 }
 
@@ -642,6 +831,16 @@ fn keda_autoscaler(
 // ---------------------------------------------------------------------------------------------
 // JSON access helpers. A JSON `null` anywhere means "not set", as for SQL NULL.
 
+/// First whitespace or control character of a URI, checking bytes when it is ASCII (the
+/// common case) and characters otherwise.
+fn uri_forbidden_char(s: &str) -> Option<char> {
+    if s.is_ascii() {
+        s.bytes().find(|&b| b <= b' ' || b == 0x7f).map(char::from)
+    } else {
+        s.chars().find(|c| c.is_whitespace() || c.is_control())
+    }
+}
+
 fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -749,8 +948,12 @@ fn invalid(field: &str, value: &str, reason: impl Into<String>) -> IntentError {
     }
 }
 
+/// The list's spelling of `value`, compared case-insensitively (lengths first, so most
+/// entries are skipped without looking at their bytes).
 fn canonical(list: &[&'static str], value: &str) -> Option<&'static str> {
-    list.iter().copied().find(|c| c.eq_ignore_ascii_case(value))
+    list.iter()
+        .copied()
+        .find(|c| c.len() == value.len() && c.eq_ignore_ascii_case(value))
 }
 
 fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
@@ -911,162 +1114,228 @@ fn batcher(v: &Value) -> Result<Batcher, IntentError> {
 
 fn resources(v: Option<&Value>, gpu: bool) -> Result<Option<Resources<'_>>, IntentError> {
     let m = object(v, "runtime_config.resources")?;
-    let mut res = Resources {
-        requests: resource_list(member(m, "requests"), "runtime_config.resources.requests")?,
-        limits: resource_list(member(m, "limits"), "runtime_config.resources.limits")?,
-    };
-    if gpu {
-        add_gpu(&mut res);
-    }
-    check_resources(&res)?;
-    if res.requests.is_empty() && res.limits.is_empty() {
+    if m.is_none() && !gpu {
         return Ok(None);
     }
-    Ok(Some(res))
-}
+    let requests = object(member(m, "requests"), REQUESTS)?;
+    let limits = object(member(m, "limits"), LIMITS)?;
+    let requests_sorted = requests.is_none_or(|m| m.keys().is_sorted());
+    let limits_sorted = limits.is_none_or(|m| m.keys().is_sorted());
 
-fn find<'a>(list: &ResourceList<'a>, name: &str) -> Option<QuantityRef<'a>> {
-    list.iter().find(|(n, _)| *n == name).map(|(_, q)| *q)
-}
-
-fn insert_sorted<'a>(list: &mut ResourceList<'a>, name: &'a str, q: QuantityRef<'a>) {
-    let at = list.partition_point(|(n, _)| *n < name);
-    list.insert(at, (name, q));
-}
-
-/// `gpu: true` puts the GPU in both requests and limits (extended resources must be equal in
-/// both): an explicit count on one side is copied to the other, otherwise one GPU.
-fn add_gpu(res: &mut Resources<'_>) {
-    match (
-        find(&res.requests, GPU_RESOURCE),
-        find(&res.limits, GPU_RESOURCE),
-    ) {
-        (None, None) => {
-            insert_sorted(&mut res.requests, GPU_RESOURCE, QuantityRef::Int(1));
-            insert_sorted(&mut res.limits, GPU_RESOURCE, QuantityRef::Int(1));
-        }
-        (Some(q), None) => insert_sorted(&mut res.limits, GPU_RESOURCE, q),
-        (None, Some(q)) => insert_sorted(&mut res.requests, GPU_RESOURCE, q),
-        (Some(_), Some(_)) => {}
-    }
-}
-
-/// Extended resources (a domain-prefixed name outside `kubernetes.io`) are whole numbers and
-/// are never overcommitted: Kubernetes requires a limit, and the request equal to it.
-fn is_extended_resource(name: &str) -> bool {
-    match name.split_once('/') {
-        Some((domain, _)) => domain != "kubernetes.io" && !domain.ends_with(".kubernetes.io"),
-        None => false,
-    }
-}
-
-fn check_resources(res: &Resources<'_>) -> Result<(), IntentError> {
-    for (side, list) in [("requests", &res.requests), ("limits", &res.limits)] {
-        for (name, q) in list {
-            if is_extended_resource(name) && q.value().fract() != 0.0 {
-                return Err(IntentError::InvalidQuantity {
-                    field: format!("runtime_config.resources.{side}.{name}"),
-                    value: q.to_string(),
-                    reason: "an extended resource such as a GPU is counted in whole units",
-                });
+    // One merge-join over both sides in name order: every entry is checked and parsed once,
+    // each request meets its limit without a lookup.
+    let mut reqs = SortedEntries::new(requests, requests_sorted).peekable();
+    let mut lims = SortedEntries::new(limits, limits_sorted).peekable();
+    let (mut gpu_request, mut gpu_limit) = (None, None);
+    let mut gpu_seen = false;
+    let mut entries = 0usize;
+    loop {
+        let (req, lim) = match (reqs.peek(), lims.peek()) {
+            (None, None) => break,
+            (Some(_), None) => (reqs.next(), None),
+            (None, Some(_)) => (None, lims.next()),
+            (Some(r), Some(l)) => match r.0.cmp(l.0) {
+                std::cmp::Ordering::Less => (reqs.next(), None),
+                std::cmp::Ordering::Greater => (None, lims.next()),
+                std::cmp::Ordering::Equal => (reqs.next(), lims.next()),
+            },
+        };
+        let name = req.or(lim).map_or("", |e| e.0);
+        let req = req
+            .map(|(_, v)| resource_entry(name, v, REQUESTS))
+            .transpose()?;
+        let lim = lim
+            .map(|(_, v)| resource_entry(name, v, LIMITS))
+            .transpose()?;
+        entries += 1;
+        let extended = is_extended_resource(name);
+        let lim = if name == GPU_RESOURCE && gpu {
+            // `gpu: true` puts the GPU on both sides (extended resources must be equal in
+            // both): an explicit count on one side is copied to the other
+            gpu_seen = true;
+            match (req, lim) {
+                (Some(r), None) => {
+                    gpu_limit = Some(r.0);
+                    Some(r)
+                }
+                (None, Some(l)) => {
+                    gpu_request = Some(l.0);
+                    None // the copied request equals its limit
+                }
+                _ => lim,
             }
-        }
-    }
-    for (name, req) in &res.requests {
-        let lim = find(&res.limits, name);
+        } else {
+            lim
+        };
+        let Some((req, r)) = req else { continue };
         match lim {
-            None if is_extended_resource(name) => {
+            None if extended => {
                 return Err(IntentError::Conflict {
-                    field: format!("runtime_config.resources.limits.{name}"),
+                    field: format!("{LIMITS}.{name}"),
                     problem: format!(
                         "must be set because requests sets it ({req}); Kubernetes does not overcommit extended resources (or use runtime_config.gpu: true for GPUs)"
                     ),
                 });
             }
-            Some(lim) if is_extended_resource(name) && lim.value() != req.value() => {
+            None => {}
+            Some((lim, l)) if extended && r != l => {
                 return Err(IntentError::Conflict {
-                    field: format!("runtime_config.resources.requests.{name}"),
+                    field: format!("{REQUESTS}.{name}"),
                     problem: format!(
                         "{req} differs from limits.{name} ({lim}); an extended resource's request must equal its limit"
                     ),
                 });
             }
-            Some(lim) if req.value() > lim.value() => {
+            Some((lim, l)) if r > l => {
                 return Err(IntentError::Conflict {
-                    field: format!("runtime_config.resources.requests.{name}"),
+                    field: format!("{REQUESTS}.{name}"),
                     problem: format!(
                         "{req} is more than limits.{name} ({lim}); a request cannot exceed its limit"
                     ),
                 });
             }
-            _ => {}
+            Some(_) => {}
         }
     }
-    Ok(())
+    if gpu && !gpu_seen {
+        // no count on either side: one GPU
+        gpu_request = Some(QuantityRef::Int(1));
+        gpu_limit = Some(QuantityRef::Int(1));
+        entries += 1;
+    }
+    if entries == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Resources {
+        requests,
+        limits,
+        gpu_request,
+        gpu_limit,
+        requests_sorted,
+        limits_sorted,
+    }))
 }
 
-fn resource_list<'a>(v: Option<&'a Value>, path: &str) -> Result<ResourceList<'a>, IntentError> {
-    let Some(m) = object(v, path)? else {
-        return Ok(Vec::new());
+const REQUESTS: &str = "runtime_config.resources.requests";
+const LIMITS: &str = "runtime_config.resources.limits";
+
+/// Non-null entries of a resource map in name order: the map's own order when it is sorted
+/// (serde_json's default `BTreeMap`), else a sorted copy.
+enum SortedEntries<'a> {
+    Map(serde_json::map::Iter<'a>),
+    Sorted(std::vec::IntoIter<(&'a String, &'a Value)>),
+    Empty,
+}
+
+impl<'a> SortedEntries<'a> {
+    fn new(map: Option<&'a Map<String, Value>>, sorted: bool) -> Self {
+        match map {
+            None => SortedEntries::Empty,
+            Some(m) if sorted => SortedEntries::Map(m.iter()),
+            Some(m) => {
+                let mut all: Vec<_> = m.iter().collect();
+                all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                SortedEntries::Sorted(all.into_iter())
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for SortedEntries<'a> {
+    type Item = (&'a str, &'a Value);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (k, v) = match self {
+                SortedEntries::Map(it) => it.next()?,
+                SortedEntries::Sorted(it) => it.next()?,
+                SortedEntries::Empty => return None,
+            };
+            if !v.is_null() {
+                return Some((k.as_str(), v));
+            }
+        }
+    }
+}
+
+/// Checks one entry (name, quantity syntax and sign, whole extended resources) and returns its
+/// quantity and value.
+fn resource_entry<'a>(
+    name: &str,
+    v: &'a Value,
+    path: &str,
+) -> Result<(QuantityRef<'a>, f64), IntentError> {
+    // the field path is only built for an error: this runs on the hot path
+    let field = || format!("{path}.{name}");
+    if !is_resource_name(name) {
+        return Err(invalid(
+            &field(),
+            name,
+            "a resource name is a Kubernetes qualified name such as cpu, memory, ephemeral-storage or nvidia.com/gpu",
+        ));
+    }
+    let (q, value) = quantity(v, field)?;
+    if value.fract() != 0.0 && is_extended_resource(name) {
+        return Err(IntentError::InvalidQuantity {
+            field: format!("{path}.{name}"),
+            value: q.to_string(),
+            reason: "an extended resource such as a GPU is counted in whole units",
+        });
+    }
+    Ok((q, value))
+}
+
+/// `(prefix, name)` of a qualified name, split at the first '/'.
+fn split_prefix(name: &str) -> (Option<&str>, &str) {
+    match name.bytes().position(|b| b == b'/') {
+        Some(i) => (Some(&name[..i]), &name[i + 1..]),
+        None => (None, name),
+    }
+}
+
+/// Extended resources (a domain-prefixed name outside `kubernetes.io`, such as
+/// `nvidia.com/gpu`) are whole numbers and never overcommitted: Kubernetes requires a limit, and
+/// the request equal to it.
+pub fn is_extended_resource(name: &str) -> bool {
+    match split_prefix(name) {
+        (Some(domain), _) => domain != "kubernetes.io" && !domain.ends_with(".kubernetes.io"),
+        (None, _) => false,
+    }
+}
+
+fn quantity(v: &Value, field: impl Fn() -> String) -> Result<(QuantityRef<'_>, f64), IntentError> {
+    let invalid = |value: String, reason| IntentError::InvalidQuantity {
+        field: field(),
+        value,
+        reason,
     };
-    let mut list = Vec::with_capacity(m.len());
-    for (name, q) in m {
-        if q.is_null() {
-            continue;
-        }
-        if !is_resource_name(name) {
-            return Err(invalid(
-                &format!("{path}.{name}"),
-                name,
-                "a resource name is a Kubernetes qualified name such as cpu, memory, ephemeral-storage or nvidia.com/gpu",
-            ));
-        }
-        list.push((name.as_str(), quantity(q, &format!("{path}.{name}"))?));
-    }
-    // JSON maps may iterate in insertion order (serde_json's preserve_order); output must not
-    list.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    Ok(list)
-}
-
-fn quantity<'a>(v: &'a Value, field: &str) -> Result<QuantityRef<'a>, IntentError> {
     match v {
         Value::String(s) => match parse_quantity(s) {
-            Some(x) if x < 0.0 || s.starts_with('-') => Err(IntentError::InvalidQuantity {
-                field: field.into(),
-                value: s.clone(),
-                reason: "resources cannot be negative",
-            }),
-            Some(_) => Ok(QuantityRef::Str(s)),
-            None => Err(IntentError::InvalidQuantity {
-                field: field.into(),
-                value: s.clone(),
-                reason: "not the Kubernetes quantity syntax",
-            }),
+            Some(x) if x < 0.0 || s.starts_with('-') => {
+                Err(invalid(s.clone(), "resources cannot be negative"))
+            }
+            Some(x) => Ok((QuantityRef::Str(s), x)),
+            None => Err(invalid(s.clone(), "not the Kubernetes quantity syntax")),
         },
         Value::Number(n) => {
             if let Some(u) = n.as_u64() {
-                Ok(QuantityRef::Int(u))
-            } else if n.is_i64() {
-                Err(IntentError::InvalidQuantity {
-                    field: field.into(),
-                    value: n.to_string(),
-                    reason: "resources cannot be negative",
-                })
-            } else {
-                match n.as_f64() {
-                    Some(f) if f.fract() == 0.0 && (0.0..1.8e19).contains(&f) => {
-                        Ok(QuantityRef::Int(f as u64))
-                    }
-                    _ => Err(IntentError::InvalidQuantity {
-                        field: field.into(),
-                        value: n.to_string(),
-                        reason: "a JSON number must be a non-negative integer; write fractions as a string such as \"500m\" or \"0.5\"",
-                    }),
+                return Ok((QuantityRef::Int(u), u as f64));
+            }
+            if n.is_i64() {
+                return Err(invalid(n.to_string(), "resources cannot be negative"));
+            }
+            match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && (0.0..1.8e19).contains(&f) => {
+                    Ok((QuantityRef::Int(f as u64), f))
                 }
+                _ => Err(invalid(
+                    n.to_string(),
+                    "a JSON number must be a non-negative integer; write fractions as a string such as \"500m\" or \"0.5\"",
+                )),
             }
         }
         other => Err(wrong_type(
-            field,
+            &field(),
             "a quantity string or a non-negative integer",
             other,
         )),
@@ -1077,70 +1346,112 @@ fn quantity<'a>(v: &'a Value, field: &str) -> Result<QuantityRef<'a>, IntentErro
 /// SI suffix `Ki..Ei`, a decimal SI suffix `n u m k M G T P E`, or a decimal exponent `e<int>`)
 /// and returns its approximate value. `None` if the syntax is wrong. The exponent is an integer
 /// as in Kubernetes' own parser (the CRD's regular expression is looser).
+///
+/// Hand-written rather than built on `str::parse::<f64>`: it runs for every resource of every
+/// render, and the value is only used for comparisons.
 pub fn parse_quantity(s: &str) -> Option<f64> {
+    const MANTISSA_LIMIT: u64 = 1_000_000_000_000_000_000;
     let b = s.as_bytes();
-    let mut i = 0;
-    let negative = match b.first() {
-        Some(b'+') => {
-            i = 1;
-            false
-        }
-        Some(b'-') => {
-            i = 1;
-            true
-        }
-        _ => false,
+    let (negative, mut i) = match b.first() {
+        Some(b'+') => (false, 1),
+        Some(b'-') => (true, 1),
+        _ => (false, 0),
     };
-    let num_start = i;
-    let int_digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-    i += int_digits;
-    let mut frac_digits = 0;
+    // up to 19 significant digits in `mantissa`; `scale` is the power of ten applied to it
+    let mut mantissa: u64 = 0;
+    let mut scale: i32 = 0;
+    let mut digits = 0usize;
+    while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+        if mantissa < MANTISSA_LIMIT {
+            mantissa = mantissa * 10 + u64::from(c - b'0');
+        } else {
+            scale = scale.saturating_add(1);
+        }
+        digits += 1;
+        i += 1;
+    }
     if b.get(i) == Some(&b'.') {
         i += 1;
-        frac_digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-        i += frac_digits;
+        while let Some(&c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+            if mantissa < MANTISSA_LIMIT {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                scale -= 1;
+            }
+            digits += 1;
+            i += 1;
+        }
     }
-    if int_digits + frac_digits == 0 {
+    if digits == 0 {
         return None;
     }
-    let number: f64 = s[num_start..i].parse().ok()?;
-    let multiplier = match &s[i..] {
-        "" => 1.0,
-        "Ki" => 1024f64,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        rest => {
-            let exp = rest.strip_prefix(['e', 'E'])?;
-            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
-            if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+    let (binary_exp, decimal_exp): (i32, i32) = match &b[i..] {
+        [] => (0, 0),
+        [c] => match c {
+            b'n' => (0, -9),
+            b'u' => (0, -6),
+            b'm' => (0, -3),
+            b'k' => (0, 3),
+            b'M' => (0, 6),
+            b'G' => (0, 9),
+            b'T' => (0, 12),
+            b'P' => (0, 15),
+            b'E' => (0, 18),
+            _ => return None,
+        },
+        [c, b'i'] => match c {
+            b'K' => (10, 0),
+            b'M' => (20, 0),
+            b'G' => (30, 0),
+            b'T' => (40, 0),
+            b'P' => (50, 0),
+            b'E' => (60, 0),
+            _ => return None,
+        },
+        [b'e' | b'E', exp @ ..] => {
+            let (sign, exp_digits) = match exp {
+                [b'+', d @ ..] => (1, d),
+                [b'-', d @ ..] => (-1, d),
+                d => (1, d),
+            };
+            if exp_digits.is_empty()
+                || exp_digits.len() > 9
+                || !exp_digits.iter().all(u8::is_ascii_digit)
+            {
                 return None;
             }
-            let e: i32 = exp.parse().ok()?;
-            10f64.powi(e)
+            let e = exp_digits
+                .iter()
+                .fold(0i32, |acc, d| acc * 10 + i32::from(d - b'0'));
+            (0, sign * e)
         }
+        _ => return None,
     };
-    let value = number * multiplier;
+    // binary suffixes are 2^(10k), k <= 6: exact as a shifted integer
+    let value =
+        mantissa as f64 * pow10(scale.saturating_add(decimal_exp)) * (1u64 << binary_exp) as f64;
     Some(if negative { -value } else { value })
+}
+
+/// `10^e`, exact for `|e| <= 22`.
+fn pow10(e: i32) -> f64 {
+    const EXACT: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let i = e.unsigned_abs() as usize;
+    match EXACT.get(i) {
+        Some(p) if e >= 0 => *p,
+        Some(p) => 1.0 / p,
+        None => 10f64.powi(e),
+    }
 }
 
 /// A Kubernetes resource name: a qualified name, optionally prefixed by a DNS subdomain.
 fn is_resource_name(name: &str) -> bool {
-    let (prefix, local) = match name.split_once('/') {
-        Some((p, l)) => (Some(p), l),
-        None => (None, name),
-    };
+    if matches!(name, "cpu" | "memory" | "ephemeral-storage" | GPU_RESOURCE) {
+        return true; // the usual ones, without the general check
+    }
+    let (prefix, local) = split_prefix(name);
     if let Some(p) = prefix
         && !is_dns1123_subdomain(p)
     {
@@ -1156,21 +1467,27 @@ fn is_resource_name(name: &str) -> bool {
 }
 
 /// DNS-1123 subdomain: dot-separated labels of lowercase alphanumerics and '-', each starting
-/// and ending alphanumeric, at most 253 characters in all.
+/// and ending alphanumeric, at most 253 characters in all. One pass over the bytes.
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label_unbounded)
-}
-
-fn is_dns1123_label_unbounded(label: &str) -> bool {
-    let b = label.as_bytes();
-    !b.is_empty()
-        && is_lower_alnum(b[0])
-        && is_lower_alnum(b[b.len() - 1])
-        && b.iter().all(|&c| is_lower_alnum(c) || c == b'-')
-}
-
-fn is_lower_alnum(c: u8) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit()
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 253 {
+        return false;
+    }
+    let mut prev = b'.'; // a label boundary before the first byte
+    for &c in b {
+        let ok = match c {
+            b'a'..=b'z' | b'0'..=b'9' => true,
+            // '-' inside a label only; '.' only after an alphanumeric
+            b'-' => prev != b'.',
+            b'.' => prev != b'.' && prev != b'-',
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+        prev = c;
+    }
+    prev != b'-' && prev != b'.'
 }
 
 #[cfg(test)]
@@ -1198,11 +1515,58 @@ mod tests {
 
     #[test]
     fn dns_subdomains() {
-        assert!(is_dns1123_subdomain("default"));
-        assert!(is_dns1123_subdomain("triton-sa.v2"));
-        for bad in ["", "-a", "a-", "A", "a..b", "a_b", &"a".repeat(254)] {
+        for ok in [
+            "default",
+            "triton-sa.v2",
+            "nvidia.com",
+            "a",
+            "0",
+            "a-b.c-d.e",
+            &"a".repeat(253),
+        ] {
+            assert!(is_dns1123_subdomain(ok), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a..b",
+            "a_b",
+            ".a",
+            "a.",
+            "a.-b",
+            "a-.b",
+            "é",
+            &"a".repeat(254),
+        ] {
             assert!(!is_dns1123_subdomain(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_gpu_is_merged_in_name_order() {
+        let rc = serde_json::json!({
+            "gpu": true,
+            "resources": {
+                "requests": {"cpu": "1", "pods": null, "zz.example/dev": 2},
+                "limits": {"cpu": "2", "zz.example/dev": "2", "nvidia.com/gpu": 3}
+            }
+        });
+        let m = rc.as_object();
+        let res = resources(member(m, "resources"), true)
+            .expect("valid")
+            .expect("not empty");
+        let names = |it: ResourceIter<'_>| it.map(|(n, q)| format!("{n}={q}")).collect::<Vec<_>>();
+        assert_eq!(
+            names(res.requests()),
+            ["cpu=1", "nvidia.com/gpu=3", "zz.example/dev=2"]
+        );
+        assert_eq!(
+            names(res.limits()),
+            ["cpu=2", "nvidia.com/gpu=3", "zz.example/dev=2"]
+        );
+        assert_eq!(res.limit("nvidia.com/gpu"), Some(QuantityRef::Int(3)));
     }
 
     #[test]

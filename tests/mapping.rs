@@ -985,7 +985,8 @@ fn valid_intent() -> impl Strategy<Value = Intent> {
         core_choice(),
         scaling_choice(),
         resource_choice(),
-        "(s3|gs|pvc|https|hf|oci)://[a-z0-9-]{1,12}(/[A-Za-z0-9._-]{1,12}){0,3}",
+        // storage URIs may hold any printable character, including JSON's `"` and `\`
+        r#"(s3|gs|pvc|https|hf|oci)://[a-z0-9-]{1,12}(/[A-Za-z0-9._\-"\\é✓%?=&]{1,12}){0,3}"#,
         0u8..4,
     )
         .prop_map(|(ids, core, scaling, resources, uri, nulls)| {
