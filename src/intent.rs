@@ -338,6 +338,8 @@ enum ResourceIterInner<'a> {
     },
     /// The map keeps insertion order (serde_json's `preserve_order` feature): sorted copy.
     Collected(std::vec::IntoIter<(&'a str, QuantityRef<'a>)>),
+    /// No map: only the extra entry, if any.
+    Extra(Option<(&'a str, QuantityRef<'a>)>),
 }
 
 impl<'a> ResourceIter<'a> {
@@ -348,6 +350,7 @@ impl<'a> ResourceIter<'a> {
     ) -> Self {
         let extra = gpu.map(|q| (GPU_RESOURCE, q));
         let inner = match map {
+            None => ResourceIterInner::Extra(extra),
             Some(m) if !sorted => {
                 let mut all: Vec<_> = m
                     .iter()
@@ -357,10 +360,8 @@ impl<'a> ResourceIter<'a> {
                 all.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 ResourceIterInner::Collected(all.into_iter())
             }
-            _ => ResourceIterInner::Sorted {
-                entries: map
-                    .map_or_else(|| EMPTY_MAP.iter(), |m| m.iter())
-                    .peekable(),
+            Some(m) => ResourceIterInner::Sorted {
+                entries: m.iter().peekable(),
                 extra,
             },
         };
@@ -368,14 +369,13 @@ impl<'a> ResourceIter<'a> {
     }
 }
 
-static EMPTY_MAP: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
-
 impl<'a> Iterator for ResourceIter<'a> {
     type Item = (&'a str, QuantityRef<'a>);
 
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.inner {
             ResourceIterInner::Collected(it) => it.next(),
+            ResourceIterInner::Extra(extra) => extra.take(),
             ResourceIterInner::Sorted { entries, extra } => loop {
                 match (entries.peek(), *extra) {
                     (Some((k, _)), Some((name, _))) if name < k.as_str() => return extra.take(),
@@ -835,6 +835,13 @@ fn keda_autoscaler(
 /// common case) and characters otherwise.
 fn uri_forbidden_char(s: &str) -> Option<char> {
     if s.is_ascii() {
+        // a branch-free scan first (the common answer is "none"), then find the culprit
+        let bad = s
+            .bytes()
+            .fold(false, |acc, b| acc | (b <= b' ') | (b == 0x7f));
+        if !bad {
+            return None;
+        }
         s.bytes().find(|&b| b <= b' ' || b == 0x7f).map(char::from)
     } else {
         s.chars().find(|c| c.is_whitespace() || c.is_control())
@@ -964,8 +971,10 @@ fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
 }
 
 fn runtime_kind(runtime: Option<&str>) -> Result<RuntimeKind, IntentError> {
-    let Some(rt) = runtime else {
-        return Ok(RuntimeKind::Generic);
+    let rt = match runtime {
+        None | Some("kserve") => return Ok(RuntimeKind::Generic),
+        Some("kserve-triton" | "triton") => return Ok(RuntimeKind::Triton),
+        Some(rt) => rt,
     };
     let identifier = !rt.is_empty()
         && rt.len() <= 253

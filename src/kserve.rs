@@ -796,11 +796,35 @@ pub fn render(intent: &Intent, opts: &RenderOptions) -> Result<InferenceService,
 }
 
 /// Renders the manifest as compact JSON bytes; byte-identical to
-/// `serde_json::to_vec(&render(intent, opts)?)` and allocation-free apart from the buffer.
+/// `serde_json::to_vec(&render(intent, opts)?)`.
+///
+/// The manifest is written into a per-thread scratch buffer and returned as an exact-size copy:
+/// one small allocation per manifest. (Reserving a generous estimate instead costs more than
+/// the copy: a ~1 KiB manifest then needs a block too large for the allocator's per-thread
+/// cache.)
 pub fn render_json(intent: &Intent, opts: &RenderOptions) -> Result<Vec<u8>, IntentError> {
-    let mut out = Vec::new();
-    render_json_into(intent, opts, &mut out)?;
-    Ok(out)
+    /// Scratch buffers above this size are released after use rather than kept per thread.
+    const KEEP: usize = 64 * 1024;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            render_json_into(intent, opts, &mut buf)?;
+            let out = buf.to_vec();
+            if buf.capacity() > KEEP {
+                *buf = Vec::new();
+            }
+            Ok(out)
+        }
+        // only reachable if rendering re-entered itself on this thread, which it does not
+        Err(_) => {
+            let mut out = Vec::new();
+            render_json_into(intent, opts, &mut out)?;
+            Ok(out)
+        }
+    })
 }
 
 /// Like [`render_json`], appending to `out` (reuse one buffer across renders to skip even the
