@@ -92,6 +92,9 @@ impl Worker {
             .as_deref()
             .ok_or(WorkerError::Missing("NATS_URL"))?;
         let render = settings.kserve.render_options();
+        render
+            .validate()
+            .map_err(|err| WorkerError::Invalid(err.to_string()))?;
         let deployer = match settings.deploy_mode {
             DeployMode::Simulate => Deployer::Simulate(SimulateDeployer::new(
                 Duration::from_millis(settings.simulate_delay_ms),
