@@ -4,7 +4,12 @@
 //! tokio runtime: actors live on the system thread, database and NATS I/O on tokio's workers).
 //! [`Worker::shutdown`] implements the graceful stop of DESIGN §3: stop fetching, let running
 //! passes finish within the grace period, hand back everything else, flush NATS, return.
+//!
+//! The worker also serves its HTTP port ([`crate::http`]: metrics, liveness, readiness) from
+//! the moment it has connected until the end of [`Worker::shutdown`]; readiness turns 503 as
+//! soon as shutdown begins so a load balancer or rollout stops counting on this replica.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +21,8 @@ use crate::admission::Admission;
 use crate::config::{DeployMode, Settings};
 use crate::deployer::{Deployer, simulate::SimulateDeployer};
 use crate::events;
+use crate::http::{HttpError, HttpServer, Readiness};
+use crate::metrics::Metrics;
 use crate::pass::PassContext;
 use crate::store::{ConnectError, Store};
 use crate::supervisor::{Registry, Resume, Shutdown, Supervisor, Terminate};
@@ -46,6 +53,9 @@ pub enum WorkerError {
     /// The supervisor went away unexpectedly.
     #[error("the supervisor stopped unexpectedly")]
     SupervisorGone,
+    /// The HTTP port could not be opened.
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 /// A running worker.
@@ -57,6 +67,9 @@ pub struct Worker {
     nats: async_nats::Client,
     abort: watch::Sender<bool>,
     grace: Duration,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    http: HttpServer,
 }
 
 /// Applies pending migrations, or refuses when `apply` is false and some are pending.
@@ -103,7 +116,16 @@ impl Worker {
             }
         };
 
-        let store = Store::connect(database_url, settings.store_settings()).await?;
+        // Metrics first: the store, the passes and the deployers all count into them.
+        let admission = Admission::new(settings.caps());
+        let registry = Arc::new(Registry::new());
+        let mut metrics = Metrics::new();
+        metrics.register_live_state(admission.clone(), registry.clone());
+        let metrics = Arc::new(metrics);
+
+        let store =
+            Store::connect_with_metrics(database_url, settings.store_settings(), metrics.clone())
+                .await?;
         migrate(&store, settings.database_migrate).await?;
         let nats = async_nats::ConnectOptions::new()
             .name("deploy-worker")
@@ -113,9 +135,14 @@ impl Worker {
             .map_err(|err| WorkerError::Nats(err.to_string()))?;
         let js = async_nats::jetstream::new(nats.clone());
         let consumers = events::bind(&js, settings.consumer_settings()).await?;
+        let readiness = Readiness::new(
+            store.clone(),
+            nats.clone(),
+            vec![consumers.deploy.clone(), consumers.delete.clone()],
+        );
+        let http = HttpServer::start(&settings.http_listen, metrics.clone(), readiness.clone())?;
 
         let (abort, abort_rx) = watch::channel(false);
-        let admission = Admission::new(settings.caps());
         let ctx = Arc::new(PassContext {
             store: store.clone(),
             deployer,
@@ -124,8 +151,8 @@ impl Worker {
             backoff: settings.backoff(),
             progress_every: settings.ack_wait() / 2,
             abort: abort_rx,
+            metrics: metrics.clone(),
         });
-        let registry = Arc::new(Registry::new());
         let idle_after = Duration::from_secs(settings.endpoint_idle_seconds);
         let supervisor = Supervisor::new(ctx, consumers, registry.clone(), idle_after).start();
 
@@ -143,7 +170,20 @@ impl Worker {
             nats,
             abort,
             grace: Duration::from_secs(settings.shutdown_grace_seconds),
+            metrics,
+            readiness,
+            http,
         })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (the real port when 0 was asked).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// The worker's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Endpoint actors alive.
@@ -163,6 +203,7 @@ impl Worker {
 
     /// Graceful stop (see the module docs).
     pub async fn shutdown(self) -> Result<(), WorkerError> {
+        self.readiness.set_draining();
         let (done, drained) = oneshot::channel();
         self.supervisor
             .send(Shutdown(done))
@@ -183,6 +224,7 @@ impl Worker {
             tracing::warn!(error = %err, "could not flush NATS on shutdown");
         }
         self.supervisor.do_send(Terminate);
+        self.http.stop().await;
         tracing::info!("deploy-worker stopped");
         Ok(())
     }

@@ -11,12 +11,23 @@
 //! The split between outcomes and errors matters for delivery: a [`DeployOutcome`] is final
 //! and is written to Postgres (the message is then acked or terminated), while a
 //! [`DeployError`] is transient and the message is handed back to JetStream to retry later.
+//!
+//! Tracing: the pass wraps a deploy in a `deploy` span; each deployer opens its `apply` and
+//! `wait_ready` children with [`telemetry::deploy_step_span`](crate::telemetry::deploy_step_span)
+//! so both modes produce the same span tree. Kubernetes API error responses are counted with
+//! [`Metrics::kube_error`](crate::metrics::Metrics::kube_error).
 
 pub mod simulate;
 
 use uuid::Uuid;
 
 use crate::kserve::InferenceService;
+
+/// Every verb the worker uses on `inferenceservices` (group `serving.kserve.io`) in its
+/// namespace: `patch` (server-side apply), `get`, `list` and `watch` (waiting for Ready),
+/// `create` and `delete`. This is the contract the RBAC Role in `deploy/k8s/` must match
+/// exactly — no more, no wildcard; a test checks it. Change both together.
+pub const INFERENCESERVICE_VERBS: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
 
 /// The final result of a deploy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +66,10 @@ pub struct DeployError(pub String);
 pub struct DeployRequest<'a> {
     /// The endpoint.
     pub endpoint_id: Uuid,
+    /// Its tenant (for span attributes and logs).
+    pub tenant_id: Uuid,
+    /// Its project (for span attributes and logs).
+    pub project_id: Uuid,
     /// Its spec generation.
     pub generation: i64,
     /// The manifest to apply.
