@@ -127,8 +127,7 @@ async fn with_telemetry<F: std::future::Future<Output = Result<(), String>>>(
     secrets: Secrets,
     work: F,
 ) -> Result<(), String> {
-    let telemetry =
-        telemetry::init(logging.log_format, secrets).map_err(|err| err.to_string())?;
+    let telemetry = telemetry::init(logging.log_format, secrets).map_err(|err| err.to_string())?;
     let result = work.await;
     if let Err(err) = telemetry.shutdown().await {
         tracing::warn!(error = %err, "could not flush traces");

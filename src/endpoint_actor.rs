@@ -127,7 +127,10 @@ impl EndpointActor {
         let metrics = &self.ctx.metrics;
         metrics.retries(crate::metrics::retry::SHUTDOWN, deliveries.len());
         for delivery in &deliveries {
-            metrics.event(delivery.subject(), crate::metrics::event_outcome::HANDED_BACK);
+            metrics.event(
+                delivery.subject(),
+                crate::metrics::event_outcome::HANDED_BACK,
+            );
         }
         let backoff = self.ctx.backoff;
         let work = async move { hand_back_all(&deliveries, &backoff).await };

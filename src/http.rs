@@ -33,7 +33,9 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// The address is unusable or taken.
-    #[error("cannot listen on {listen}: {source}; set HTTP_LISTEN (or --http-listen) to a free address")]
+    #[error(
+        "cannot listen on {listen}: {source}; set HTTP_LISTEN (or --http-listen) to a free address"
+    )]
     Bind {
         /// The configured address.
         listen: String,
@@ -112,7 +114,9 @@ impl Readiness {
                 match tokio::time::timeout(CHECK_TIMEOUT, consumer.get_info()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(err)) => return format!("consumer {name}: {err}"),
-                    Err(_) => return format!("consumer {name}: no answer within {CHECK_TIMEOUT:?}"),
+                    Err(_) => {
+                        return format!("consumer {name}: no answer within {CHECK_TIMEOUT:?}");
+                    }
                 }
             }
             "ok".to_owned()
@@ -154,9 +158,7 @@ async fn healthz() -> HttpResponse {
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let readiness = state.readiness.clone();
     let runtime = readiness.inner.runtime.clone();
-    let checked = runtime
-        .spawn(async move { readiness.check().await })
-        .await;
+    let checked = runtime.spawn(async move { readiness.check().await }).await;
     match checked {
         Ok(report) if report.ready => HttpResponse::Ok().json(report),
         Ok(report) => HttpResponse::ServiceUnavailable().json(report),

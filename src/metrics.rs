@@ -27,6 +27,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::admission::Admission;
 use crate::events::{DELETE_SUBJECT, DEPLOY_SUBJECT};
+use crate::store::outcome;
 use crate::supervisor;
 
 /// Prefix of every metric name.
@@ -45,6 +46,11 @@ pub mod retry {
     /// The worker is shutting down.
     pub const SHUTDOWN: &str = "shutdown";
 }
+
+/// Label `operation` of `deploy_worker_database_errors_total`: a batched intent load.
+pub const DB_LOAD: &str = "load";
+/// Label `operation` of `deploy_worker_database_errors_total`: a group commit.
+pub const DB_COMMIT: &str = "commit";
 
 /// Label `outcome` of `deploy_worker_events_total` for answers that are not a pass outcome.
 pub mod event_outcome {
@@ -162,6 +168,28 @@ impl Metrics {
             "Writes (status changes, history rows, refused events) per group-commit transaction",
             commit_batch.clone(),
         );
+        // Known label values start at zero, so `rate()` and alerts work before the first
+        // occurrence (Kubernetes status codes are only known when they happen).
+        for subject in [DEPLOY_SUBJECT, DELETE_SUBJECT] {
+            for outcome in [
+                outcome::READY,
+                outcome::ERROR,
+                outcome::DELETED,
+                outcome::UNCHANGED,
+                outcome::SUPERSEDED,
+                outcome::SKIPPED,
+                event_outcome::REFUSED,
+                event_outcome::HANDED_BACK,
+            ] {
+                let _ = events.get_or_create(&EventLabels { subject, outcome });
+            }
+        }
+        for reason in [retry::DATABASE, retry::DEPLOYER, retry::SHUTDOWN] {
+            let _ = retries.get_or_create(&ReasonLabels { reason });
+        }
+        for operation in [DB_LOAD, DB_COMMIT] {
+            let _ = database_errors.get_or_create(&OperationLabels { operation });
+        }
         Self {
             registry,
             events,

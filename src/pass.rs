@@ -323,7 +323,12 @@ impl<'a> Pass<'a> {
             _ => outcome::ERROR,
         };
         let persist = self.step(Step::Persist);
-        let written = self.ctx.store.write(write).instrument(persist.clone()).await;
+        let written = self
+            .ctx
+            .store
+            .write(write)
+            .instrument(persist.clone())
+            .await;
         match written {
             Ok(Applied::Yes) => {
                 telemetry::record_outcome(&persist, outcome);

@@ -409,7 +409,7 @@ async fn run_loader(
                     }
                 }
                 Err(err) => {
-                    metrics.database_error("load");
+                    metrics.database_error(crate::metrics::DB_LOAD);
                     for (_, reply) in batch {
                         let _ = reply.send(Err(err.clone()));
                     }
@@ -476,7 +476,7 @@ async fn run_committer(
                 }
             }
             Err(err) => {
-                metrics.database_error("commit");
+                metrics.database_error(crate::metrics::DB_COMMIT);
                 tracing::warn!(error = %err, writes = writes.len(), "group commit failed");
                 for reply in replies {
                     let _ = reply.send(Err(err.clone()));

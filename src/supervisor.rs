@@ -204,7 +204,9 @@ impl Handler<Incoming> for Supervisor {
                 self.route(delivery, ctx);
             }
             Err(reason) => {
-                span.in_scope(|| tracing::warn!(subject = %message.subject, %reason, "refusing event"));
+                span.in_scope(
+                    || tracing::warn!(subject = %message.subject, %reason, "refusing event"),
+                );
                 telemetry::record_error(&span, &reason);
                 let store = self.ctx.store.clone();
                 let backoff = self.ctx.backoff;

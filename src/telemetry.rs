@@ -131,7 +131,11 @@ impl ExportConfig {
     /// headers, timeout and batch settings (`OTEL_BSP_*`) are read by the exporter and the SDK
     /// themselves, and the sampler by the SDK (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, TelemetryError> {
-        let set = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let set = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let service_name =
             set("OTEL_SERVICE_NAME").unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
         let disabled = set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
@@ -161,7 +165,10 @@ impl ExportConfig {
         }
         let (variable, value) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
             Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(v)),
-            None => ("OTEL_EXPORTER_OTLP_PROTOCOL", set("OTEL_EXPORTER_OTLP_PROTOCOL")),
+            None => (
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                set("OTEL_EXPORTER_OTLP_PROTOCOL"),
+            ),
         };
         let protocol = match value.as_deref() {
             None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
@@ -231,11 +238,7 @@ impl Secrets {
     /// Secrets found in connection URLs (their passwords, or a lone user part used as a token)
     /// and in the OTLP header variables (their values, e.g. `authorization=Bearer …`).
     pub fn collect<'a>(urls: impl IntoIterator<Item = Option<&'a str>>) -> Self {
-        let mut found: Vec<String> = urls
-            .into_iter()
-            .flatten()
-            .flat_map(url_secrets)
-            .collect();
+        let mut found: Vec<String> = urls.into_iter().flatten().flat_map(url_secrets).collect();
         for name in [
             "OTEL_EXPORTER_OTLP_HEADERS",
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
@@ -860,9 +863,7 @@ where
         let mut line = Map::new();
         line.insert(
             "timestamp".into(),
-            Value::from(
-                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            ),
+            Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
         );
         line.insert("level".into(), Value::from(meta.level().as_str()));
         line.insert("target".into(), Value::from(meta.target()));
@@ -1036,11 +1037,6 @@ mod tests {
             out.get("traceparent").map(|v| v.as_str()),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         );
-        assert!(
-            !extract_context(None)
-                .span()
-                .span_context()
-                .is_valid()
-        );
+        assert!(!extract_context(None).span().span_context().is_valid());
     }
 }

@@ -125,7 +125,16 @@ async fn a_deploy_is_one_trace_from_the_publisher_to_persist() {
     let spans = wait_spans(
         &exporter,
         trace_id,
-        &["receive", "pass", "load_intent", "render", "deploy", "apply", "wait_ready", "persist"],
+        &[
+            "receive",
+            "pass",
+            "load_intent",
+            "render",
+            "deploy",
+            "apply",
+            "wait_ready",
+            "persist",
+        ],
     )
     .await;
     // The publisher's span is the parent of the worker's first span.
@@ -154,16 +163,34 @@ async fn a_deploy_is_one_trace_from_the_publisher_to_persist() {
     );
     // The simulated readiness delay is inside wait_ready.
     let wait = one(&spans, "wait_ready");
-    let waited = wait.end_time.duration_since(wait.start_time).unwrap_or_default();
-    assert!(waited >= Duration::from_millis(20), "wait_ready lasted {waited:?}");
+    let waited = wait
+        .end_time
+        .duration_since(wait.start_time)
+        .unwrap_or_default();
+    assert!(
+        waited >= Duration::from_millis(20),
+        "wait_ready lasted {waited:?}"
+    );
 
     // Every span of the pass carries the same labels.
     let isvc = kserve::isvc_name("isvc", endpoint.id);
     for span in spans.iter().filter(|s| s.name != "receive") {
         let what = &span.name;
-        assert_eq!(attr(span, "tenant_id"), Some(endpoint.tenant_id.to_string()), "{what}");
-        assert_eq!(attr(span, "project_id"), Some(endpoint.project_id.to_string()), "{what}");
-        assert_eq!(attr(span, "endpoint_id"), Some(endpoint.id.to_string()), "{what}");
+        assert_eq!(
+            attr(span, "tenant_id"),
+            Some(endpoint.tenant_id.to_string()),
+            "{what}"
+        );
+        assert_eq!(
+            attr(span, "project_id"),
+            Some(endpoint.project_id.to_string()),
+            "{what}"
+        );
+        assert_eq!(
+            attr(span, "endpoint_id"),
+            Some(endpoint.id.to_string()),
+            "{what}"
+        );
         assert_eq!(attr(span, "isvc_name"), Some(isvc.clone()), "{what}");
         assert_eq!(attr(span, "generation").as_deref(), Some("1"), "{what}");
         assert!(attr(span, "outcome").is_some(), "{what} has no outcome");
@@ -177,7 +204,11 @@ async fn a_deploy_is_one_trace_from_the_publisher_to_persist() {
         ("apply", "applied"),
         ("wait_ready", "ready"),
     ] {
-        assert_eq!(attr(one(&spans, name), "outcome").as_deref(), Some(outcome), "{name}");
+        assert_eq!(
+            attr(one(&spans, name), "outcome").as_deref(),
+            Some(outcome),
+            "{name}"
+        );
     }
     let mut persisted: Vec<String> = named(&spans, "persist")
         .iter()
@@ -186,7 +217,10 @@ async fn a_deploy_is_one_trace_from_the_publisher_to_persist() {
     persisted.sort();
     assert_eq!(persisted, vec!["deploying", "ready"]);
     assert_eq!(attr(receive, "endpoint_id"), Some(endpoint.id.to_string()));
-    assert_eq!(attr(receive, "tenant_id"), Some(endpoint.tenant_id.to_string()));
+    assert_eq!(
+        attr(receive, "tenant_id"),
+        Some(endpoint.tenant_id.to_string())
+    );
     assert_eq!(attr(receive, "isvc_name"), Some(isvc));
 
     // The trace id is stored with the outcome.
@@ -210,7 +244,12 @@ async fn an_invalid_intent_marks_its_spans_as_errors() {
     publish_deploy(&js, &endpoint, &cx).await;
     wait_status(&db, endpoint.id, "ERROR").await;
 
-    let spans = wait_spans(&exporter, trace_id, &["receive", "pass", "render", "persist"]).await;
+    let spans = wait_spans(
+        &exporter,
+        trace_id,
+        &["receive", "pass", "render", "persist"],
+    )
+    .await;
     let render = one(&spans, "render");
     assert_eq!(attr(render, "outcome").as_deref(), Some("invalid"));
     let error = attr(render, "error").expect("render has an error attribute");
@@ -221,9 +260,16 @@ async fn an_invalid_intent_marks_its_spans_as_errors() {
         render.status
     );
     let pass = one(&spans, "pass");
-    assert!(matches!(pass.status, Status::Error { .. }), "{:?}", pass.status);
+    assert!(
+        matches!(pass.status, Status::Error { .. }),
+        "{:?}",
+        pass.status
+    );
     assert_eq!(attr(pass, "outcome").as_deref(), Some("error"));
-    assert!(named(&spans, "deploy").is_empty(), "an invalid intent is never deployed");
+    assert!(
+        named(&spans, "deploy").is_empty(),
+        "an invalid intent is never deployed"
+    );
     let receive = one(&spans, "receive");
     assert_eq!(attr(receive, "answer").as_deref(), Some("term"));
     assert_eq!(
@@ -295,7 +341,10 @@ async fn a_coalesced_pass_joins_the_newest_trace_and_links_the_others() {
     assert_eq!(attr(pass, "events").as_deref(), Some("2"));
     let second_spans = wait_spans(&exporter, second_trace, &["receive"]).await;
     let second_receive = one(&second_spans, "receive");
-    assert!(named(&second_spans, "pass").is_empty(), "no pass of its own");
+    assert!(
+        named(&second_spans, "pass").is_empty(),
+        "no pass of its own"
+    );
     assert_eq!(attr(second_receive, "outcome").as_deref(), Some("ready"));
     let linked: Vec<_> = pass.links.iter().map(|l| l.span_context.clone()).collect();
     assert_eq!(linked.len(), 1, "{linked:?}");

@@ -38,7 +38,9 @@ impl SimulateDeployer {
         drop(apply);
         let wait = telemetry::deploy_step_span(DeployStep::WaitReady, &request);
         if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).instrument(wait.clone()).await;
+            tokio::time::sleep(self.delay)
+                .instrument(wait.clone())
+                .await;
         }
         telemetry::record_outcome(&wait, "ready");
         Ok(DeployOutcome::Ready {
