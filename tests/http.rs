@@ -179,9 +179,12 @@ fn parse_sample(line: &str) -> Sample {
     }
 }
 
+/// A label set without `le`, identifying one histogram series.
+type SeriesKey = Vec<(String, String)>;
+
 fn check_histogram(name: &str, family: &Family) {
     // Group buckets by their labels without `le`.
-    let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut series: BTreeMap<SeriesKey, Vec<(f64, f64)>> = BTreeMap::new();
     for s in family
         .samples
         .iter()

@@ -85,7 +85,7 @@ fn one<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
     found[0]
 }
 
-fn children<'a>(spans: &'a [SpanData], parent: SpanId) -> Vec<&'a str> {
+fn children(spans: &[SpanData], parent: SpanId) -> Vec<&str> {
     let mut names: Vec<&str> = spans
         .iter()
         .filter(|s| s.parent_span_id == parent)
