@@ -36,9 +36,17 @@ struct Scale {
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let scale = if full {
-        Scale { throughput_events: 20_000, in_flight: 10_000, durable: true }
+        Scale {
+            throughput_events: 20_000,
+            in_flight: 10_000,
+            durable: true,
+        }
     } else {
-        Scale { throughput_events: 300, in_flight: 200, durable: false }
+        Scale {
+            throughput_events: 300,
+            in_flight: 200,
+            durable: false,
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -60,16 +68,30 @@ struct Setup {
 }
 
 async fn setup(scale: &Scale, n: usize) -> Setup {
-    let pg = if scale.durable { LocalPostgres::start_durable() } else { LocalPostgres::start() }
-        .expect("postgres");
+    let pg = if scale.durable {
+        LocalPostgres::start_durable()
+    } else {
+        LocalPostgres::start()
+    }
+    .expect("postgres");
     let nats = LocalNats::start().expect("nats");
-    let store = Store::connect(&pg.url(), StoreSettings { max_connections: 4, batch_max: 1024 })
+    let store = Store::connect(
+        &pg.url(),
+        StoreSettings {
+            max_connections: 4,
+            batch_max: 1024,
+        },
+    )
+    .await
+    .expect("connect");
+    deploy_worker::worker::migrate(&store, true)
         .await
-        .expect("connect");
-    deploy_worker::worker::migrate(&store, true).await.expect("migrate");
+        .expect("migrate");
     let db = store.db().clone();
     let js = jetstream::new(async_nats::connect(nats.url()).await.expect("nats client"));
-    js.get_or_create_stream(events::stream_config()).await.expect("stream");
+    js.get_or_create_stream(events::stream_config())
+        .await
+        .expect("stream");
 
     // Ten tenants, as a shared worker sees them.
     let mut new = Vec::with_capacity(n);
@@ -98,7 +120,9 @@ async fn setup(scale: &Scale, n: usize) -> Setup {
             runtime_config: Some(json!({"modelFormat": "sklearn"})),
         }));
     }
-    let ids = platform::create_endpoints(&db, &new).await.expect("endpoints");
+    let ids = platform::create_endpoints(&db, &new)
+        .await
+        .expect("endpoints");
     let events = ids.iter().zip(&new).map(|(id, e)| {
         let fields = EventFields {
             tenant_id: e.tenant_id,
@@ -110,7 +134,13 @@ async fn setup(scale: &Scale, n: usize) -> Setup {
         (EventKind::Deploy, fields)
     });
     platform::publish_all(&js, events).await.expect("publish");
-    Setup { pg, nats, db, js, ids }
+    Setup {
+        pg,
+        nats,
+        db,
+        js,
+        ids,
+    }
 }
 
 fn spawn_worker(setup: &Setup, env: &[(&str, String)]) -> Child {
@@ -145,13 +175,18 @@ async fn count(db: &DatabaseConnection, status: &str) -> usize {
 async fn wait_count(db: &DatabaseConnection, status: &str, n: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while count(db, status).await < n {
-        assert!(Instant::now() < deadline, "timed out waiting for {n} {status}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} {status}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 fn stop(mut child: Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
 }
 
@@ -171,7 +206,11 @@ async fn floor_consume(js: &jetstream::Context, n: usize) -> f64 {
     });
     let mut acks = Vec::new();
     for _ in 0..n {
-        acks.push(js.publish("loadfloor.deploy", payload.clone().into()).await.expect("publish"));
+        acks.push(
+            js.publish("loadfloor.deploy", payload.clone().into())
+                .await
+                .expect("publish"),
+        );
     }
     for ack in acks {
         ack.await.expect("ack");
@@ -250,10 +289,25 @@ async fn throughput(scale: &Scale) {
     stop(worker);
     let worker_rate = n as f64 / elapsed;
 
-    println!("throughput ({n} events, simulate mode, {} Postgres)", if scale.durable { "durable" } else { "non-durable" });
-    println!("  worker, JetStream backlog -> committed READY  {worker_rate:>9.0} events/s  ({elapsed:.2} s incl. start-up)");
-    println!("  floor: bare pull + ack loop                    {consume:>9.0} events/s  ratio {:.2}", worker_rate / consume);
-    println!("  floor: bare batched UPDATE (1,024 per commit)  {update:>9.0} rows/s    ratio {:.2}", worker_rate / update);
+    println!(
+        "throughput ({n} events, simulate mode, {} Postgres)",
+        if scale.durable {
+            "durable"
+        } else {
+            "non-durable"
+        }
+    );
+    println!(
+        "  worker, JetStream backlog -> committed READY  {worker_rate:>9.0} events/s  ({elapsed:.2} s incl. start-up)"
+    );
+    println!(
+        "  floor: bare pull + ack loop                    {consume:>9.0} events/s  ratio {:.2}",
+        worker_rate / consume
+    );
+    println!(
+        "  floor: bare batched UPDATE (1,024 per commit)  {update:>9.0} rows/s    ratio {:.2}",
+        worker_rate / update
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -288,7 +342,17 @@ async fn memory(scale: &Scale) {
     let idle_rss = rss_kib(worker.id());
     stop(worker);
     println!("memory (worker resident set)");
-    println!("  just started                     {:>7.1} MiB", started_rss as f64 / 1024.0);
-    println!("  {n} deploys in flight         {:>7.1} MiB  ({:.1} KiB per deploy above start)", busy_rss as f64 / 1024.0, (busy_rss.saturating_sub(started_rss)) as f64 / n as f64);
-    println!("  all done, actors idle and gone   {:>7.1} MiB", idle_rss as f64 / 1024.0);
+    println!(
+        "  just started                     {:>7.1} MiB",
+        started_rss as f64 / 1024.0
+    );
+    println!(
+        "  {n} deploys in flight         {:>7.1} MiB  ({:.1} KiB per deploy above start)",
+        busy_rss as f64 / 1024.0,
+        (busy_rss.saturating_sub(started_rss)) as f64 / n as f64
+    );
+    println!(
+        "  all done, actors idle and gone   {:>7.1} MiB",
+        idle_rss as f64 / 1024.0
+    );
 }

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
-use crate::config::{KserveArgs, Settings};
+use crate::config::{KserveArgs, LogArgs, Settings};
 use crate::demo::DemoArgs;
 use crate::intent::Intent;
 use crate::kserve;
 use crate::store::{Store, StoreSettings};
+use crate::telemetry::{self, Secrets};
 use crate::worker;
 
 /// deploy-worker: JetStream events → endpoint intent in Postgres → KServe InferenceService.
@@ -49,6 +50,8 @@ struct MigrateArgs {
     /// Postgres URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    #[command(flatten)]
+    logging: LogArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -74,15 +77,8 @@ struct RenderArgs {
     output: Output,
     #[command(flatten)]
     kserve: KserveArgs,
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    #[command(flatten)]
+    logging: LogArgs,
 }
 
 /// A multi-threaded tokio runtime: actors on the calling thread, I/O on the workers.
@@ -95,38 +91,68 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Secrets known from the settings are redacted from logs and from the final error message.
+    let secrets = match &cli.command {
+        None => cli.run.secrets(),
+        Some(Command::Run(settings)) => settings.secrets(),
+        Some(Command::Migrate(args)) => Secrets::collect([Some(args.database_url.as_str())]),
+        Some(Command::Demo(args)) => args.settings.secrets(),
+        Some(Command::Render(args)) => Secrets::collect([args.database_url.as_deref()]),
+        Some(Command::KserveSim(_)) => Secrets::collect([]),
+    };
     let result = match cli.command {
-        None => run_worker(cli.run),
-        Some(Command::Run(settings)) => run_worker(*settings),
-        Some(Command::Migrate(args)) => migrate(args),
-        Some(Command::Demo(args)) => demo(*args),
-        Some(Command::Render(args)) => render(args),
-        Some(Command::KserveSim(args)) => runtime()
-            .map_err(|err| err.to_string())
-            .and_then(|rt| rt.block_on(kserve_sim::run(args)).map_err(|err| format!("{err:#}"))),
+        None => run_worker(cli.run, secrets.clone()),
+        Some(Command::Run(settings)) => run_worker(*settings, secrets.clone()),
+        Some(Command::Migrate(args)) => migrate(args, secrets.clone()),
+        Some(Command::Demo(args)) => demo(*args, secrets.clone()),
+        Some(Command::Render(args)) => render(args, secrets.clone()),
+        Some(Command::KserveSim(args)) => runtime().map_err(|err| err.to_string()).and_then(|rt| {
+            rt.block_on(kserve_sim::run(args))
+                .map_err(|err| format!("{err:#}"))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", secrets.redact(&message));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run_worker(settings: Settings) -> Result<(), String> {
-    let system = actix_rt::System::with_tokio_rt(|| match runtime() {
+fn actix_system() -> actix_rt::SystemRunner {
+    actix_rt::System::with_tokio_rt(|| match runtime() {
         Ok(rt) => rt,
         // Without a runtime nothing can run; say why instead of a bare panic message.
         Err(err) => panic!("cannot start the tokio runtime: {err}"),
-    });
-    system
-        .block_on(worker::run(&settings, worker::shutdown_signal()))
-        .map_err(|err| err.to_string())
+    })
 }
 
-fn migrate(args: MigrateArgs) -> Result<(), String> {
+/// Runs `work` with telemetry installed (inside the runtime: the trace exporter's batch task
+/// runs on it), then flushes the traces it produced.
+async fn with_telemetry<F: std::future::Future<Output = Result<(), String>>>(
+    logging: &LogArgs,
+    secrets: Secrets,
+    work: F,
+) -> Result<(), String> {
+    let telemetry = telemetry::init(logging.log_format, secrets).map_err(|err| err.to_string())?;
+    let result = work.await;
+    if let Err(err) = telemetry.shutdown().await {
+        tracing::warn!(error = %err, "could not flush traces");
+    }
+    result
+}
+
+fn run_worker(settings: Settings, secrets: Secrets) -> Result<(), String> {
+    actix_system().block_on(with_telemetry(&settings.logging, secrets, async {
+        worker::run(&settings, worker::shutdown_signal())
+            .await
+            .map_err(|err| err.to_string())
+    }))
+}
+
+fn migrate(args: MigrateArgs, secrets: Secrets) -> Result<(), String> {
+    telemetry::init_logs(args.logging.log_format, secrets).map_err(|err| err.to_string())?;
     let rt = runtime().map_err(|err| err.to_string())?;
     rt.block_on(async {
         let store = Store::connect(
@@ -146,17 +172,15 @@ fn migrate(args: MigrateArgs) -> Result<(), String> {
     })
 }
 
-fn demo(args: DemoArgs) -> Result<(), String> {
-    let system = actix_rt::System::with_tokio_rt(|| match runtime() {
-        Ok(rt) => rt,
-        Err(err) => panic!("cannot start the tokio runtime: {err}"),
-    });
-    system
-        .block_on(crate::demo::run(args))
-        .map_err(|err| err.to_string())
+fn demo(args: DemoArgs, secrets: Secrets) -> Result<(), String> {
+    let logging = args.settings.logging.clone();
+    actix_system().block_on(with_telemetry(&logging, secrets, async {
+        crate::demo::run(args).await.map_err(|err| err.to_string())
+    }))
 }
 
-fn render(args: RenderArgs) -> Result<(), String> {
+fn render(args: RenderArgs, secrets: Secrets) -> Result<(), String> {
+    telemetry::init_logs(args.logging.log_format, secrets).map_err(|err| err.to_string())?;
     let intent: Intent = match (&args.intent, args.endpoint_id) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path)

@@ -12,6 +12,7 @@ use crate::delivery::Backoff;
 use crate::events::ConsumerSettings;
 use crate::kserve::{ModeNames, RenderOptions};
 use crate::store::StoreSettings;
+use crate::telemetry::LogFormat;
 
 /// Where InferenceServices go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +67,15 @@ impl KserveArgs {
     }
 }
 
+/// Logging settings (shared by every command). `RUST_LOG` filters the lines (default `info`);
+/// tracing is configured by the standard `OTEL_*` variables (see [`crate::telemetry`]).
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log line format: `compact` (for people) or `json` (one object per line, with trace ids).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Compact)]
+    pub log_format: LogFormat,
+}
+
 /// The worker's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -84,6 +94,11 @@ pub struct Settings {
     /// How manifests are rendered.
     #[command(flatten)]
     pub kserve: KserveArgs,
+
+    /// k8s mode: kubeconfig to use; without it, `~/.kube/config` or the in-cluster service
+    /// account.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
 
     /// How long a deploy may take to become Ready before it ends in ERROR.
     #[arg(long, env = "DEPLOY_TIMEOUT_SECONDS", default_value_t = 600)]
@@ -136,17 +151,37 @@ pub struct Settings {
     /// On SIGTERM, how long running deploys may finish before they are handed back.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+
+    /// Address of the HTTP port serving /metrics, /healthz and /readyz (port 0: any free port).
+    #[arg(long, env = "HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: String,
+
+    /// Logging.
+    #[command(flatten)]
+    pub logging: LogArgs,
 }
 
 impl Settings {
     /// Settings from the environment and defaults only (no command line), e.g. for tests.
+    ///
+    /// Unless `HTTP_LISTEN` is set, the HTTP port is `127.0.0.1:0` (any free port) rather than
+    /// the binary's `0.0.0.0:8080`, so workers started side by side in tests never collide.
     pub fn from_env() -> Self {
         #[derive(clap::Parser)]
         struct Only {
             #[command(flatten)]
             settings: Settings,
         }
-        <Only as clap::Parser>::parse_from(["deploy-worker"]).settings
+        let mut settings = <Only as clap::Parser>::parse_from(["deploy-worker"]).settings;
+        if std::env::var_os("HTTP_LISTEN").is_none() {
+            settings.http_listen = "127.0.0.1:0".to_owned();
+        }
+        settings
+    }
+
+    /// Values that must never appear in logs (passwords and tokens in the connection URLs).
+    pub fn secrets(&self) -> crate::telemetry::Secrets {
+        crate::telemetry::Secrets::collect([self.database_url.as_deref(), self.nats_url.as_deref()])
     }
 
     /// Admission caps.

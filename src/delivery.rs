@@ -13,6 +13,9 @@
 //!
 //! If the answer itself cannot be sent (NATS is down), JetStream redelivers after the ack wait
 //! and the next pass finds the outcome already recorded: every pass is idempotent.
+//!
+//! Each delivery carries its `receive` span ([`crate::telemetry::receive_span`]), which stays
+//! open until the delivery is answered and dropped and records the final answer as `answer`.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,9 @@ pub struct Delivery {
     pub published_at: Option<DateTime<Utc>>,
     /// When this worker received it.
     pub received_at: Instant,
+    /// Its `receive` span (parent: the publisher's span); passes covering it are its children
+    /// or link to it.
+    pub span: tracing::Span,
 }
 
 /// Delays for handing messages back after transient failures.
@@ -66,6 +72,7 @@ impl Delivery {
             message: None,
             published_at: None,
             received_at: Instant::now(),
+            span: crate::telemetry::resume_span(endpoint_id),
         }
     }
 
@@ -103,6 +110,9 @@ impl Delivery {
             return;
         };
         let what = ack_name(&kind);
+        if !matches!(kind, AckKind::Progress) {
+            self.span.record("answer", what);
+        }
         if let Err(err) = message.ack_with(kind).await {
             tracing::warn!(endpoint_id = %self.endpoint_id, error = %err, answer = what,
                 "could not answer JetStream; the message will be redelivered after the ack wait");

@@ -127,6 +127,14 @@ impl EndpointActor {
             return;
         }
         self.answering += 1;
+        let metrics = &self.ctx.metrics;
+        metrics.retries(crate::metrics::retry::SHUTDOWN, deliveries.len());
+        for delivery in &deliveries {
+            metrics.event(
+                delivery.subject(),
+                crate::metrics::event_outcome::HANDED_BACK,
+            );
+        }
         let work = async move { answer_all(&deliveries, AckKind::Nak(None)).await };
         ctx.spawn(work.into_actor(self).map(|(), act, ctx| {
             act.answering -= 1;

@@ -18,7 +18,9 @@
 //! - [`deployer`]: simulate mode and k8s mode;
 //! - [`store`]: Postgres with batched reads and group commit; [`admission`]: tenant fairness;
 //! - [`config`], [`worker`], [`cli`]: settings, wiring, commands; [`demo`] and [`sandbox`]:
-//!   the self-contained demo and the throw-away servers it and the tests use.
+//!   the self-contained demo and the throw-away servers it and the tests use;
+//! - [`telemetry`] (logs, traces, trace-context propagation), [`metrics`] (Prometheus) and
+//!   [`http`] (`/metrics`, `/healthz`, `/readyz`): observability.
 
 pub mod admission;
 pub mod cli;
@@ -28,11 +30,14 @@ pub mod demo;
 pub mod deployer;
 pub mod endpoint_actor;
 pub mod events;
+pub mod http;
 pub mod intent;
 pub mod kserve;
+pub mod metrics;
 pub mod pass;
 pub mod platform;
 pub mod sandbox;
 pub mod store;
 pub mod supervisor;
+pub mod telemetry;
 pub mod worker;

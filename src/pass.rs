@@ -15,14 +15,20 @@
 //! 5. answers every covered message only after its outcome has committed.
 //!
 //! Database or deployer trouble hands the messages back to JetStream with a backoff delay.
+//!
+//! Each pass runs in a `pass` span, a child of the `receive` span of the newest delivery it
+//! covers and linked to the others', with one child span per step (see [`crate::telemetry`]);
+//! its trace id goes into the history row. Outcomes, retries and durations are counted in
+//! [`Metrics`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
 use chrono::Utc;
 use entity::status;
 use tokio::sync::watch;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::admission::Admission;
@@ -30,10 +36,12 @@ use crate::delivery::{Backoff, Delivery, answer_all, hand_back_all, keep_alive};
 use crate::deployer::{DeleteOutcome, DeployOutcome, DeployRequest, Deployer};
 use crate::events::EventKind;
 use crate::kserve::{self, RenderOptions};
+use crate::metrics::{Metrics, event_outcome, retry};
 use crate::store::{
     Applied, EndpointRecord, HistoryEntry, RejectedEvent, StatusWrite, Store, UrlChange, Write,
     outcome,
 };
+use crate::telemetry::{self, SpanLabels, Step};
 
 /// What every pass needs, shared by all endpoint actors.
 pub struct PassContext {
@@ -51,6 +59,8 @@ pub struct PassContext {
     pub progress_every: Duration,
     /// Where shutdown stands; see [`Phase`].
     pub phase: watch::Receiver<Phase>,
+    /// The worker's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The worker's shutdown phase, as passes see it.
@@ -76,11 +86,59 @@ pub enum PassResult {
     HandedBack,
 }
 
-/// Runs one pass over `endpoint_id` covering `batch` (never empty).
+impl PassResult {
+    /// The outcome as a metric label / span attribute.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Done(outcome) => outcome,
+            Self::Refused => event_outcome::REFUSED,
+            Self::HandedBack => event_outcome::HANDED_BACK,
+        }
+    }
+}
+
+/// Runs one pass over `endpoint_id` covering `batch` (never empty), in a `pass` span: a child
+/// of the newest delivery's `receive` span (the intent it converges to is at least that new),
+/// linked to the others'.
 pub async fn run(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>) -> PassResult {
-    let record = match ctx.store.load(endpoint_id).await {
-        Ok(Some(record)) => record,
+    let span = match batch.split_last() {
+        Some((newest, others)) => telemetry::pass_span(
+            &newest.span,
+            others.iter().map(|d| &d.span),
+            endpoint_id,
+            batch.len(),
+        ),
+        None => telemetry::pass_span(&Span::none(), [], endpoint_id, 0),
+    };
+    let result = run_pass(ctx, endpoint_id, batch)
+        .instrument(span.clone())
+        .await;
+    telemetry::record_outcome(&span, result.label());
+    result
+}
+
+async fn run_pass(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>) -> PassResult {
+    let started = Instant::now();
+    let load = telemetry::step_span(Step::LoadIntent);
+    load.record("endpoint_id", tracing::field::display(endpoint_id));
+    let loaded = ctx.store.load(endpoint_id).instrument(load.clone()).await;
+    let record = match loaded {
+        Ok(Some(record)) => {
+            let name = kserve::isvc_name(&ctx.render.name_prefix, record.id);
+            let labels = SpanLabels {
+                tenant_id: record.tenant_id,
+                project_id: record.project_id,
+                endpoint_id: record.id,
+                isvc_name: &name,
+                generation: record.spec_generation,
+            };
+            labels.record(&load);
+            labels.record(&Span::current());
+            telemetry::record_outcome(&load, "found");
+            record
+        }
         Ok(None) => {
+            telemetry::record_outcome(&load, "missing");
             let reason = format!(
                 "endpoint {endpoint_id} does not exist; the event names an endpoint the platform \
                  never created or already purged"
@@ -89,11 +147,14 @@ pub async fn run(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>)
             return PassResult::Refused;
         }
         Err(err) => {
+            telemetry::record_error(&load, &err);
+            telemetry::record_error(&Span::current(), &err);
             tracing::warn!(%endpoint_id, error = %err, "cannot load endpoint; handing events back");
-            hand_back_all(&batch, &ctx.backoff).await;
+            hand_back(&ctx, &batch, retry::DATABASE).await;
             return PassResult::HandedBack;
         }
     };
+    drop(load);
 
     let (batch, foreign): (Vec<Delivery>, Vec<Delivery>) =
         batch.into_iter().partition(|d| owner_matches(d, &record));
@@ -118,7 +179,31 @@ pub async fn run(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>)
     } else if record.is_converged() {
         pass.record_only(outcome::UNCHANGED, None).await
     } else {
-        pass.deploy().await
+        let result = pass.deploy().await;
+        ctx.metrics
+            .deploy_finished(result.label(), started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+/// Counts `delivery` as answered with `outcome` and records it on its `receive` span.
+fn answered(ctx: &PassContext, delivery: &Delivery, outcome: &'static str) {
+    ctx.metrics.event(delivery.subject(), outcome);
+    telemetry::record_outcome(&delivery.span, outcome);
+}
+
+/// Hands `batch` back to JetStream for a retry because of `reason` (see [`retry`]): after a
+/// backoff delay for a failure, at once when the worker is stopping (so another replica, or
+/// this worker's successor, takes it straight away).
+async fn hand_back(ctx: &PassContext, batch: &[Delivery], reason: &'static str) {
+    ctx.metrics.retries(reason, batch.len());
+    for delivery in batch {
+        answered(ctx, delivery, event_outcome::HANDED_BACK);
+    }
+    if reason == retry::SHUTDOWN {
+        answer_all(batch, AckKind::Nak(None)).await;
+    } else {
+        hand_back_all(batch, &ctx.backoff).await;
     }
 }
 
@@ -161,10 +246,14 @@ pub async fn refuse(ctx: &PassContext, batch: &[Delivery], reason: &str) {
             delivery.payload(),
         );
         match ctx.store.write(Write::Rejected(record)).await {
-            Ok(_) => delivery.answer(AckKind::Term).await,
+            Ok(_) => {
+                answered(ctx, delivery, event_outcome::REFUSED);
+                telemetry::record_error(&delivery.span, &reason);
+                delivery.answer(AckKind::Term).await;
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot record a refused event; handing it back");
-                delivery.hand_back(&ctx.backoff).await;
+                hand_back(ctx, std::slice::from_ref(delivery), retry::DATABASE).await;
             }
         }
     }
@@ -177,6 +266,9 @@ struct Pass<'a> {
     batch: &'a [Delivery],
     name: String,
     started_at: chrono::DateTime<Utc>,
+    /// The pass span (current when the pass is built) and its trace id.
+    span: Span,
+    trace_id: Option<String>,
 }
 
 impl<'a> Pass<'a> {
@@ -187,7 +279,31 @@ impl<'a> Pass<'a> {
             batch,
             name: kserve::isvc_name(&ctx.render.name_prefix, record.id),
             started_at: Utc::now(),
+            span: Span::current(),
+            trace_id: telemetry::trace_id(&Span::current()),
         }
+    }
+
+    fn labels(&self) -> SpanLabels<'_> {
+        SpanLabels {
+            tenant_id: self.record.tenant_id,
+            project_id: self.record.project_id,
+            endpoint_id: self.record.id,
+            isvc_name: &self.name,
+            generation: self.record.spec_generation,
+        }
+    }
+
+    /// A child span for `step`, labelled.
+    fn step(&self, step: Step) -> Span {
+        let span = telemetry::step_span(step);
+        self.labels().record(&span);
+        span
+    }
+
+    async fn hand_back(&self, reason: &'static str) -> PassResult {
+        hand_back(self.ctx, self.batch, reason).await;
+        PassResult::HandedBack
     }
 
     fn history(
@@ -208,7 +324,7 @@ impl<'a> Pass<'a> {
             isvc_name: self.name.clone(),
             url,
             events: i32::try_from(self.batch.len()).unwrap_or(i32::MAX),
-            trace_id: None,
+            trace_id: self.trace_id.clone(),
             event_published_at: self.batch.iter().filter_map(|d| d.published_at).min(),
             started_at: self.started_at,
             finished_at: Utc::now(),
@@ -224,17 +340,60 @@ impl<'a> Pass<'a> {
             | Write::History(h) => h.outcome,
             _ => outcome::ERROR,
         };
-        match self.ctx.store.write(write).await {
+        let persist = self.step(Step::Persist);
+        let written = self
+            .ctx
+            .store
+            .write(write)
+            .instrument(persist.clone())
+            .await;
+        match written {
             Ok(Applied::Yes) => {
+                telemetry::record_outcome(&persist, outcome);
+                if outcome == outcome::READY {
+                    let now = Utc::now();
+                    for published in self.batch.iter().filter_map(|d| d.published_at) {
+                        let micros = (now - published).num_microseconds().unwrap_or(i64::MAX);
+                        self.ctx.metrics.event_to_ready(micros as f64 / 1e6);
+                    }
+                }
+                for delivery in self.batch {
+                    answered(self.ctx, delivery, outcome);
+                }
+                self.log_committed(outcome);
                 answer_all(self.batch, answer).await;
                 PassResult::Done(outcome)
             }
             Ok(Applied::Superseded) => {
+                telemetry::record_outcome(&persist, outcome::SUPERSEDED);
+                for delivery in self.batch {
+                    answered(self.ctx, delivery, outcome::SUPERSEDED);
+                }
+                self.log_committed(outcome::SUPERSEDED);
                 // A newer intent (or a delete) got there first; its own event drives it.
                 answer_all(self.batch, AckKind::Ack).await;
                 PassResult::Done(outcome::SUPERSEDED)
             }
-            Err(err) => self.retry_later("cannot record the outcome", &err).await,
+            Err(err) => {
+                telemetry::record_error(&persist, &err);
+                telemetry::record_error(&self.span, &err);
+                tracing::warn!(endpoint_id = %self.record.id, error = %err,
+                    "cannot record the outcome; handing events back");
+                self.hand_back(retry::DATABASE).await
+            }
+        }
+    }
+
+    /// Logs a committed outcome with the trace id that leads to the pass's trace.
+    fn log_committed(&self, outcome: &'static str) {
+        let trace_id = self.trace_id.as_deref().unwrap_or("-");
+        match outcome {
+            outcome::READY | outcome::ERROR | outcome::DELETED => tracing::info!(
+                endpoint_id = %self.record.id, generation = self.record.spec_generation,
+                outcome, trace_id, "outcome committed"),
+            _ => tracing::debug!(
+                endpoint_id = %self.record.id, generation = self.record.spec_generation,
+                outcome, trace_id, "outcome committed"),
         }
     }
 
@@ -268,6 +427,7 @@ impl<'a> Pass<'a> {
     }
 
     async fn fail(&self, action: EventKind, reason: String) -> PassResult {
+        telemetry::record_error(&self.span, &reason);
         tracing::info!(endpoint_id = %self.record.id, %reason, "endpoint ends in ERROR");
         let history = self.history(action, outcome::ERROR, Some(reason.clone()), None);
         let write = self.status_write(status::ERROR, UrlChange::Keep, Some(reason), Some(history));
@@ -288,52 +448,93 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// A transient failure: hand the events back with a backoff delay.
-    async fn retry_later(&self, what: &str, err: &dyn std::fmt::Display) -> PassResult {
-        tracing::warn!(endpoint_id = %self.record.id, error = %err, "{what}; handing events back");
-        hand_back_all(self.batch, &self.ctx.backoff).await;
-        PassResult::HandedBack
-    }
-
-    /// Shutdown interrupted the pass: hand the events back for immediate redelivery to
-    /// another replica (or this worker's successor).
-    async fn release(&self) -> PassResult {
-        answer_all(self.batch, AckKind::Nak(None)).await;
-        PassResult::HandedBack
-    }
-
     async fn deploy(&self) -> PassResult {
-        let intent = self.record.intent();
-        let manifest = match kserve::render(&intent, &self.ctx.render) {
-            Ok(manifest) => manifest,
-            Err(err) => return self.fail(EventKind::Deploy, err.to_string()).await,
+        let render = self.step(Step::Render);
+        let rendered = render.in_scope(|| {
+            let intent = self.record.intent();
+            kserve::render(&intent, &self.ctx.render)
+        });
+        let manifest = match rendered {
+            Ok(manifest) => {
+                telemetry::record_outcome(&render, "rendered");
+                manifest
+            }
+            Err(err) => {
+                telemetry::record_outcome(&render, "invalid");
+                telemetry::record_error(&render, &err);
+                drop(render);
+                return self.fail(EventKind::Deploy, err.to_string()).await;
+            }
         };
-        let admitted = self.guarded(
-            Phase::Draining,
-            self.ctx.admission.acquire(self.record.tenant_id),
-        );
-        let Some(_permit) = admitted.await else {
-            return self.release().await;
+        drop(render);
+        let Some(_permit) = self
+            .guarded(
+                Phase::Draining,
+                self.ctx.admission.acquire(self.record.tenant_id),
+            )
+            .await
+        else {
+            return self.hand_back(retry::SHUTDOWN).await;
         };
         let deploying = self.status_write(status::DEPLOYING, UrlChange::Keep, None, None);
-        match self.ctx.store.write(Write::Status(deploying)).await {
-            Ok(Applied::Yes) => {}
+        let persist = self.step(Step::Persist);
+        let written = self
+            .ctx
+            .store
+            .write(Write::Status(deploying))
+            .instrument(persist.clone())
+            .await;
+        match written {
+            Ok(Applied::Yes) => telemetry::record_outcome(&persist, "deploying"),
             Ok(Applied::Superseded) => {
+                telemetry::record_outcome(&persist, outcome::SUPERSEDED);
+                for delivery in self.batch {
+                    answered(self.ctx, delivery, outcome::SUPERSEDED);
+                }
                 answer_all(self.batch, AckKind::Ack).await;
                 return PassResult::Done(outcome::SUPERSEDED);
             }
-            Err(err) => return self.retry_later("cannot record DEPLOYING", &err).await,
+            Err(err) => {
+                telemetry::record_error(&persist, &err);
+                telemetry::record_error(&self.span, &err);
+                tracing::warn!(endpoint_id = %self.record.id, error = %err, "cannot record DEPLOYING; handing events back");
+                return self.hand_back(retry::DATABASE).await;
+            }
         }
+        drop(persist);
         let request = DeployRequest {
             endpoint_id: self.record.id,
+            tenant_id: self.record.tenant_id,
+            project_id: self.record.project_id,
             generation: self.record.spec_generation,
             manifest: &manifest,
             name: &self.name,
         };
-        match self
-            .guarded(Phase::Aborting, self.ctx.deployer.deploy(request))
-            .await
-        {
+        let deploy = self.step(Step::Deploy);
+        let deployed = self
+            .guarded(
+                Phase::Aborting,
+                self.ctx.deployer.deploy(request).instrument(deploy.clone()),
+            )
+            .await;
+        match &deployed {
+            Some(Ok(DeployOutcome::Ready { .. })) => telemetry::record_outcome(&deploy, "ready"),
+            Some(Ok(DeployOutcome::Superseded)) => {
+                telemetry::record_outcome(&deploy, outcome::SUPERSEDED)
+            }
+            Some(Ok(DeployOutcome::Failed { reason })) => {
+                telemetry::record_outcome(&deploy, "failed");
+                telemetry::record_error(&deploy, reason);
+            }
+            Some(Err(err)) => {
+                telemetry::record_outcome(&deploy, "retry");
+                telemetry::record_error(&deploy, err);
+                telemetry::record_error(&self.span, err);
+            }
+            None => telemetry::record_outcome(&deploy, "aborted"),
+        }
+        drop(deploy);
+        match deployed {
             Some(Ok(DeployOutcome::Ready { url })) => {
                 let history =
                     self.history(EventKind::Deploy, outcome::READY, None, Some(url.clone()));
@@ -346,17 +547,44 @@ impl<'a> Pass<'a> {
             Some(Ok(DeployOutcome::Failed { reason })) => {
                 self.fail(EventKind::Deploy, reason).await
             }
-            Some(Err(err)) => self.retry_later("deploy failed transiently", &err).await,
-            None => self.release().await,
+            Some(Ok(DeployOutcome::Superseded)) => {
+                let reason = "the InferenceService already records a newer spec generation";
+                self.record_only(outcome::SUPERSEDED, Some(reason)).await
+            }
+            Some(Err(err)) => {
+                tracing::warn!(endpoint_id = %self.record.id, error = %err, "deploy failed transiently; handing events back");
+                self.hand_back(retry::DEPLOYER).await
+            }
+            None => self.hand_back(retry::SHUTDOWN).await,
         }
     }
 
     async fn delete(&self) -> PassResult {
-        let deleted = self.guarded(
-            Phase::Aborting,
-            self.ctx.deployer.delete(self.record.id, &self.name),
-        );
-        match deleted.await {
+        let delete = self.step(Step::Delete);
+        let deleted = self
+            .guarded(
+                Phase::Aborting,
+                self.ctx
+                    .deployer
+                    .delete(self.record.id, &self.name)
+                    .instrument(delete.clone()),
+            )
+            .await;
+        match &deleted {
+            Some(Ok(DeleteOutcome::Deleted)) => telemetry::record_outcome(&delete, "deleted"),
+            Some(Ok(DeleteOutcome::Failed { reason })) => {
+                telemetry::record_outcome(&delete, "failed");
+                telemetry::record_error(&delete, reason);
+            }
+            Some(Err(err)) => {
+                telemetry::record_outcome(&delete, "retry");
+                telemetry::record_error(&delete, err);
+                telemetry::record_error(&self.span, err);
+            }
+            None => telemetry::record_outcome(&delete, "aborted"),
+        }
+        drop(delete);
+        match deleted {
             Some(Ok(DeleteOutcome::Deleted)) => {
                 let history = self.history(EventKind::Delete, outcome::DELETED, None, None);
                 let mut write =
@@ -369,8 +597,11 @@ impl<'a> Pass<'a> {
             Some(Ok(DeleteOutcome::Failed { reason })) => {
                 self.fail(EventKind::Delete, reason).await
             }
-            Some(Err(err)) => self.retry_later("delete failed transiently", &err).await,
-            None => self.release().await,
+            Some(Err(err)) => {
+                tracing::warn!(endpoint_id = %self.record.id, error = %err, "delete failed transiently; handing events back");
+                self.hand_back(retry::DEPLOYER).await
+            }
+            None => self.hand_back(retry::SHUTDOWN).await,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What the platform's API does, for the demo, the load harness and the tests: create model
 //! versions and endpoint rows, change serving fields, and publish serving events exactly as
-//! the platform publishes them (payload fields, `Nats-Msg-Id`).
+//! the platform publishes them (payload fields, `Nats-Msg-Id`, W3C trace-context headers).
 
 use async_nats::jetstream;
 use sea_orm::{
@@ -249,6 +249,20 @@ fn subject(kind: EventKind) -> &'static str {
     }
 }
 
+/// Publishes an event inside the caller's trace: `cx` becomes the W3C `traceparent` and
+/// `tracestate` headers, as the platform's API does from its request span.
+pub async fn publish_traced(
+    js: &jetstream::Context,
+    kind: EventKind,
+    fields: &EventFields<'_>,
+    message_id: &str,
+    cx: &opentelemetry::Context,
+) -> Result<(), async_nats::Error> {
+    let mut headers = async_nats::HeaderMap::new();
+    crate::telemetry::inject_context(cx, &mut headers);
+    publish_with_headers(js, kind, payload(fields), Some(message_id), headers).await
+}
+
 /// Publishes raw bytes on the subject for `kind` (for malformed-payload tests).
 pub async fn publish_raw(
     js: &jetstream::Context,
@@ -256,15 +270,21 @@ pub async fn publish_raw(
     payload: Vec<u8>,
     message_id: Option<&str>,
 ) -> Result<(), async_nats::Error> {
-    let subject = match kind {
-        EventKind::Deploy => DEPLOY_SUBJECT,
-        EventKind::Delete => DELETE_SUBJECT,
-    };
-    let mut headers = async_nats::HeaderMap::new();
+    publish_with_headers(js, kind, payload, message_id, async_nats::HeaderMap::new()).await
+}
+
+/// Publishes raw bytes with `headers` (plus `Nats-Msg-Id` when `message_id` is given).
+pub async fn publish_with_headers(
+    js: &jetstream::Context,
+    kind: EventKind,
+    payload: Vec<u8>,
+    message_id: Option<&str>,
+    mut headers: async_nats::HeaderMap,
+) -> Result<(), async_nats::Error> {
     if let Some(id) = message_id {
         headers.insert("Nats-Msg-Id", id);
     }
-    js.publish_with_headers(subject, headers, payload.into())
+    js.publish_with_headers(subject(kind), headers, payload.into())
         .await?
         .await?;
     Ok(())

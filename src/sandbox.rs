@@ -220,12 +220,25 @@ impl LocalPostgres {
         let fast: &[&str] = if self.durable {
             &[]
         } else {
-            &["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+            &[
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         };
         let mut child = Self::command(&self.bindir.join("postgres"), self.owner)
             .arg("-D")
             .arg(self.dir.path().join("data"))
-            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-k",
+            ])
             .arg(self.dir.path())
             .args(fast)
             .args(["-c", "max_connections=200"])

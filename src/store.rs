@@ -19,6 +19,7 @@
 //! wins), and nothing but a delete moves a row out of `DELETED`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -32,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::intent::Intent;
+use crate::metrics::Metrics;
 
 /// Postgres failed; the operation can be retried.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -282,6 +284,16 @@ pub struct Store {
 impl Store {
     /// Connects and starts the loader and committer tasks on the current tokio runtime.
     pub async fn connect(url: &str, settings: StoreSettings) -> Result<Self, ConnectError> {
+        Self::connect_with_metrics(url, settings, Arc::new(Metrics::new())).await
+    }
+
+    /// [`connect`](Self::connect), counting database errors and group-commit sizes in
+    /// `metrics`.
+    pub async fn connect_with_metrics(
+        url: &str,
+        settings: StoreSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConnectError> {
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .max_connections(settings.max_connections)
@@ -290,15 +302,15 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .sqlx_logging(false);
         let db = Database::connect(options).await.map_err(ConnectError)?;
-        Ok(Self::start(db, settings.batch_max))
+        Ok(Self::start(db, settings.batch_max, metrics))
     }
 
-    fn start(db: DatabaseConnection, batch_max: usize) -> Self {
+    fn start(db: DatabaseConnection, batch_max: usize, metrics: Arc<Metrics>) -> Self {
         let batch_max = batch_max.max(1);
         let (loads, load_rx) = mpsc::unbounded_channel();
         let (writes, write_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_loader(db.clone(), load_rx, batch_max));
-        tokio::spawn(run_committer(db.clone(), write_rx, batch_max));
+        tokio::spawn(run_loader(db.clone(), load_rx, batch_max, metrics.clone()));
+        tokio::spawn(run_committer(db.clone(), write_rx, batch_max, metrics));
         Self { db, loads, writes }
     }
 
@@ -377,6 +389,7 @@ async fn run_loader(
     db: DatabaseConnection,
     mut rx: mpsc::UnboundedReceiver<(Uuid, LoadReply)>,
     batch_max: usize,
+    metrics: Arc<Metrics>,
 ) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(LOAD_CONCURRENCY));
     while let Some(first) = rx.recv().await {
@@ -386,6 +399,7 @@ async fn run_loader(
         // Take everything that queued while we waited for a slot.
         let batch = drain(first, &mut rx, batch_max);
         let db = db.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
             match load_many(&db, &ids).await {
@@ -395,6 +409,7 @@ async fn run_loader(
                     }
                 }
                 Err(err) => {
+                    metrics.database_error(crate::metrics::DB_LOAD);
                     for (_, reply) in batch {
                         let _ = reply.send(Err(err.clone()));
                     }
@@ -424,6 +439,7 @@ async fn run_committer(
     db: DatabaseConnection,
     mut rx: mpsc::UnboundedReceiver<(Write, WriteReply)>,
     batch_max: usize,
+    metrics: Arc<Metrics>,
 ) {
     // A write for an endpoint already in the batch waits for the next one: one UPDATE
     // cannot apply two changes to the same row in order.
@@ -452,6 +468,7 @@ async fn run_committer(
             batch.push(item);
         }
         let (writes, replies): (Vec<Write>, Vec<WriteReply>) = batch.into_iter().unzip();
+        metrics.commit_batch(writes.len());
         match commit(&db, &writes).await {
             Ok(applied) => {
                 for (reply, applied) in replies.into_iter().zip(applied) {
@@ -459,6 +476,7 @@ async fn run_committer(
                 }
             }
             Err(err) => {
+                metrics.database_error(crate::metrics::DB_COMMIT);
                 tracing::warn!(error = %err, writes = writes.len(), "group commit failed");
                 for reply in replies {
                     let _ = reply.send(Err(err.clone()));

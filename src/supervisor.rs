@@ -26,8 +26,11 @@ use uuid::Uuid;
 use crate::delivery::Delivery;
 use crate::endpoint_actor::{Deliver, Drain, EndpointActor, Idle, Reports, Stop, Stopped};
 use crate::events::{Consumers, EventKind, ServingEvent};
+use crate::kserve;
+use crate::metrics::{event_outcome, retry};
 use crate::pass::PassContext;
 use crate::store::{RejectedEvent, Write};
+use crate::telemetry;
 
 /// An endpoint actor as the supervisor knows it.
 pub struct RegistryEntry {
@@ -200,12 +203,16 @@ impl Handler<Incoming> for Supervisor {
     fn handle(&mut self, Incoming(message): Incoming, ctx: &mut Self::Context) {
         if self.draining.is_some() {
             // Fetching has stopped; give what was already in flight back untouched.
+            let metrics = &self.ctx.metrics;
+            metrics.event(message.subject.as_str(), event_outcome::HANDED_BACK);
+            metrics.retries(retry::SHUTDOWN, 1);
             tokio::spawn(async move {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
             });
             return;
         }
         let published_at = message.info().ok().map(|info| info.published);
+        let span = telemetry::receive_span(&message);
         let decoded = EventKind::from_subject(message.subject.as_str())
             .ok_or_else(|| format!("subject {} is not one the worker consumes", message.subject))
             .and_then(|kind| {
@@ -215,6 +222,8 @@ impl Handler<Incoming> for Supervisor {
             });
         match decoded {
             Ok((kind, event)) => {
+                let name = kserve::isvc_name(&self.ctx.render.name_prefix, event.endpoint_id);
+                telemetry::record_event(&span, &event, &name);
                 let delivery = Delivery {
                     kind,
                     endpoint_id: event.endpoint_id,
@@ -222,13 +231,18 @@ impl Handler<Incoming> for Supervisor {
                     message: Some(message),
                     published_at,
                     received_at: Instant::now(),
+                    span,
                 };
                 self.route(delivery, ctx);
             }
             Err(reason) => {
-                tracing::warn!(subject = %message.subject, %reason, "refusing event");
+                span.in_scope(
+                    || tracing::warn!(subject = %message.subject, %reason, "refusing event"),
+                );
+                telemetry::record_error(&span, &reason);
                 let store = self.ctx.store.clone();
                 let backoff = self.ctx.backoff;
+                let metrics = self.ctx.metrics.clone();
                 tokio::spawn(async move {
                     let sequence = message.info().ok().map(|info| info.stream_sequence);
                     let record = RejectedEvent::new(
@@ -238,9 +252,17 @@ impl Handler<Incoming> for Supervisor {
                         reason,
                         &message.payload,
                     );
+                    let subject = message.subject.as_str();
                     let answer = match store.write(Write::Rejected(record)).await {
-                        Ok(_) => AckKind::Term,
+                        Ok(_) => {
+                            metrics.event(subject, event_outcome::REFUSED);
+                            telemetry::record_outcome(&span, event_outcome::REFUSED);
+                            AckKind::Term
+                        }
                         Err(_) => {
+                            metrics.event(subject, event_outcome::HANDED_BACK);
+                            metrics.retries(retry::DATABASE, 1);
+                            telemetry::record_outcome(&span, event_outcome::HANDED_BACK);
                             let delivered = message.info().map_or(1, |info| info.delivered);
                             AckKind::Nak(Some(backoff.delay(delivered)))
                         }

@@ -4,7 +4,12 @@
 //! tokio runtime: actors live on the system thread, database and NATS I/O on tokio's workers).
 //! [`Worker::shutdown`] implements the graceful stop of DESIGN §3: stop fetching, let running
 //! passes finish within the grace period, hand back everything else, flush NATS, return.
+//!
+//! The worker also serves its HTTP port ([`crate::http`]: metrics, liveness, readiness) from
+//! the moment it has connected until the end of [`Worker::shutdown`]; readiness turns 503 as
+//! soon as shutdown begins so a load balancer or rollout stops counting on this replica.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +19,10 @@ use tokio::sync::{oneshot, watch};
 
 use crate::admission::Admission;
 use crate::config::{DeployMode, Settings};
-use crate::deployer::{Deployer, simulate::SimulateDeployer};
+use crate::deployer::{Deployer, kubernetes::KubernetesDeployer, simulate::SimulateDeployer};
 use crate::events;
+use crate::http::{HttpError, HttpServer, Readiness};
+use crate::metrics::Metrics;
 use crate::pass::{PassContext, Phase};
 use crate::store::{ConnectError, Store};
 use crate::supervisor::{Registry, Resume, Shutdown, StopFetching, Supervisor, Terminate};
@@ -46,6 +53,9 @@ pub enum WorkerError {
     /// The supervisor went away unexpectedly.
     #[error("the supervisor stopped unexpectedly")]
     SupervisorGone,
+    /// The HTTP port could not be opened.
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 /// A running worker.
@@ -57,6 +67,9 @@ pub struct Worker {
     nats: async_nats::Client,
     phase: watch::Sender<Phase>,
     grace: Duration,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    http: HttpServer,
 }
 
 /// Applies pending migrations, or refuses when `apply` is false and some are pending.
@@ -95,18 +108,32 @@ impl Worker {
         render
             .validate()
             .map_err(|err| WorkerError::Invalid(err.to_string()))?;
+        // Metrics first: the store, the passes and the deployers all count into them.
+        let admission = Admission::new(settings.caps());
+        let registry = Arc::new(Registry::new());
+        let mut metrics = Metrics::new();
+        metrics.register_live_state(admission.clone(), registry.clone());
+        let metrics = Arc::new(metrics);
+        let timeout = Duration::from_secs(settings.deploy_timeout_seconds);
         let deployer = match settings.deploy_mode {
             DeployMode::Simulate => Deployer::Simulate(SimulateDeployer::new(
                 Duration::from_millis(settings.simulate_delay_ms),
             )),
-            DeployMode::K8s => {
-                return Err(WorkerError::Invalid(
-                    "DEPLOY_MODE=k8s is not available in this build".into(),
-                ));
-            }
+            DeployMode::K8s => Deployer::Kubernetes(Box::new(
+                KubernetesDeployer::connect(
+                    settings.kubeconfig.as_deref(),
+                    &render.namespace,
+                    timeout,
+                    metrics.clone(),
+                )
+                .await
+                .map_err(|err| WorkerError::Invalid(err.to_string()))?,
+            )),
         };
 
-        let store = Store::connect(database_url, settings.store_settings()).await?;
+        let store =
+            Store::connect_with_metrics(database_url, settings.store_settings(), metrics.clone())
+                .await?;
         migrate(&store, settings.database_migrate).await?;
         let nats = async_nats::ConnectOptions::new()
             .name("deploy-worker")
@@ -116,9 +143,14 @@ impl Worker {
             .map_err(|err| WorkerError::Nats(err.to_string()))?;
         let js = async_nats::jetstream::new(nats.clone());
         let consumers = events::bind(&js, settings.consumer_settings()).await?;
+        let readiness = Readiness::new(
+            store.clone(),
+            nats.clone(),
+            vec![consumers.deploy.clone(), consumers.delete.clone()],
+        );
+        let http = HttpServer::start(&settings.http_listen, metrics.clone(), readiness.clone())?;
 
         let (phase, phase_rx) = watch::channel(Phase::Running);
-        let admission = Admission::new(settings.caps());
         let ctx = Arc::new(PassContext {
             store: store.clone(),
             deployer,
@@ -127,8 +159,8 @@ impl Worker {
             backoff: settings.backoff(),
             progress_every: settings.ack_wait() / 2,
             phase: phase_rx,
+            metrics: metrics.clone(),
         });
-        let registry = Arc::new(Registry::new());
         let idle_after = Duration::from_secs(settings.endpoint_idle_seconds);
         let supervisor = Supervisor::new(ctx, consumers, registry.clone(), idle_after).start();
 
@@ -146,7 +178,20 @@ impl Worker {
             nats,
             phase,
             grace: Duration::from_secs(settings.shutdown_grace_seconds),
+            metrics,
+            readiness,
+            http,
         })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (the real port when 0 was asked).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// The worker's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Endpoint actors alive.
@@ -166,6 +211,7 @@ impl Worker {
 
     /// Graceful stop (see the module docs).
     pub async fn shutdown(self) -> Result<(), WorkerError> {
+        self.readiness.set_draining();
         // Stop pulling first and wait until our last pull requests have run out: a message
         // handed back while one is still open could be redelivered straight to this stopping
         // worker and sit unacknowledged until the ack wait.
@@ -201,6 +247,7 @@ impl Worker {
             tracing::warn!(error = %err, "could not flush NATS on shutdown");
         }
         self.supervisor.do_send(Terminate);
+        self.http.stop().await;
         tracing::info!("deploy-worker stopped");
         Ok(())
     }

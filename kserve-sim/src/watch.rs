@@ -137,6 +137,10 @@ impl WatchState {
                 && self.queue.front().is_some_and(|l| l.is_event)
             {
                 self.done = true;
+                // Let the events already written leave the server first: the HTTP layer drops
+                // its unsent buffer when a body stream fails, and "cut after N events" means the
+                // client did receive N.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 return Some(Err(std::io::Error::other("watch cut by fault injection")));
             }
             if let Some(l) = self.queue.pop_front() {

@@ -11,12 +11,24 @@
 //! The split between outcomes and errors matters for delivery: a [`DeployOutcome`] is final
 //! and is written to Postgres (the message is then acked or terminated), while a
 //! [`DeployError`] is transient and the message is handed back to JetStream to retry later.
+//!
+//! Tracing: the pass wraps a deploy in a `deploy` span; each deployer opens its `apply` and
+//! `wait_ready` children with [`telemetry::deploy_step_span`](crate::telemetry::deploy_step_span)
+//! so both modes produce the same span tree. Kubernetes API error responses are counted with
+//! [`Metrics::kube_error`](crate::metrics::Metrics::kube_error).
 
+pub mod kubernetes;
 pub mod simulate;
 
 use uuid::Uuid;
 
 use crate::kserve::InferenceService;
+
+/// Every verb the worker uses on `inferenceservices` (group `serving.kserve.io`) in its
+/// namespace: `patch` (server-side apply), `get`, `list` and `watch` (waiting for Ready),
+/// `create` and `delete`. This is the contract the RBAC Role in `deploy/k8s/` must match
+/// exactly — no more, no wildcard; a test checks it. Change both together.
+pub const INFERENCESERVICE_VERBS: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
 
 /// The final result of a deploy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +43,9 @@ pub enum DeployOutcome {
         /// What went wrong and what to do.
         reason: String,
     },
+    /// The cluster already holds a newer spec generation (applied by another replica); this
+    /// pass records nothing, the newer intent's own pass does.
+    Superseded,
 }
 
 /// The final result of a delete.
@@ -55,6 +70,10 @@ pub struct DeployError(pub String);
 pub struct DeployRequest<'a> {
     /// The endpoint.
     pub endpoint_id: Uuid,
+    /// Its tenant (for span attributes and logs).
+    pub tenant_id: Uuid,
+    /// Its project (for span attributes and logs).
+    pub project_id: Uuid,
     /// Its spec generation.
     pub generation: i64,
     /// The manifest to apply.
@@ -68,6 +87,8 @@ pub struct DeployRequest<'a> {
 pub enum Deployer {
     /// No cluster (DEPLOY_MODE=simulate).
     Simulate(simulate::SimulateDeployer),
+    /// A Kubernetes cluster with KServe (DEPLOY_MODE=k8s).
+    Kubernetes(Box<kubernetes::KubernetesDeployer>),
 }
 
 impl Deployer {
@@ -75,6 +96,7 @@ impl Deployer {
     pub async fn deploy(&self, request: DeployRequest<'_>) -> Result<DeployOutcome, DeployError> {
         match self {
             Self::Simulate(d) => d.deploy(request).await,
+            Self::Kubernetes(d) => d.deploy(request).await,
         }
     }
 
@@ -86,6 +108,7 @@ impl Deployer {
     ) -> Result<DeleteOutcome, DeployError> {
         match self {
             Self::Simulate(d) => d.delete(endpoint_id, name).await,
+            Self::Kubernetes(d) => d.delete(endpoint_id, name).await,
         }
     }
 }

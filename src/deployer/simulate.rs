@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{DeleteOutcome, DeployError, DeployOutcome, DeployRequest};
+use crate::telemetry::{self, DeployStep};
 
 /// Deployer for `DEPLOY_MODE=simulate`.
 #[derive(Debug, Clone)]
@@ -30,9 +32,17 @@ impl SimulateDeployer {
         &self,
         request: DeployRequest<'_>,
     ) -> Result<DeployOutcome, DeployError> {
+        // Nothing to send: the apply step is instantaneous, but traced like a real one.
+        let apply = telemetry::deploy_step_span(DeployStep::Apply, &request);
+        telemetry::record_outcome(&apply, "applied");
+        drop(apply);
+        let wait = telemetry::deploy_step_span(DeployStep::WaitReady, &request);
         if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
+            tokio::time::sleep(self.delay)
+                .instrument(wait.clone())
+                .await;
         }
+        telemetry::record_outcome(&wait, "ready");
         Ok(DeployOutcome::Ready {
             url: Self::url(request.name),
         })

@@ -1,0 +1,623 @@
+//! k8s mode: apply the InferenceService through the Kubernetes API and watch it until KServe
+//! reports this generation Ready.
+//!
+//! Credentials come from `kube`'s usual inference: `KUBECONFIG` or `~/.kube/config` outside a
+//! cluster, the service-account token and CA inside one.
+//!
+//! **Apply.** The object is read first, and the worker refuses to touch it when its
+//! `mlops.platform/endpoint-id` label names another endpoint (or none: it was not made by the
+//! worker) — an `ERROR` with a reason, never an overwrite. When the object records a newer spec
+//! generation (another replica applied a newer intent) this pass is superseded and writes
+//! nothing. Otherwise it is written with server-side apply (field manager `deploy-worker`,
+//! `force`, as a controller that owns the spec does) carrying the `resourceVersion` it was read
+//! at, so a concurrent writer makes the apply fail with 409 and the read-check-apply starts
+//! over; a missing object is created with `POST` so two creators cannot both win. KServe also
+//! refuses to change an object's deployment mode; such an intent ends `ERROR` with a reason
+//! instead of a rejected apply.
+//!
+//! **Wait.** A watch on the object (kube-runtime's watcher: relists after `410 Gone`, reconnects
+//! with backoff after a cut) until `status.observedGeneration` reaches the generation the apply
+//! produced, `status.url` is set and `Ready` is `True`. Right after an update KServe still shows
+//! the previous generation's `Ready=True`; the generation check is what keeps that from being
+//! believed. `Ready=False` with a terminal reason ends `ERROR` with KServe's reason and message;
+//! no outcome within `DEPLOY_TIMEOUT_SECONDS` ends `ERROR` saying so. There is no polling loop.
+//!
+//! **Delete.** Delete with the object's uid as precondition, then watch until it is gone
+//! (a 404 counts as gone).
+//!
+//! API errors 429, 5xx, 409 conflicts, timeouts and connection failures are retried with
+//! backoff within the deploy's time budget; when the budget runs out the deploy is handed back
+//! to JetStream as a transient failure. 400/422 (the manifest itself is refused) are final.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::time::Instant;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{DeleteOutcome, DeployError, DeployOutcome, DeployRequest};
+use crate::kserve::{ANNOTATION_DEPLOYMENT_MODE, FIELD_MANAGER, InferenceService};
+use crate::metrics::Metrics;
+use crate::telemetry::{self, DeployStep};
+
+/// `Ready=False` reasons after which KServe will not become Ready without a new spec.
+const TERMINAL_REASONS: &[&str] = &[
+    "RevisionFailed",
+    "ProgressDeadlineExceeded",
+    "InvalidSpec",
+    "ModelLoadFailed",
+];
+/// `status.modelStatus.transitionStatus` values that mean the rollout failed for good.
+const TERMINAL_TRANSITIONS: &[&str] = &["BlockedByFailedLoad", "InvalidSpec"];
+
+/// First retry delay after a transient API error; doubles up to [`RETRY_MAX`].
+const RETRY_BASE: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Reconnect delays of a deploy's watch: from [`RETRY_BASE`], doubling to [`RETRY_MAX`], and
+/// back to the start after every event that arrives. kube-runtime's default is tuned for
+/// long-lived controllers (up to 30 s, reset only after two quiet minutes); a deploy's watch
+/// lives for one rollout and must not sleep through it.
+struct WatchBackoff(Duration);
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.0;
+        self.0 = (self.0 * 2).min(RETRY_MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.0 = RETRY_BASE;
+    }
+}
+
+/// Could not set up the Kubernetes client.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeConfigError {
+    /// No usable credentials were found.
+    #[error(
+        "cannot configure the Kubernetes client: {0}; run inside a cluster with a service \
+         account, or set KUBECONFIG (or provide ~/.kube/config)"
+    )]
+    Client(#[source] kube::Error),
+    /// The kubeconfig given could not be used.
+    #[error("cannot use kubeconfig {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was wrong with it.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+}
+
+/// Deployer for `DEPLOY_MODE=k8s`.
+#[derive(Clone)]
+pub struct KubernetesDeployer {
+    api: Api<InferenceService>,
+    namespace: String,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// What one read-check-apply round decided.
+enum Applied {
+    /// Written; the object as the API server returned it.
+    Written(Box<InferenceService>),
+    /// Final refusal (foreign object, mode change, invalid manifest).
+    Refused(String),
+    /// The object records a newer spec generation.
+    Superseded,
+}
+
+/// How an observed object relates to the deploy being waited for.
+enum Observed {
+    Ready(String),
+    Failed(String),
+    Superseded,
+    Pending(String),
+}
+
+impl KubernetesDeployer {
+    /// A deployer using `kubeconfig`, or else credentials inferred from the environment
+    /// (`~/.kube/config`, then the in-cluster service account).
+    pub async fn connect(
+        kubeconfig: Option<&Path>,
+        namespace: &str,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, KubeConfigError> {
+        let client = match kubeconfig {
+            None => kube::Client::try_default()
+                .await
+                .map_err(KubeConfigError::Client)?,
+            Some(path) => {
+                let file = Kubeconfig::read_from(path).map_err(|source| KubeConfigError::File {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let config =
+                    kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                        .await
+                        .map_err(|source| KubeConfigError::File {
+                            path: path.to_owned(),
+                            source,
+                        })?;
+                kube::Client::try_from(config).map_err(KubeConfigError::Client)?
+            }
+        };
+        Ok(Self::with_client(client, namespace, timeout, metrics))
+    }
+
+    /// A deployer using `client`.
+    pub fn with_client(
+        client: kube::Client,
+        namespace: &str,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
+            timeout,
+            metrics,
+        }
+    }
+
+    /// Counts an API error and says whether retrying can help.
+    fn retryable(&self, err: &kube::Error) -> bool {
+        match err {
+            kube::Error::Api(status) => {
+                self.metrics.kube_error(status.code);
+                // Conflicts, throttling and server trouble pass; so do 401/403/404, which a
+                // fixed RBAC rule or a created namespace turns into success without a new intent.
+                !matches!(status.code, 400 | 422)
+            }
+            _ => {
+                self.metrics.kube_error(0);
+                true
+            }
+        }
+    }
+
+    pub(super) async fn deploy(
+        &self,
+        request: DeployRequest<'_>,
+    ) -> Result<DeployOutcome, DeployError> {
+        let deadline = Instant::now() + self.timeout;
+        let apply = telemetry::deploy_step_span(DeployStep::Apply, &request);
+        let applied = self
+            .apply(&request, deadline)
+            .instrument(apply.clone())
+            .await;
+        match &applied {
+            Ok(Applied::Written(_)) => telemetry::record_outcome(&apply, "applied"),
+            Ok(Applied::Refused(reason)) => {
+                telemetry::record_outcome(&apply, "refused");
+                telemetry::record_error(&apply, reason);
+            }
+            Ok(Applied::Superseded) => telemetry::record_outcome(&apply, "superseded"),
+            Err(err) => telemetry::record_error(&apply, err),
+        }
+        drop(apply);
+        let object = match applied? {
+            Applied::Written(object) => object,
+            Applied::Refused(reason) => return Ok(DeployOutcome::Failed { reason }),
+            Applied::Superseded => return Ok(DeployOutcome::Superseded),
+        };
+        let wait = telemetry::deploy_step_span(DeployStep::WaitReady, &request);
+        let outcome = self
+            .wait_ready(&request, &object, deadline)
+            .instrument(wait.clone())
+            .await;
+        match &outcome {
+            Ok(DeployOutcome::Ready { .. }) => telemetry::record_outcome(&wait, "ready"),
+            Ok(DeployOutcome::Failed { reason }) => {
+                telemetry::record_outcome(&wait, "failed");
+                telemetry::record_error(&wait, reason);
+            }
+            Ok(DeployOutcome::Superseded) => telemetry::record_outcome(&wait, "superseded"),
+            Err(err) => telemetry::record_error(&wait, err),
+        }
+        outcome
+    }
+
+    /// Read, check, apply — repeated after conflicts and transient errors until `deadline`.
+    async fn apply(
+        &self,
+        request: &DeployRequest<'_>,
+        deadline: Instant,
+    ) -> Result<Applied, DeployError> {
+        let mut delay = RETRY_BASE;
+        loop {
+            match self.apply_once(request).await {
+                Ok(applied) => return Ok(applied),
+                Err(err) if !self.retryable(&err) => {
+                    return Ok(Applied::Refused(format!(
+                        "Kubernetes refused InferenceService {}/{}: {}",
+                        self.namespace,
+                        request.name,
+                        describe(&err)
+                    )));
+                }
+                Err(err) => {
+                    if Instant::now() + delay >= deadline {
+                        return Err(DeployError(format!(
+                            "cannot apply InferenceService {}/{}: {}",
+                            self.namespace,
+                            request.name,
+                            describe(&err)
+                        )));
+                    }
+                    tracing::debug!(name = request.name, error = %describe(&err), ?delay, "apply failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    async fn apply_once(&self, request: &DeployRequest<'_>) -> Result<Applied, kube::Error> {
+        let Some(existing) = self.api.get_opt(request.name).await? else {
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..Default::default()
+            };
+            let created = self.api.create(&params, request.manifest).await?;
+            return Ok(Applied::Written(Box::new(created)));
+        };
+        if let Some(reason) = self.refusal(request, &existing) {
+            return Ok(Applied::Refused(reason));
+        }
+        if existing
+            .spec_generation()
+            .is_some_and(|theirs| theirs > request.generation)
+        {
+            return Ok(Applied::Superseded);
+        }
+        let mut manifest = request.manifest.clone();
+        // Precondition: only if nobody wrote the object since we checked it.
+        manifest.metadata.resource_version = existing.metadata.resource_version.clone();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let written = self
+            .api
+            .patch(request.name, &params, &Patch::Apply(&manifest))
+            .await?;
+        Ok(Applied::Written(Box::new(written)))
+    }
+
+    /// Why an existing object must not be overwritten by this request, if it must not.
+    fn refusal(&self, request: &DeployRequest<'_>, existing: &InferenceService) -> Option<String> {
+        let ours = request.endpoint_id.to_string();
+        match existing.endpoint_id() {
+            Some(id) if id == ours => {}
+            Some(other) => {
+                return Some(format!(
+                    "InferenceService {}/{} belongs to endpoint {other}, not {ours}; it was left \
+                     untouched — remove it, or change KSERVE_NAME_PREFIX",
+                    self.namespace, request.name
+                ));
+            }
+            None => {
+                return Some(format!(
+                    "InferenceService {}/{} exists but was not created by deploy-worker (no \
+                     endpoint label); it was left untouched — remove it to let the endpoint deploy",
+                    self.namespace, request.name
+                ));
+            }
+        }
+        let wanted = request
+            .manifest
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_DEPLOYMENT_MODE))
+            .map(|m| normalise_mode(m))?;
+        let current = existing
+            .status
+            .as_ref()
+            .and_then(|s| s.deployment_mode.as_deref())
+            .or_else(|| {
+                existing
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANNOTATION_DEPLOYMENT_MODE))
+                    .map(String::as_str)
+            })
+            .map(normalise_mode)?;
+        (current != wanted).then(|| {
+            format!(
+                "InferenceService {}/{} runs in {current} mode and KServe cannot switch an \
+                 existing InferenceService to {wanted} mode; keep runtime_config.deploymentMode \
+                 (and canary settings) compatible, or delete and recreate the endpoint",
+                self.namespace, request.name
+            )
+        })
+    }
+
+    /// Watches the object until this generation is Ready, fails for good, or `deadline`.
+    async fn wait_ready(
+        &self,
+        request: &DeployRequest<'_>,
+        applied: &InferenceService,
+        deadline: Instant,
+    ) -> Result<DeployOutcome, DeployError> {
+        let target = applied.metadata.generation.unwrap_or(1);
+        let mut last = match classify(request, applied, target).settled() {
+            Ok(outcome) => return Ok(outcome),
+            Err(state) => state,
+        };
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", request.name));
+        let mut events = watcher::watcher(self.api.clone(), config)
+            .backoff(WatchBackoff(RETRY_BASE))
+            .boxed();
+        loop {
+            let next = tokio::time::timeout_at(deadline, events.next()).await;
+            let event = match next {
+                Err(_elapsed) => {
+                    return Ok(DeployOutcome::Failed {
+                        reason: format!(
+                            "InferenceService {}/{} was not Ready within {} s (DEPLOY_TIMEOUT_SECONDS); last seen: {last}",
+                            self.namespace,
+                            request.name,
+                            self.timeout.as_secs()
+                        ),
+                    });
+                }
+                Ok(None) => return Err(DeployError("the watch ended unexpectedly".into())),
+                Ok(Some(Err(err))) => {
+                    // The watcher backs off and reconnects by itself; count and go on.
+                    if let watcher::Error::WatchFailed(kube::Error::Api(status))
+                    | watcher::Error::InitialListFailed(kube::Error::Api(status))
+                    | watcher::Error::WatchStartFailed(kube::Error::Api(status)) = &err
+                    {
+                        self.metrics.kube_error(status.code);
+                    }
+                    tracing::debug!(name = request.name, error = %err, "watch error; the watcher retries");
+                    continue;
+                }
+                Ok(Some(Ok(event))) => event,
+            };
+            match event {
+                Event::Apply(object) | Event::InitApply(object) => {
+                    match classify(request, &object, target).settled() {
+                        Ok(outcome) => return Ok(outcome),
+                        Err(state) => last = state,
+                    }
+                }
+                Event::Delete(_) => {
+                    return Err(DeployError(format!(
+                        "InferenceService {}/{} was deleted while deploying",
+                        self.namespace, request.name
+                    )));
+                }
+                Event::Init | Event::InitDone => {}
+            }
+        }
+    }
+
+    pub(super) async fn delete(
+        &self,
+        endpoint_id: Uuid,
+        name: &str,
+    ) -> Result<DeleteOutcome, DeployError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut delay = RETRY_BASE;
+        let uid = loop {
+            match self.delete_once(endpoint_id, name).await {
+                Ok(Ok(uid)) => break uid,
+                Ok(Err(outcome)) => return Ok(outcome),
+                Err(err) if !self.retryable(&err) => {
+                    return Ok(DeleteOutcome::Failed {
+                        reason: format!(
+                            "Kubernetes refused to delete InferenceService {}/{name}: {}",
+                            self.namespace,
+                            describe(&err)
+                        ),
+                    });
+                }
+                Err(err) => {
+                    if Instant::now() + delay >= deadline {
+                        return Err(DeployError(format!(
+                            "cannot delete InferenceService {}/{name}: {}",
+                            self.namespace,
+                            describe(&err)
+                        )));
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        };
+        self.wait_gone(name, uid, deadline).await
+    }
+
+    /// Deletes the object if it is ours: `Ok(Ok(uid))` once deletion started, `Ok(Err(outcome))`
+    /// when there is nothing (more) to do.
+    async fn delete_once(
+        &self,
+        endpoint_id: Uuid,
+        name: &str,
+    ) -> Result<Result<Option<String>, DeleteOutcome>, kube::Error> {
+        let Some(existing) = self.api.get_opt(name).await? else {
+            return Ok(Err(DeleteOutcome::Deleted));
+        };
+        let ours = endpoint_id.to_string();
+        if existing.endpoint_id() != Some(ours.as_str()) {
+            return Ok(Err(DeleteOutcome::Failed {
+                reason: format!(
+                    "InferenceService {}/{name} does not belong to endpoint {ours} (its endpoint \
+                     label is {:?}); it was left in place",
+                    self.namespace,
+                    existing.endpoint_id()
+                ),
+            }));
+        }
+        let uid = existing.metadata.uid.clone();
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match self.api.delete(name, &params).await {
+            Ok(_) => Ok(Ok(uid)),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(Err(DeleteOutcome::Deleted)),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Watches until the object with `uid` is gone.
+    async fn wait_gone(
+        &self,
+        name: &str,
+        uid: Option<String>,
+        deadline: Instant,
+    ) -> Result<DeleteOutcome, DeployError> {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut events = watcher::watcher(self.api.clone(), config)
+            .backoff(WatchBackoff(RETRY_BASE))
+            .boxed();
+        // Whether the current (re)list has shown the object.
+        let mut seen_in_list = false;
+        loop {
+            let next = match tokio::time::timeout_at(deadline, events.try_next()).await {
+                Err(_elapsed) => {
+                    return Ok(DeleteOutcome::Failed {
+                        reason: format!(
+                            "InferenceService {}/{name} was still terminating after {} s \
+                             (DEPLOY_TIMEOUT_SECONDS); check its finalizers",
+                            self.namespace,
+                            self.timeout.as_secs()
+                        ),
+                    });
+                }
+                Ok(next) => next,
+            };
+            let same = |object: &InferenceService| uid.is_none() || object.metadata.uid == uid;
+            match next {
+                Ok(Some(Event::Delete(object))) if same(&object) => {
+                    return Ok(DeleteOutcome::Deleted);
+                }
+                Ok(Some(Event::Init)) => seen_in_list = false,
+                Ok(Some(Event::InitApply(object))) if same(&object) => seen_in_list = true,
+                Ok(Some(Event::InitDone)) if !seen_in_list => return Ok(DeleteOutcome::Deleted),
+                Ok(Some(Event::Apply(object))) if !same(&object) => {
+                    // Replaced by a new object of the same name: ours is gone.
+                    return Ok(DeleteOutcome::Deleted);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(DeployError("the watch ended unexpectedly".into())),
+                Err(err) => {
+                    tracing::debug!(name, error = %err, "watch error; the watcher retries");
+                }
+            }
+        }
+    }
+}
+
+impl Observed {
+    /// The outcome, once there is one; otherwise what the object currently shows.
+    fn settled(self) -> Result<DeployOutcome, String> {
+        match self {
+            Observed::Ready(url) => Ok(DeployOutcome::Ready { url }),
+            Observed::Failed(reason) => Ok(DeployOutcome::Failed { reason }),
+            Observed::Superseded => Ok(DeployOutcome::Superseded),
+            Observed::Pending(state) => Err(state),
+        }
+    }
+}
+
+/// Decides what `object` says about the deploy that produced generation `target`.
+fn classify(request: &DeployRequest<'_>, object: &InferenceService, target: i64) -> Observed {
+    if object
+        .spec_generation()
+        .is_some_and(|theirs| theirs > request.generation)
+    {
+        return Observed::Superseded;
+    }
+    let Some(status) = &object.status else {
+        return Observed::Pending("no status yet".into());
+    };
+    let observed = status.observed_generation.unwrap_or(0);
+    let ready = status.condition("Ready");
+    let state = ready.map_or_else(
+        || format!("observedGeneration {observed} of {target}, no Ready condition"),
+        |c| {
+            format!(
+                "observedGeneration {observed} of {target}, Ready={} {}{}",
+                c.status,
+                c.reason.as_deref().unwrap_or(""),
+                c.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            )
+        },
+    );
+    if observed < target {
+        // Whatever it says is about an older generation (the stale Ready after an update).
+        return Observed::Pending(state);
+    }
+    if object.is_ready() {
+        return match status.url.as_deref() {
+            Some(url) => Observed::Ready(url.to_owned()),
+            None => Observed::Pending(state),
+        };
+    }
+    if let Some(ready) = ready.filter(|c| c.status == "False") {
+        let transition = status
+            .model_status
+            .as_ref()
+            .and_then(|m| m.transition_status.as_deref());
+        let reason = ready.reason.as_deref().unwrap_or("");
+        if TERMINAL_REASONS.contains(&reason)
+            || transition.is_some_and(|t| TERMINAL_TRANSITIONS.contains(&t))
+        {
+            let failure = status
+                .model_status
+                .as_ref()
+                .and_then(|m| m.last_failure_info.as_ref())
+                .and_then(|f| f.message.as_deref());
+            let message = ready.message.as_deref().or(failure).unwrap_or("no message");
+            return Observed::Failed(format!(
+                "KServe reports InferenceService {} not Ready: {reason}: {message}",
+                request.name
+            ));
+        }
+    }
+    Observed::Pending(state)
+}
+
+/// `Knative`/`Serverless` → `Knative`, `Standard`/`RawDeployment` → `Standard`.
+fn normalise_mode(mode: &str) -> &'static str {
+    match mode.to_ascii_lowercase().as_str() {
+        "standard" | "rawdeployment" => "Standard",
+        "modelmesh" => "ModelMesh",
+        _ => "Knative",
+    }
+}
+
+/// A kube error in words: the API server's message when there is one.
+fn describe(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,373 @@
+//! Prometheus metrics (OpenMetrics text, served at `/metrics` by [`crate::http`]).
+//!
+//! One [`Metrics`] per worker, shared in an `Arc` through the
+//! [`PassContext`](crate::pass::PassContext), the [`Store`](crate::store::Store) and the
+//! deployers; no global registry, so tests can run several workers in one process and read
+//! each one's numbers.
+//!
+//! Counters and histograms are updated where things happen (a pass answering its messages, the
+//! committer finishing a transaction, a deployer getting an error from the Kubernetes API).
+//! Gauges that describe current state — deploys in flight per tenant, endpoint actors alive —
+//! are sampled at scrape time from the [`Admission`] and the supervisor's registry by a
+//! [`Collector`], so they cannot drift from the truth, and a tenant with nothing in flight is
+//! simply absent: label sets do not grow with every tenant ever seen.
+//!
+//! Every label has a bounded set of values: subjects the worker consumes, outcomes, reasons,
+//! HTTP status codes, and tenant ids only while they have deploys in flight.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::admission::Admission;
+use crate::events::{DELETE_SUBJECT, DEPLOY_SUBJECT};
+use crate::store::outcome;
+use crate::supervisor;
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "deploy_worker";
+
+/// Content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Why messages were handed back to JetStream for a retry (label `reason` of
+/// `deploy_worker_retries_total`).
+pub mod retry {
+    /// Postgres failed (load, status write or commit).
+    pub const DATABASE: &str = "database";
+    /// The deployer failed transiently (API 5xx/429, conflicts, timeouts talking to it).
+    pub const DEPLOYER: &str = "deployer";
+    /// The worker is shutting down.
+    pub const SHUTDOWN: &str = "shutdown";
+}
+
+/// Label `operation` of `deploy_worker_database_errors_total`: a batched intent load.
+pub const DB_LOAD: &str = "load";
+/// Label `operation` of `deploy_worker_database_errors_total`: a group commit.
+pub const DB_COMMIT: &str = "commit";
+
+/// Label `outcome` of `deploy_worker_events_total` for answers that are not a pass outcome.
+pub mod event_outcome {
+    /// Terminated and recorded in `rejected_events`.
+    pub const REFUSED: &str = "refused";
+    /// Handed back (nak) for a later retry.
+    pub const HANDED_BACK: &str = "handed_back";
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    subject: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Seconds from 5 ms to about 11 minutes (beyond the default 600 s deploy timeout).
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 18))
+}
+
+/// The worker's metrics.
+pub struct Metrics {
+    registry: Registry,
+    events: Family<EventLabels, Counter>,
+    event_to_ready: Histogram,
+    deploy_duration: HistogramFamily<OutcomeLabels>,
+    retries: Family<ReasonLabels, Counter>,
+    kube_errors: Family<CodeLabels, Counter>,
+    database_errors: Family<OperationLabels, Counter>,
+    commit_batch: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Metrics with every counter and histogram registered (and no scrape-time gauges; see
+    /// [`register_live_state`](Self::register_live_state)).
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "JetStream messages answered, by subject and outcome (ready, error, deleted, \
+             unchanged, superseded, skipped, refused, handed_back)",
+            events.clone(),
+        );
+        let event_to_ready = seconds_histogram();
+        registry.register_with_unit(
+            "event_to_ready",
+            "Time from an event's publication to its endpoint's READY status being committed",
+            Unit::Seconds,
+            event_to_ready.clone(),
+        );
+        let deploy_duration: HistogramFamily<OutcomeLabels> =
+            Family::new_with_constructor(seconds_histogram);
+        registry.register_with_unit(
+            "deploy_duration",
+            "Time from the start of a deploy pass to its outcome, by outcome",
+            Unit::Seconds,
+            deploy_duration.clone(),
+        );
+        let retries = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Messages handed back to JetStream for a later retry, by reason",
+            retries.clone(),
+        );
+        let kube_errors = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "kube_api_errors",
+            "Error responses from the Kubernetes API, by HTTP status code",
+            kube_errors.clone(),
+        );
+        let database_errors = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "database_errors",
+            "Failed Postgres operations, by operation (load, commit)",
+            database_errors.clone(),
+        );
+        let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "group_commit_batch_size",
+            "Writes (status changes, history rows, refused events) per group-commit transaction",
+            commit_batch.clone(),
+        );
+        // Known label values start at zero, so `rate()` and alerts work before the first
+        // occurrence (Kubernetes status codes are only known when they happen).
+        for subject in [DEPLOY_SUBJECT, DELETE_SUBJECT] {
+            for outcome in [
+                outcome::READY,
+                outcome::ERROR,
+                outcome::DELETED,
+                outcome::UNCHANGED,
+                outcome::SUPERSEDED,
+                outcome::SKIPPED,
+                event_outcome::REFUSED,
+                event_outcome::HANDED_BACK,
+            ] {
+                let _ = events.get_or_create(&EventLabels { subject, outcome });
+            }
+        }
+        for reason in [retry::DATABASE, retry::DEPLOYER, retry::SHUTDOWN] {
+            let _ = retries.get_or_create(&ReasonLabels { reason });
+        }
+        for operation in [DB_LOAD, DB_COMMIT] {
+            let _ = database_errors.get_or_create(&OperationLabels { operation });
+        }
+        Self {
+            registry,
+            events,
+            event_to_ready,
+            deploy_duration,
+            retries,
+            kube_errors,
+            database_errors,
+            commit_batch,
+        }
+    }
+
+    /// Adds the gauges sampled at scrape time: deploys in flight per tenant and waiting for a
+    /// permit (from `admission`), and endpoint actors alive (the size of `actors`).
+    pub fn register_live_state(&mut self, admission: Admission, actors: Arc<supervisor::Registry>) {
+        self.registry
+            .register_collector(Box::new(LiveState { admission, actors }));
+    }
+
+    /// The OpenMetrics text exposition (ends with `# EOF`).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// A message on `subject` was answered with `outcome`.
+    pub fn event(&self, subject: &str, outcome: &'static str) {
+        self.events
+            .get_or_create(&EventLabels {
+                subject: subject_label(subject),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// An endpoint's READY status committed `seconds` after its event was published.
+    pub fn event_to_ready(&self, seconds: f64) {
+        self.event_to_ready.observe(seconds.max(0.0));
+    }
+
+    /// A deploy pass ended with `outcome` after `seconds`.
+    pub fn deploy_finished(&self, outcome: &'static str, seconds: f64) {
+        self.deploy_duration
+            .get_or_create(&OutcomeLabels { outcome })
+            .observe(seconds.max(0.0));
+    }
+
+    /// `messages` messages were handed back for `reason` (see [`retry`]).
+    pub fn retries(&self, reason: &'static str, messages: usize) {
+        self.retries
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(messages as u64);
+    }
+
+    /// The Kubernetes API answered with HTTP status `code` (for the k8s deployer to call on
+    /// every error response, retried or not).
+    pub fn kube_error(&self, code: u16) {
+        self.kube_errors
+            .get_or_create(&CodeLabels {
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// A Postgres `operation` failed.
+    pub fn database_error(&self, operation: &'static str) {
+        self.database_errors
+            .get_or_create(&OperationLabels { operation })
+            .inc();
+    }
+
+    /// A group commit carried `writes` writes.
+    pub fn commit_batch(&self, writes: usize) {
+        self.commit_batch.observe(writes as f64);
+    }
+}
+
+/// A bounded label for a subject: the two the worker consumes, `resume` for start-up resumes,
+/// `other` for anything else.
+fn subject_label(subject: &str) -> &'static str {
+    match subject {
+        DEPLOY_SUBJECT => DEPLOY_SUBJECT,
+        DELETE_SUBJECT => DELETE_SUBJECT,
+        "resume" => "resume",
+        _ => "other",
+    }
+}
+
+/// Scrape-time gauges.
+struct LiveState {
+    admission: Admission,
+    actors: Arc<supervisor::Registry>,
+}
+
+impl std::fmt::Debug for LiveState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveState").finish_non_exhaustive()
+    }
+}
+
+impl Collector for LiveState {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self.admission.snapshot();
+        let mut tenants: Vec<_> = snapshot.per_tenant.into_iter().collect();
+        tenants.sort();
+        let gauge = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "deploys_in_flight",
+            "Deploys holding an admission permit, by tenant (tenants with none are absent)",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (tenant, in_flight) in tenants {
+            let labels = [("tenant_id", tenant.to_string())];
+            let value = i64::try_from(in_flight).unwrap_or(i64::MAX);
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        let waiting = i64::try_from(snapshot.waiting).unwrap_or(i64::MAX);
+        ConstGauge::new(waiting).encode(encoder.encode_descriptor(
+            "deploys_waiting",
+            "Deploys waiting for an admission permit",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        let actors = i64::try_from(self.actors.len()).unwrap_or(i64::MAX);
+        ConstGauge::new(actors).encode(encoder.encode_descriptor(
+            "endpoint_actors",
+            "Endpoint actors alive (endpoints with work or recently active)",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::Caps;
+
+    #[tokio::test]
+    async fn exposes_counters_histograms_and_live_gauges() {
+        let admission = Admission::new(Caps {
+            global: 10,
+            per_tenant: 10,
+        });
+        let actors = Arc::new(supervisor::Registry::new());
+        let mut metrics = Metrics::new();
+        metrics.register_live_state(admission.clone(), actors);
+        let tenant = uuid::Uuid::new_v4();
+        let permit = admission.acquire(tenant).await;
+        metrics.event(DEPLOY_SUBJECT, "ready");
+        metrics.event("mlops.serving.surprise", "refused");
+        metrics.kube_error(429);
+        metrics.retries(retry::DATABASE, 3);
+        metrics.commit_batch(7);
+        metrics.deploy_finished("ready", 0.25);
+        let text = metrics.encode().unwrap();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        for needle in [
+            "deploy_worker_events_total{subject=\"mlops.serving.deploy_requested\",outcome=\"ready\"} 1",
+            "deploy_worker_events_total{subject=\"other\",outcome=\"refused\"} 1",
+            "deploy_worker_kube_api_errors_total{code=\"429\"} 1",
+            "deploy_worker_retries_total{reason=\"database\"} 3",
+            "deploy_worker_group_commit_batch_size_count 1",
+            "deploy_worker_deploy_duration_seconds_count{outcome=\"ready\"} 1",
+            "deploy_worker_endpoint_actors 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        let in_flight = format!("deploy_worker_deploys_in_flight{{tenant_id=\"{tenant}\"}} 1");
+        assert!(text.contains(&in_flight), "{text}");
+        drop(permit);
+        let text = metrics.encode().unwrap();
+        assert!(
+            !text.contains(&tenant.to_string()),
+            "a tenant with nothing in flight must disappear:\n{text}"
+        );
+    }
+}

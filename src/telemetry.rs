@@ -1,0 +1,1049 @@
+//! Telemetry: structured logs, OpenTelemetry traces and W3C trace-context propagation.
+//!
+//! **One trace per event** (DESIGN §3). The platform's API publishes each serving event with
+//! W3C `traceparent`/`tracestate` NATS headers; the supervisor extracts them
+//! ([`extract_context`]) and opens a `receive` span whose parent is the publisher's span
+//! ([`receive_span`]). A pass over an endpoint is a child of the receive span of the newest
+//! delivery it covers, with span links to the other deliveries it coalesced, and has one child
+//! per step ([`Step`]): `load_intent`, `render`, `deploy` (with `apply` and `wait_ready`, made
+//! by the deployers through [`deploy_step_span`]) and `persist` (the group-commit wait). Every
+//! step carries the same attributes, recorded as they become known ([`SpanLabels`]):
+//! `tenant_id`, `project_id`, `endpoint_id`, `isvc_name`, `generation` and `outcome`; failures
+//! set the span's status to error and its `error` attribute ([`record_error`]).
+//!
+//! **Export** is configured only by the standard `OTEL_*` variables ([`ExportConfig`]) and is
+//! off unless an OTLP endpoint is set. Spans are still created when export is off: trace ids
+//! keep flowing from the publisher into the logs and into `deployment_history.trace_id`, so a
+//! rollout can be correlated with the platform's own trace even without a collector. The OTLP
+//! exporter is async (reqwest for `http/protobuf`, tonic for `grpc`), so the batch processor
+//! runs as a task on the worker's tokio runtime: [`init`] must be called inside it, and
+//! [`Telemetry::shutdown`] flushes what is buffered before the process exits.
+//!
+//! **Logs** go to stderr, `compact` (one line per event, the trace id among the span fields) or
+//! `json` (one object per line with top-level `trace_id` and `span_id`), filtered by `RUST_LOG`
+//! (default `info`). The `RUST_LOG` filter applies to logs only; the trace layer always sees the
+//! worker's own spans, so quieting the logs never breaks traces. Known secrets — passwords and
+//! tokens in `DATABASE_URL`/`NATS_URL`, OTLP header values — are redacted from every log line
+//! ([`Secrets`]) as a last line of defence; nothing in the worker logs them on purpose.
+
+use std::borrow::Cow;
+use std::fmt::Display;
+use std::io::{self, IsTerminal, Write};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{Status, TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, SdkTracerProvider};
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Dispatch, Event, Level, Metadata, Span, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+use uuid::Uuid;
+
+use crate::deployer::DeployRequest;
+
+/// Service name reported to the collector unless `OTEL_SERVICE_NAME` says otherwise.
+pub const DEFAULT_SERVICE_NAME: &str = "deploy-worker";
+
+/// Name of the tracer (the instrumentation scope of every span).
+const TRACER_NAME: &str = "deploy-worker";
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event; span fields (with `trace_id`) in front.
+    #[default]
+    Compact,
+    /// One JSON object per line, with top-level `trace_id` and `span_id`.
+    Json,
+}
+
+/// Telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// An `OTEL_*` variable has a value the worker does not support.
+    #[error("{variable}={value:?} is not supported: {hint}")]
+    Unsupported {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// What to set instead.
+        hint: &'static str,
+    },
+    /// The OTLP exporter could not be built.
+    #[error(
+        "cannot build the OTLP trace exporter: {0}; check OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_PROTOCOL"
+    )]
+    Exporter(String),
+    /// Export needs a tokio runtime for its batch task.
+    #[error("trace export needs a tokio runtime; call telemetry::init inside one")]
+    NoRuntime,
+    /// A global subscriber was installed already.
+    #[error("a global tracing subscriber is already installed: {0}")]
+    AlreadyInstalled(String),
+    /// Flushing or shutting the exporter down failed.
+    #[error("flushing traces failed: {0}; spans still buffered were lost")]
+    Shutdown(String),
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `http/protobuf` (the default; port 4318 on most collectors).
+    HttpProtobuf,
+    /// `grpc` (port 4317).
+    Grpc,
+}
+
+/// Where spans go, as read from the standard `OTEL_*` variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportConfig {
+    /// `None` when export is off (no endpoint, `OTEL_TRACES_EXPORTER=none` or
+    /// `OTEL_SDK_DISABLED=true`).
+    pub protocol: Option<OtlpProtocol>,
+    /// `service.name` of the resource.
+    pub service_name: String,
+}
+
+impl ExportConfig {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, TelemetryError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `get` (a variable's value, if set).
+    ///
+    /// Export is on when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// is set to something non-empty, unless `OTEL_SDK_DISABLED=true` or
+    /// `OTEL_TRACES_EXPORTER=none`. The protocol comes from `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`
+    /// or `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf` by default, or `grpc`). The endpoint,
+    /// headers, timeout and batch settings (`OTEL_BSP_*`) are read by the exporter and the SDK
+    /// themselves, and the sampler by the SDK (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, TelemetryError> {
+        let set = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let service_name =
+            set("OTEL_SERVICE_NAME").unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
+        let disabled = set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        match set("OTEL_TRACES_EXPORTER").as_deref() {
+            None | Some("otlp") => {}
+            Some("none") => {
+                return Ok(Self {
+                    protocol: None,
+                    service_name,
+                });
+            }
+            Some(other) => {
+                return Err(TelemetryError::Unsupported {
+                    variable: "OTEL_TRACES_EXPORTER",
+                    value: other.to_owned(),
+                    hint: "use `otlp` (or `none` to switch export off)",
+                });
+            }
+        }
+        let endpoint = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        if disabled || endpoint.is_none() {
+            return Ok(Self {
+                protocol: None,
+                service_name,
+            });
+        }
+        let (variable, value) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+            Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(v)),
+            None => (
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                set("OTEL_EXPORTER_OTLP_PROTOCOL"),
+            ),
+        };
+        let protocol = match value.as_deref() {
+            None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            Some("grpc") => OtlpProtocol::Grpc,
+            Some(other) => {
+                return Err(TelemetryError::Unsupported {
+                    variable,
+                    value: other.to_owned(),
+                    hint: "use `http/protobuf` or `grpc`",
+                });
+            }
+        };
+        Ok(Self {
+            protocol: Some(protocol),
+            service_name,
+        })
+    }
+
+    /// A tracer provider for this configuration. With export on, the batch processor's task
+    /// is spawned on the current tokio runtime (which must exist).
+    pub fn provider(&self) -> Result<SdkTracerProvider, TelemetryError> {
+        let resource = Resource::builder()
+            .with_service_name(self.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build();
+        let builder = SdkTracerProvider::builder().with_resource(resource);
+        let Some(protocol) = self.protocol else {
+            return Ok(builder.build());
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(TelemetryError::NoRuntime);
+        }
+        let exporter = match protocol {
+            OtlpProtocol::HttpProtobuf => {
+                use opentelemetry_otlp::WithExportConfig;
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .build()
+            }
+            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build(),
+        }
+        .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
+        // The exporter is async: its batch task runs on the worker's tokio runtime rather than
+        // on the SDK's own thread, which has no reactor for reqwest or tonic.
+        let processor =
+            opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+                exporter,
+                opentelemetry_sdk::runtime::Tokio,
+            )
+            .with_batch_config(BatchConfigBuilder::default().build())
+            .build();
+        Ok(builder.with_span_processor(processor).build())
+    }
+}
+
+/// Values that must never appear in logs.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets(Vec<String>);
+
+impl Secrets {
+    /// Secrets found in connection URLs (their passwords, or a lone user part used as a token)
+    /// and in the OTLP header variables (their values, e.g. `authorization=Bearer …`).
+    pub fn collect<'a>(urls: impl IntoIterator<Item = Option<&'a str>>) -> Self {
+        let mut found: Vec<String> = urls.into_iter().flatten().flat_map(url_secrets).collect();
+        for name in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ] {
+            if let Ok(headers) = std::env::var(name) {
+                found.extend(
+                    headers
+                        .split(',')
+                        .filter_map(|pair| pair.split_once('=').map(|(_, v)| v.trim().to_owned())),
+                );
+            }
+        }
+        Self::new(found)
+    }
+
+    /// These exact values. Very short ones are ignored: redacting them would mangle logs.
+    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
+        let mut values: Vec<String> = values.into_iter().filter(|v| v.len() >= 4).collect();
+        // Longest first, so a secret containing another is redacted whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        Self(values)
+    }
+
+    /// Whether there is nothing to redact.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `text` with every secret replaced by `[redacted]`.
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut out = Cow::Borrowed(text);
+        for secret in &self.0 {
+            if out.contains(secret.as_str()) {
+                out = Cow::Owned(out.replace(secret.as_str(), "[redacted]"));
+            }
+        }
+        out
+    }
+}
+
+/// The password of `scheme://user:password@host/…` (raw and percent-decoded), or the user part
+/// when there is no password (NATS token URLs: `nats://token@host`).
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let Some((userinfo, _host)) = authority.rsplit_once('@') else {
+        return Vec::new();
+    };
+    let raw = match userinfo.split_once(':') {
+        Some((_, password)) => password,
+        None => userinfo,
+    };
+    let mut out = vec![raw.to_owned()];
+    let decoded = percent_decode(raw);
+    if decoded != raw {
+        out.push(decoded);
+    }
+    out
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A [`MakeWriter`] that redacts [`Secrets`] from what passes through it.
+#[derive(Debug, Clone)]
+pub struct Redacting<M> {
+    inner: M,
+    secrets: Arc<Secrets>,
+}
+
+impl<M> Redacting<M> {
+    /// Wraps `inner`.
+    pub fn new(inner: M, secrets: Secrets) -> Self {
+        Self {
+            inner,
+            secrets: Arc::new(secrets),
+        }
+    }
+}
+
+/// The writer made by [`Redacting`].
+pub struct RedactingWriter<W> {
+    inner: W,
+    secrets: Arc<Secrets>,
+}
+
+impl<W: Write> Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Both formatters hand over one whole line per call, so a secret is never split.
+        if self.secrets.is_empty() {
+            return self.inner.write(buf);
+        }
+        let text = String::from_utf8_lossy(buf);
+        self.inner
+            .write_all(self.secrets.redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
+    type Writer = RedactingWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter {
+            inner: self.inner.make_writer(),
+            secrets: self.secrets.clone(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        RedactingWriter {
+            inner: self.inner.make_writer_for(meta),
+            secrets: self.secrets.clone(),
+        }
+    }
+}
+
+/// Installed telemetry; call [`shutdown`](Self::shutdown) before exiting to flush traces.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+impl Telemetry {
+    /// The tracer provider behind the trace layer.
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
+    /// Whether spans are exported.
+    pub fn is_exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Flushes buffered spans and stops the exporter (bounded: a collector that does not
+    /// answer cannot hold the exit up for long).
+    pub async fn shutdown(self) -> Result<(), TelemetryError> {
+        if !self.exporting {
+            return Ok(());
+        }
+        let provider = self.provider;
+        // The SDK blocks the calling thread until its batch task has exported; that task runs
+        // on this runtime, so block a thread of the blocking pool, not a runtime thread.
+        let flushed = tokio::task::spawn_blocking(move || {
+            provider.shutdown_with_timeout(Duration::from_secs(10))
+        });
+        match tokio::time::timeout(Duration::from_secs(15), flushed).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(err))) => Err(TelemetryError::Shutdown(err.to_string())),
+            Ok(Err(err)) => Err(TelemetryError::Shutdown(err.to_string())),
+            Err(_) => Err(TelemetryError::Shutdown("timed out".into())),
+        }
+    }
+}
+
+/// Sets up logs and traces from the environment (`RUST_LOG`, `OTEL_*`) and installs them as
+/// the global subscriber. Call inside the tokio runtime that will run the worker.
+pub fn init(format: LogFormat, secrets: Secrets) -> Result<Telemetry, TelemetryError> {
+    let config = ExportConfig::from_env()?;
+    let provider = config.provider()?;
+    install(format, provider, config.protocol.is_some(), secrets)
+}
+
+/// Logs only, no trace export: for short commands such as `migrate` and `render`.
+pub fn init_logs(format: LogFormat, secrets: Secrets) -> Result<Telemetry, TelemetryError> {
+    install(format, SdkTracerProvider::builder().build(), false, secrets)
+}
+
+/// Installs logs (to stderr) and the trace layer over `provider` as the global subscriber.
+/// `exporting` tells [`Telemetry::shutdown`] whether there is anything to flush.
+pub fn install(
+    format: LogFormat,
+    provider: SdkTracerProvider,
+    exporting: bool,
+    secrets: Secrets,
+) -> Result<Telemetry, TelemetryError> {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let writer = Redacting::new(io::stderr, secrets);
+    subscriber(format, &provider, writer)
+        .try_init()
+        .map_err(|err| TelemetryError::AlreadyInstalled(err.to_string()))?;
+    Ok(Telemetry {
+        provider,
+        exporting,
+    })
+}
+
+/// The subscriber [`install`] installs, for tests and embedders that install it themselves
+/// (globally or with `tracing::subscriber::set_default`) with their own provider and writer.
+/// Compact lines are coloured only when stderr is a terminal.
+pub fn subscriber<W>(
+    format: LogFormat,
+    provider: &SdkTracerProvider,
+    writer: W,
+) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(err) => {
+            if std::env::var_os("RUST_LOG").is_some() {
+                eprintln!("RUST_LOG is invalid ({err}); logging at info");
+            }
+            EnvFilter::new("info")
+        }
+    };
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Compact => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_ansi(io::stderr().is_terminal())
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => JsonLayer::new(writer).with_filter(filter).boxed(),
+    };
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(TRACER_NAME))
+        .with_filter(tracing_subscriber::filter::filter_fn(is_traced));
+    Registry::default().with(logs).with(traces)
+}
+
+/// The trace layer sees the worker's own spans and events at info and above, whatever
+/// `RUST_LOG` says.
+fn is_traced(meta: &Metadata<'_>) -> bool {
+    meta.target().starts_with("deploy_worker") && *meta.level() <= Level::INFO
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trace-context propagation over NATS headers.
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        // NATS header names keep their case; W3C names are lower-case but publishers vary.
+        self.0
+            .iter()
+            .find(|(name, _)| AsRef::<str>::as_ref(*name).eq_ignore_ascii_case(key))
+            .and_then(|(_, values)| values.first())
+            .map(|value| value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+/// The W3C trace context (`traceparent`/`tracestate`) carried by NATS headers; the empty
+/// context when there are none or they are malformed.
+pub fn extract_context(headers: Option<&HeaderMap>) -> opentelemetry::Context {
+    match headers {
+        Some(headers) => TraceContextPropagator::new().extract(&HeaderExtractor(headers)),
+        None => opentelemetry::Context::new(),
+    }
+}
+
+/// Writes `cx` as W3C `traceparent`/`tracestate` headers (what a publisher does).
+pub fn inject_context(cx: &opentelemetry::Context, headers: &mut HeaderMap) {
+    TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spans.
+
+/// The hex trace id of `span`, when it is traced.
+pub fn trace_id(span: &Span) -> Option<String> {
+    let cx = span.context();
+    let span_ref = cx.span();
+    let sc = span_ref.span_context();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The span context of `span` (invalid when it is not traced), e.g. to link to it.
+pub fn span_context(span: &Span) -> opentelemetry::trace::SpanContext {
+    span.context().span().span_context().clone()
+}
+
+/// The `receive` span of one JetStream message: its parent is the publisher's span from the
+/// message headers (a new trace when there is none), and it lives until the message is
+/// answered. Records `trace_id` so compact log lines carry it.
+pub fn receive_span(message: &jetstream::Message) -> Span {
+    let info = message.info().ok();
+    let span = tracing::info_span!(
+        "receive",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.destination.name = %message.subject,
+        stream_sequence = info.as_ref().map(|i| i.stream_sequence),
+        delivered = info.as_ref().map(|i| i.delivered),
+        tenant_id = tracing::field::Empty,
+        project_id = tracing::field::Empty,
+        endpoint_id = tracing::field::Empty,
+        isvc_name = tracing::field::Empty,
+        generation = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        answer = tracing::field::Empty,
+        error = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = extract_context(message.headers.as_ref());
+    if parent.span().span_context().is_valid() {
+        // Only fails when the span is not traced at all; there is nothing to attach then.
+        let _ = span.set_parent(parent);
+    }
+    if let Some(id) = trace_id(&span) {
+        span.record("trace_id", id.as_str());
+    }
+    span
+}
+
+/// Records what a decoded event says on its `receive` span.
+pub fn record_event(span: &Span, event: &crate::events::ServingEvent, isvc_name: &str) {
+    span.record("endpoint_id", tracing::field::display(event.endpoint_id));
+    if let Some(tenant) = event.tenant_id {
+        span.record("tenant_id", tracing::field::display(tenant));
+    }
+    if let Some(project) = event.project_id {
+        span.record("project_id", tracing::field::display(project));
+    }
+    span.record("isvc_name", isvc_name);
+}
+
+/// The `receive` span of a synthetic delivery (an endpoint resumed at start-up): a new trace.
+pub fn resume_span(endpoint_id: Uuid) -> Span {
+    let span = tracing::info_span!(
+        "receive",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.destination.name = "resume",
+        tenant_id = tracing::field::Empty,
+        project_id = tracing::field::Empty,
+        endpoint_id = %endpoint_id,
+        isvc_name = tracing::field::Empty,
+        generation = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        answer = tracing::field::Empty,
+        error = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(id) = trace_id(&span) {
+        span.record("trace_id", id.as_str());
+    }
+    span
+}
+
+/// The span of one pass, a child of `parent` (the receive span of the newest delivery it
+/// covers), linked to `others` (the other deliveries' receive spans).
+pub fn pass_span<'a>(
+    parent: &Span,
+    others: impl IntoIterator<Item = &'a Span>,
+    endpoint_id: Uuid,
+    events: usize,
+) -> Span {
+    let span = tracing::info_span!(
+        parent: parent,
+        "pass",
+        tenant_id = tracing::field::Empty,
+        project_id = tracing::field::Empty,
+        endpoint_id = %endpoint_id,
+        isvc_name = tracing::field::Empty,
+        generation = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        error = tracing::field::Empty,
+        events = events,
+        trace_id = tracing::field::Empty,
+    );
+    for other in others {
+        span.add_link(span_context(other));
+    }
+    if let Some(id) = trace_id(&span) {
+        span.record("trace_id", id.as_str());
+    }
+    span
+}
+
+/// The steps of a pass, each a child span of the pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the endpoint row (a batched load).
+    LoadIntent,
+    /// Validating the intent and rendering the manifest.
+    Render,
+    /// Making the InferenceService real (parent of `apply` and `wait_ready`).
+    Deploy,
+    /// Removing the InferenceService.
+    Delete,
+    /// Sending the manifest to the cluster (server-side apply).
+    Apply,
+    /// Waiting until the cluster reports this generation Ready.
+    WaitReady,
+    /// Waiting for the group commit that makes a status durable.
+    Persist,
+}
+
+impl Step {
+    /// The span name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LoadIntent => "load_intent",
+            Self::Render => "render",
+            Self::Deploy => "deploy",
+            Self::Delete => "delete",
+            Self::Apply => "apply",
+            Self::WaitReady => "wait_ready",
+            Self::Persist => "persist",
+        }
+    }
+}
+
+macro_rules! step_span {
+    ($name:literal) => {
+        tracing::info_span!(
+            $name,
+            tenant_id = tracing::field::Empty,
+            project_id = tracing::field::Empty,
+            endpoint_id = tracing::field::Empty,
+            isvc_name = tracing::field::Empty,
+            generation = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            error = tracing::field::Empty,
+        )
+    };
+}
+
+/// A span for `step`, a child of the current span, with the attribute set every step carries
+/// (empty until recorded, e.g. with [`SpanLabels::record`]).
+pub fn step_span(step: Step) -> Span {
+    // Span names must be literals for `tracing`, hence one arm per step.
+    match step {
+        Step::LoadIntent => step_span!("load_intent"),
+        Step::Render => step_span!("render"),
+        Step::Deploy => step_span!("deploy"),
+        Step::Delete => step_span!("delete"),
+        Step::Apply => step_span!("apply"),
+        Step::WaitReady => step_span!("wait_ready"),
+        Step::Persist => step_span!("persist"),
+    }
+}
+
+/// The attributes every span of a pass carries.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanLabels<'a> {
+    /// Owning tenant.
+    pub tenant_id: Uuid,
+    /// Owning project.
+    pub project_id: Uuid,
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// InferenceService name.
+    pub isvc_name: &'a str,
+    /// Spec generation.
+    pub generation: i64,
+}
+
+impl SpanLabels<'_> {
+    /// Records the labels on `span` (which must have declared the fields, as every span made
+    /// here does).
+    pub fn record(&self, span: &Span) {
+        span.record("tenant_id", tracing::field::display(self.tenant_id));
+        span.record("project_id", tracing::field::display(self.project_id));
+        span.record("endpoint_id", tracing::field::display(self.endpoint_id));
+        span.record("isvc_name", self.isvc_name);
+        span.record("generation", self.generation);
+    }
+}
+
+/// Which part of a deploy a deployer is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployStep {
+    /// Sending the manifest.
+    Apply,
+    /// Waiting for Ready.
+    WaitReady,
+}
+
+/// The span a deployer opens for `step` of `request` (a child of the pass's `deploy` span),
+/// labelled like every other step. Deployers instrument the work with it and record the
+/// outcome with [`record_outcome`] or the failure with [`record_error`].
+pub fn deploy_step_span(step: DeployStep, request: &DeployRequest<'_>) -> Span {
+    let span = step_span(match step {
+        DeployStep::Apply => Step::Apply,
+        DeployStep::WaitReady => Step::WaitReady,
+    });
+    SpanLabels {
+        tenant_id: request.tenant_id,
+        project_id: request.project_id,
+        endpoint_id: request.endpoint_id,
+        isvc_name: request.name,
+        generation: request.generation,
+    }
+    .record(&span);
+    span
+}
+
+/// Records how the work of `span` ended.
+pub fn record_outcome(span: &Span, outcome: &str) {
+    span.record("outcome", outcome);
+}
+
+/// Marks `span` as failed: status error with `error` as its description, and the `error`
+/// attribute.
+pub fn record_error(span: &Span, error: &dyn Display) {
+    let text = error.to_string();
+    span.record("error", text.as_str());
+    span.set_status(Status::error(text));
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON log lines.
+
+/// Span fields as JSON, kept in the span's extensions for the JSON log layer.
+struct JsonFields(Map<String, Value>);
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().to_owned(), Value::from(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), Value::from(format!("{value:?}")));
+    }
+}
+
+/// Writes one JSON object per event: `timestamp`, `level`, `target`, `message`, `fields`,
+/// `spans` (names, root first), `span` (the fields of every span in scope) and the
+/// OpenTelemetry `trace_id`/`span_id` of the innermost span.
+struct JsonLayer<W> {
+    writer: W,
+    dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
+}
+
+impl<W> JsonLayer<W> {
+    fn new(writer: W) -> Self {
+        Self {
+            writer,
+            dispatch: OnceLock::new(),
+        }
+    }
+}
+
+impl<S, W> Layer<S> for JsonLayer<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Map::new();
+        attrs.record(&mut JsonVisitor(&mut fields));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(JsonFields(fields));
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && let Some(fields) = span.extensions_mut().get_mut::<JsonFields>()
+        {
+            values.record(&mut JsonVisitor(&mut fields.0));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let mut fields = Map::new();
+        event.record(&mut JsonVisitor(&mut fields));
+        let mut line = Map::new();
+        line.insert(
+            "timestamp".into(),
+            Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        );
+        line.insert("level".into(), Value::from(meta.level().as_str()));
+        line.insert("target".into(), Value::from(meta.target()));
+        if let Some(message) = fields.remove("message") {
+            line.insert("message".into(), message);
+        }
+        if !fields.is_empty() {
+            line.insert("fields".into(), Value::Object(fields));
+        }
+        let mut innermost = None;
+        if let Some(scope) = ctx.event_scope(event) {
+            let mut names = Vec::new();
+            let mut span_fields = Map::new();
+            for span in scope.from_root() {
+                names.push(Value::from(span.name()));
+                if let Some(fields) = span.extensions().get::<JsonFields>() {
+                    span_fields.extend(fields.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                innermost = Some(span.id());
+            }
+            line.insert("spans".into(), Value::Array(names));
+            line.insert("span".into(), Value::Object(span_fields));
+        }
+        // No extension lock is held here: the OpenTelemetry layer takes its own.
+        if let Some(id) = innermost
+            && let Some(dispatch) = self.dispatch.get().and_then(|weak| weak.upgrade())
+            && let Some(cx) = tracing_opentelemetry::get_otel_context(&id, &dispatch)
+        {
+            let span_ref = cx.span();
+            let sc = span_ref.span_context();
+            if sc.is_valid() {
+                line.insert("trace_id".into(), Value::from(sc.trace_id().to_string()));
+                line.insert("span_id".into(), Value::from(sc.span_id().to_string()));
+            }
+        }
+        let Ok(mut bytes) = serde_json::to_vec(&Value::Object(line)) else {
+            return;
+        };
+        bytes.push(b'\n');
+        // A log line that cannot be written has nowhere else to go.
+        let _ = self.writer.make_writer_for(meta).write_all(&bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn export_is_off_without_an_endpoint() {
+        let config = ExportConfig::from_lookup(env(&[("OTEL_SERVICE_NAME", "x")])).unwrap();
+        assert_eq!(config.protocol, None);
+        assert_eq!(config.service_name, "x");
+        let config = ExportConfig::from_lookup(env(&[])).unwrap();
+        assert_eq!(config.service_name, DEFAULT_SERVICE_NAME);
+        let config = ExportConfig::from_lookup(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ]))
+        .unwrap();
+        assert_eq!(config.protocol, None);
+        let config = ExportConfig::from_lookup(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(config.protocol, None);
+    }
+
+    #[test]
+    fn protocol_follows_the_standard_variables() {
+        let http = ExportConfig::from_lookup(env(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://c:4318/v1/traces",
+        )]))
+        .unwrap();
+        assert_eq!(http.protocol, Some(OtlpProtocol::HttpProtobuf));
+        let grpc = ExportConfig::from_lookup(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]))
+        .unwrap();
+        assert_eq!(grpc.protocol, Some(OtlpProtocol::Grpc));
+        // The per-signal variable wins.
+        let traces = ExportConfig::from_lookup(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ]))
+        .unwrap();
+        assert_eq!(traces.protocol, Some(OtlpProtocol::HttpProtobuf));
+        let err = ExportConfig::from_lookup(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("http/protobuf"), "{err}");
+    }
+
+    // Multi-threaded: the SDK's shutdown blocks its thread until the batch task, which runs
+    // on this runtime, has finished.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_protocols_build_an_exporting_provider() {
+        for protocol in [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc] {
+            let config = ExportConfig {
+                protocol: Some(protocol),
+                service_name: "t".into(),
+            };
+            let provider = config.provider().unwrap();
+            tokio::task::spawn_blocking(move || {
+                provider.shutdown_with_timeout(Duration::from_secs(5))
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn finds_and_redacts_url_secrets() {
+        assert_eq!(
+            url_secrets("postgres://worker:p%40ss-word@db:5432/mlops"),
+            vec!["p%40ss-word".to_owned(), "p@ss-word".to_owned()]
+        );
+        assert_eq!(
+            url_secrets("nats://s3cr3t-token@nats:4222"),
+            vec!["s3cr3t-token"]
+        );
+        assert!(url_secrets("nats://nats:4222").is_empty());
+        assert!(url_secrets("not a url").is_empty());
+        let secrets = Secrets::new(url_secrets("postgres://u:hunter22@h/db"));
+        assert_eq!(
+            secrets.redact("connect to postgres://u:hunter22@h/db failed"),
+            "connect to postgres://u:[redacted]@h/db failed"
+        );
+    }
+
+    #[test]
+    fn the_redacting_writer_scrubs_each_line() {
+        let secrets = Secrets::new(["tok-12345".to_owned()]);
+        let mut out = Vec::new();
+        {
+            let mut writer = RedactingWriter {
+                inner: &mut out,
+                secrets: Arc::new(secrets),
+            };
+            writer.write_all(b"header tok-12345 sent\n").unwrap();
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), "header [redacted] sent\n");
+    }
+
+    #[test]
+    fn trace_context_round_trips_through_nats_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        let cx = extract_context(Some(&headers));
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid());
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let mut out = HeaderMap::new();
+        inject_context(&cx, &mut out);
+        assert_eq!(
+            out.get("traceparent").map(|v| v.as_str()),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert!(!extract_context(None).span().span_context().is_valid());
+    }
+}

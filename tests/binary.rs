@@ -1,0 +1,386 @@
+//! The real binary, configured only by environment variables as in a deployment:
+//! traces exported over OTLP/HTTP to a collector the test runs (decoded with the OTLP protobuf
+//! definitions), and JSON logs at debug level that carry trace ids and never a password or a
+//! token, through a deploy, a refused event and a SIGTERM.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpRequest, HttpResponse, web};
+use common::{create_endpoint, publish_deploy, publisher_context, wait_http, wait_status};
+use deploy_worker::events::EventKind;
+use deploy_worker::platform;
+use deploy_worker::sandbox::{self, LocalNats, LocalPostgres};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+use prost::Message;
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+
+/// What the collector received: one entry per `POST /v1/traces`.
+#[derive(Default)]
+struct Received {
+    requests: Vec<(Vec<(String, String)>, ExportTraceServiceRequest)>,
+}
+
+type Collector = Arc<Mutex<Received>>;
+
+async fn otlp_traces(
+    req: HttpRequest,
+    body: web::Bytes,
+    seen: web::Data<Collector>,
+) -> HttpResponse {
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    match ExportTraceServiceRequest::decode(body) {
+        Ok(request) => {
+            seen.lock()
+                .expect("collector lock")
+                .requests
+                .push((headers, request));
+            // An empty ExportTraceServiceResponse encodes to no bytes.
+            HttpResponse::Ok()
+                .content_type("application/x-protobuf")
+                .finish()
+        }
+        Err(err) => HttpResponse::BadRequest().body(err.to_string()),
+    }
+}
+
+/// A minimal OTLP/HTTP collector on a free port.
+fn start_collector() -> (SocketAddr, Collector, actix_web::dev::ServerHandle) {
+    let seen: Collector = Arc::default();
+    let data = web::Data::new(seen.clone());
+    let server = actix_web::HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+            .route("/v1/traces", web::post().to(otlp_traces))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .expect("bind collector");
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    (addr, seen, handle)
+}
+
+fn spans(seen: &Collector) -> Vec<(String, OtlpSpan)> {
+    let received = seen.lock().expect("collector lock");
+    let mut out = Vec::new();
+    for (_, request) in &received.requests {
+        for resource in &request.resource_spans {
+            let service = resource
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in &resource.scope_spans {
+                for span in &scope.spans {
+                    out.push((service.clone(), span.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn span_attr(span: &OtlpSpan, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+            Some(any_value::Value::IntValue(i)) => Some(i.to_string()),
+            _ => None,
+        })
+}
+
+/// The worker binary with a clean environment plus `env`; output goes to files in `dir`.
+fn spawn_worker(env: &[(&str, String)], dir: &std::path::Path) -> Child {
+    let stdout = std::fs::File::create(dir.join("stdout")).expect("stdout file");
+    let stderr = std::fs::File::create(dir.join("stderr")).expect("stderr file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_deploy-worker"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.spawn().expect("spawn deploy-worker")
+}
+
+/// SIGTERM, then the exit status (the graceful stop must finish quickly when idle).
+fn terminate(mut child: Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("deploy-worker did not exit within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn traces_reach_an_otlp_http_collector() {
+    let pg = LocalPostgres::start().expect("postgres");
+    let nats = LocalNats::start().expect("nats");
+    let (collector, seen, collector_handle) = start_collector();
+    let http = SocketAddr::from(([127, 0, 0, 1], sandbox::free_port().expect("port")));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = spawn_worker(
+        &[
+            ("DATABASE_URL", pg.url()),
+            ("NATS_URL", nats.url()),
+            ("HTTP_LISTEN", http.to_string()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            ("OTEL_SERVICE_NAME", "deploy-worker-under-test".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+            ("SIMULATE_DELAY_MS", "50".into()),
+        ],
+        dir.path(),
+    );
+    wait_http(http, "/readyz", Duration::from_secs(60), |r| {
+        r.status == 200
+    })
+    .await;
+
+    let db = Database::connect(pg.url()).await.expect("db");
+    let endpoint = create_endpoint(&db, Some("gs://models/fraud/1")).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("client"));
+    let (cx, trace_id, publisher_span) = publisher_context();
+    publish_deploy(&js, &endpoint, &cx).await;
+    wait_status(&db, endpoint.id, "READY").await;
+
+    // Exported on the batch schedule, while the worker runs.
+    let trace_bytes = trace_id.to_bytes().to_vec();
+    wait_until("the pass span at the collector", || {
+        spans(&seen)
+            .iter()
+            .any(|(_, s)| s.trace_id == trace_bytes && s.name == "pass")
+    })
+    .await;
+    let status = terminate(child);
+    assert!(status.success(), "exit status {status}");
+
+    let all = spans(&seen);
+    let ours: Vec<&(String, OtlpSpan)> = all
+        .iter()
+        .filter(|(_, s)| s.trace_id == trace_bytes)
+        .collect();
+    for (service, _) in &ours {
+        assert_eq!(service, "deploy-worker-under-test");
+    }
+    let names: std::collections::BTreeSet<&str> =
+        ours.iter().map(|(_, s)| s.name.as_str()).collect();
+    for name in [
+        "receive",
+        "pass",
+        "load_intent",
+        "render",
+        "deploy",
+        "apply",
+        "wait_ready",
+        "persist",
+    ] {
+        assert!(names.contains(name), "{name} missing from {names:?}");
+    }
+    let receive = &ours
+        .iter()
+        .find(|(_, s)| s.name == "receive")
+        .expect("receive")
+        .1;
+    assert_eq!(receive.parent_span_id, publisher_span.to_bytes().to_vec());
+    let pass = &ours.iter().find(|(_, s)| s.name == "pass").expect("pass").1;
+    assert_eq!(pass.parent_span_id, receive.span_id);
+    assert_eq!(
+        span_attr(pass, "endpoint_id"),
+        Some(endpoint.id.to_string())
+    );
+    assert_eq!(span_attr(pass, "outcome").as_deref(), Some("ready"));
+    assert_eq!(span_attr(pass, "generation").as_deref(), Some("1"));
+    collector_handle.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn json_logs_carry_trace_ids_and_never_secrets() {
+    let pg = LocalPostgres::start().expect("postgres");
+    let mut nats = LocalNats::start().expect("nats");
+    let (collector, seen, collector_handle) = start_collector();
+    // A role with a password: the sandbox trusts local connections, but the worker is handed
+    // the password in its URL as it would be in production.
+    let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let admin = Database::connect(pg.url()).await.expect("db");
+    admin
+        .execute_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("CREATE ROLE deploy_worker_app LOGIN SUPERUSER PASSWORD '{password}'"),
+        ))
+        .await
+        .expect("create role");
+    let database_url = format!(
+        "postgres://deploy_worker_app:{password}@127.0.0.1:{}/postgres",
+        pg.port()
+    );
+    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    // A NATS token in the URL (the sandbox server has no auth and ignores it).
+    let nats_token = format!("nats-{}", uuid::Uuid::new_v4().simple());
+    let nats_url = nats
+        .url()
+        .replacen("nats://", &format!("nats://{nats_token}@"), 1);
+    let http = SocketAddr::from(([127, 0, 0, 1], sandbox::free_port().expect("port")));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = spawn_worker(
+        &[
+            ("DATABASE_URL", database_url),
+            ("NATS_URL", nats_url),
+            ("HTTP_LISTEN", http.to_string()),
+            ("LOG_FORMAT", "json".into()),
+            ("RUST_LOG", "debug".into()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                format!("authorization=Bearer {token}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+        ],
+        dir.path(),
+    );
+    wait_http(http, "/readyz", Duration::from_secs(60), |r| {
+        r.status == 200
+    })
+    .await;
+    // A broker restart: reconnecting is when clients like to log where they connect to.
+    nats.stop().expect("stop nats");
+    wait_http(http, "/readyz", Duration::from_secs(30), |r| {
+        r.status == 503
+    })
+    .await;
+    nats.start_again().expect("start nats");
+    wait_http(http, "/readyz", Duration::from_secs(60), |r| {
+        r.status == 200
+    })
+    .await;
+
+    let endpoint = create_endpoint(&admin, Some("gs://models/fraud/1")).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("client"));
+    let (cx, trace_id, _) = publisher_context();
+    publish_deploy(&js, &endpoint, &cx).await;
+    platform::publish_raw(
+        &js,
+        EventKind::Deploy,
+        b"{\"endpoint_id\": 7}".to_vec(),
+        None,
+    )
+    .await
+    .expect("publish");
+    wait_status(&admin, endpoint.id, "READY").await;
+    wait_until("an export carrying the token", || {
+        !seen.lock().expect("collector lock").requests.is_empty()
+    })
+    .await;
+    let status = terminate(child);
+    assert!(status.success(), "exit status {status}");
+    collector_handle.stop(true).await;
+
+    // The token was really in use: the collector got it.
+    let received = seen.lock().expect("collector lock");
+    let (headers, _) = &received.requests[0];
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v == &format!("Bearer {token}")),
+        "{headers:?}"
+    );
+    drop(received);
+
+    let stdout = std::fs::read_to_string(dir.path().join("stdout")).expect("stdout");
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).expect("stderr");
+    let output = format!("{stdout}{stderr}");
+    assert!(
+        output.lines().count() > 20,
+        "a debug run logs plenty:\n{output}"
+    );
+    assert!(
+        !output.contains(&password),
+        "the database password leaked into the logs"
+    );
+    assert!(
+        !output.contains(&token),
+        "the OTLP token leaked into the logs"
+    );
+    assert!(
+        !output.contains(&nats_token),
+        "the NATS token leaked into the logs"
+    );
+
+    // Every line is a JSON object; the pass's lines carry the publisher's trace id.
+    let mut committed = None;
+    for line in stderr.lines() {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("not a JSON log line ({err}): {line}"));
+        if value["message"] == "outcome committed"
+            && value["span"]["endpoint_id"] == endpoint.id.to_string()
+        {
+            committed = Some(value);
+        }
+    }
+    let committed = committed.expect("a log line for the committed outcome");
+    assert_eq!(committed["trace_id"], trace_id.to_string(), "{committed}");
+    assert_eq!(
+        committed["fields"]["trace_id"],
+        trace_id.to_string(),
+        "{committed}"
+    );
+    assert_eq!(
+        committed["span_id"].as_str().map(str::len),
+        Some(16),
+        "{committed}"
+    );
+    assert!(
+        stderr.contains("refusing event"),
+        "the malformed event is logged (and refused)"
+    );
+}
