@@ -134,6 +134,7 @@ async fn setup(scale: &Scale, n: usize) -> Setup {
         (EventKind::Deploy, fields)
     });
     platform::publish_all(&js, events).await.expect("publish");
+    eprintln!("e2e: published");
     Setup {
         pg,
         nats,
@@ -280,7 +281,9 @@ async fn throughput(scale: &Scale) {
     let n = scale.throughput_events;
     let setup = setup(scale, n).await;
     let consume = floor_consume(&setup.js, n).await;
+    eprintln!("e2e: pull + ack floor measured");
     let update = floor_update(&setup.db, &setup.ids).await;
+    eprintln!("e2e: UPDATE floor measured; running the worker");
 
     let started = Instant::now();
     let worker = spawn_worker(&setup, &[]);

@@ -213,12 +213,18 @@ fn render(args: RenderArgs, secrets: Secrets) -> Result<(), String> {
         (None, None) => return Err("give --intent FILE or --endpoint-id ID".into()),
     };
     let options = args.kserve.render_options();
-    let manifest =
-        kserve::render(&intent, &options).map_err(|err| format!("invalid intent: {err}"))?;
+    options.validate().map_err(|err| err.to_string())?;
     let text = match args.output {
-        Output::Json => serde_json::to_string_pretty(&manifest).map_err(|err| err.to_string())?,
-        Output::Yaml => serde_yaml::to_string(&manifest).map_err(|err| err.to_string())?,
+        // Exactly the bytes the worker applies.
+        Output::Json => kserve::render_json(&intent, &options)
+            .map_err(|err| format!("invalid intent: {err}"))
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())?,
+        Output::Yaml => {
+            let manifest = kserve::render(&intent, &options)
+                .map_err(|err| format!("invalid intent: {err}"))?;
+            kserve::to_yaml(&manifest).map_err(|err| err.to_string())?
+        }
     };
-    println!("{text}");
+    println!("{}", text.trim_end());
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! ([`crate::sandbox`]); with them it uses those servers (and leaves its demo rows there). It
 //! migrates, creates a few hundred endpoints across several tenants with a mix of serving
 //! intents (sklearn on CPU, Triton on GPU with batching, a Knative canary, KEDA in standard
-//! mode), publishes their deploy events, runs the worker in simulate mode with a progress bar,
+//! mode), publishes their deploy events, runs the worker (simulate mode by default; k8s mode
+//! against the cluster of a kubeconfig, such as the KServe stand-in) with a progress bar,
 //! and prints events/s, event-to-READY percentiles and the outcome per tenant.
 
 use std::time::{Duration, Instant};
@@ -33,7 +34,8 @@ pub struct DemoArgs {
     /// Give up waiting for the outcomes after this long.
     #[arg(long, env = "DEMO_TIMEOUT_SECONDS", default_value_t = 120)]
     pub timeout_seconds: u64,
-    /// The worker's settings (simulate mode is always used).
+    /// The worker's settings (simulate mode unless DEPLOY_MODE=k8s: then against the cluster
+    /// of the kubeconfig, for example the KServe stand-in).
     #[command(flatten)]
     pub settings: Settings,
 }
@@ -125,12 +127,15 @@ struct Latency {
 /// Runs the demo (inside an actix `System`).
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let mut settings = args.settings.clone();
-    if settings.deploy_mode != DeployMode::Simulate {
+    if settings.deploy_mode == DeployMode::K8s {
         println!(
-            "demo: using simulate mode (DEPLOY_MODE={:?} ignored)",
-            settings.deploy_mode
+            "demo: k8s mode, InferenceServices go to namespace {} of the cluster in {}",
+            settings.kserve.kserve_namespace,
+            settings.kubeconfig.as_ref().map_or_else(
+                || "the default kubeconfig".to_owned(),
+                |p| p.display().to_string()
+            )
         );
-        settings.deploy_mode = DeployMode::Simulate;
     }
     let _postgres = match settings.database_url {
         Some(_) => None,

@@ -84,3 +84,141 @@ fn an_unreachable_database_is_an_error_not_a_hang() {
     assert!(!ok);
     assert!(err.contains("cannot connect to Postgres"), "{err}");
 }
+
+const EXAMPLES: &[&str] = &[
+    "triton-gpu-batcher",
+    "canary-knative",
+    "keda-standard",
+    "sklearn-minimal",
+];
+
+fn repo(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn render_prints_the_golden_manifest_of_every_example_in_both_formats() {
+    for example in EXAMPLES {
+        let intent = repo(&format!("examples/{example}.json"));
+        for (output, ext) in [("yaml", "yaml"), ("json", "json")] {
+            let (ok, stdout, stderr) =
+                deploy_worker(&["render", "--intent", &intent, "--output", output], &[]);
+            assert!(ok, "{example} {output}: {stderr}");
+            let golden =
+                std::fs::read_to_string(repo(&format!("tests/golden/{example}.{ext}"))).unwrap();
+            assert_eq!(
+                stdout.trim_end(),
+                golden.trim_end(),
+                "{example} as {output}"
+            );
+        }
+    }
+}
+
+#[test]
+fn render_refuses_an_invalid_intent_with_the_validation_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut intent: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("examples/canary-knative.json")).unwrap(),
+    )
+    .unwrap();
+    intent["traffic"]["canaryTrafficPercent"] = serde_json::json!(150);
+    let path = dir.path().join("bad.json");
+    std::fs::write(&path, intent.to_string()).unwrap();
+    let (ok, stdout, stderr) = deploy_worker(&["render", "--intent", path.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(
+        stdout.is_empty(),
+        "no manifest for an invalid intent: {stdout}"
+    );
+    assert!(
+        stderr.contains("traffic.canaryTrafficPercent: 150 is outside 0..=100"),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, "{\"endpoint_id\": 3}").unwrap();
+    let (ok, _, stderr) = deploy_worker(&["render", "--intent", path.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("is not an intent file"), "{stderr}");
+    let (ok, _, stderr) = deploy_worker(&["render"], &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--intent") && stderr.contains("--endpoint-id"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn render_reads_the_intent_of_an_endpoint_from_the_database() {
+    use deploy_worker::platform::{self, NewEndpoint, NewModelVersion};
+    let pg = deploy_worker::sandbox::LocalPostgres::start().unwrap();
+    let store = deploy_worker::store::Store::connect(
+        &pg.url(),
+        deploy_worker::store::StoreSettings {
+            max_connections: 2,
+            batch_max: 1,
+        },
+    )
+    .await
+    .unwrap();
+    deploy_worker::worker::migrate(&store, true).await.unwrap();
+    let (tenant_id, project_id) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let version = platform::create_model_version(
+        store.db(),
+        &NewModelVersion {
+            tenant_id,
+            project_id,
+            model_name: "resnet".into(),
+            version: 7,
+            artifact_uri: Some("s3://models/resnet/7".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let id = platform::create_endpoints(
+        store.db(),
+        &[NewEndpoint {
+            tenant_id,
+            project_id,
+            name: "resnet".into(),
+            runtime: "kserve-triton".into(),
+            model: Some(version),
+            traffic: None,
+            autoscaling: None,
+            runtime_config: Some(serde_json::json!({"gpu": true})),
+        }],
+    )
+    .await
+    .unwrap()[0];
+    let (ok, stdout, stderr) = deploy_worker(
+        &[
+            "render",
+            "--endpoint-id",
+            &id.to_string(),
+            "--output",
+            "json",
+        ],
+        &[("DATABASE_URL", &pg.url())],
+    );
+    assert!(ok, "{stderr}");
+    let manifest: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        manifest["metadata"]["name"],
+        serde_json::json!(deploy_worker::kserve::isvc_name("isvc", id))
+    );
+    assert_eq!(
+        manifest["spec"]["predictor"]["model"]["storageUri"],
+        serde_json::json!("s3://models/resnet/7")
+    );
+    assert_eq!(
+        manifest["spec"]["predictor"]["model"]["modelFormat"]["name"],
+        serde_json::json!("triton")
+    );
+
+    let (ok, _, stderr) = deploy_worker(
+        &["render", "--endpoint-id", &uuid::Uuid::new_v4().to_string()],
+        &[("DATABASE_URL", &pg.url())],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("not found"), "{stderr}");
+}
