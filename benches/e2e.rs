@@ -35,7 +35,7 @@ struct Scale {
 
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
-    let scale = if full {
+    let mut scale = if full {
         Scale {
             throughput_events: 20_000,
             in_flight: 10_000,
@@ -48,6 +48,13 @@ fn main() {
             durable: false,
         }
     };
+    // Overrides for a quicker or a bigger run.
+    if let Some(n) = env_number("E2E_EVENTS") {
+        scale.throughput_events = n;
+    }
+    if let Some(n) = env_number("E2E_IN_FLIGHT") {
+        scale.in_flight = n;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,6 +63,10 @@ fn main() {
         throughput(&scale).await;
         memory(&scale).await;
     });
+}
+
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// Servers, schema and a tenant with `n` endpoints whose deploy events are published.
@@ -144,20 +155,63 @@ async fn setup(scale: &Scale, n: usize) -> Setup {
     }
 }
 
-fn spawn_worker(setup: &Setup, env: &[(&str, String)]) -> Child {
+/// The worker process and the port of its metrics endpoint.
+struct WorkerProcess {
+    child: Child,
+    http_port: u16,
+}
+
+fn spawn_worker(setup: &Setup, env: &[(&str, String)]) -> WorkerProcess {
+    let http_port = deploy_worker::sandbox::free_port().expect("free port");
     let mut command = Command::new(env!("CARGO_BIN_EXE_deploy-worker"));
     command
         .arg("run")
         .env("DATABASE_URL", setup.pg.url())
         .env("NATS_URL", setup.nats.url())
         .env("RUST_LOG", "warn")
-        .env("HTTP_LISTEN", "127.0.0.1:0")
+        .env("HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for (k, v) in env {
         command.env(k, v);
     }
-    command.spawn().expect("start deploy-worker")
+    WorkerProcess {
+        child: command.spawn().expect("start deploy-worker"),
+        http_port,
+    }
+}
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
+}
+
+/// One value from the worker's `/metrics` (OpenMetrics text), e.g. a histogram's `_sum`.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 async fn count(db: &DatabaseConnection, status: &str) -> usize {
@@ -184,7 +238,8 @@ async fn wait_count(db: &DatabaseConnection, status: &str, n: usize, timeout: Du
     }
 }
 
-fn stop(mut child: Child) {
+fn stop(worker: WorkerProcess) {
+    let mut child = worker.child;
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -205,13 +260,20 @@ async fn floor_consume(js: &jetstream::Context, n: usize) -> f64 {
         name: "floor",
         model: None,
     });
+    // Pipelined like `platform::publish_all`: a bounded number of acks outstanding (the
+    // context blocks new publishes beyond its in-flight limit until acks are awaited).
     let mut acks = Vec::new();
-    for _ in 0..n {
+    for i in 0..n {
         acks.push(
             js.publish("loadfloor.deploy", payload.clone().into())
                 .await
                 .expect("publish"),
         );
+        if acks.len() == 1024 || i + 1 == n {
+            for ack in acks.drain(..) {
+                ack.await.expect("ack");
+            }
+        }
     }
     for ack in acks {
         ack.await.expect("ack");
@@ -289,6 +351,17 @@ async fn throughput(scale: &Scale) {
     let worker = spawn_worker(&setup, &[]);
     wait_count(&setup.db, "READY", n, Duration::from_secs(600)).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(worker.child.id());
+    let batch_sum = metric(
+        worker.http_port,
+        "deploy_worker_group_commit_batch_size_sum",
+    )
+    .await;
+    let batch_count = metric(
+        worker.http_port,
+        "deploy_worker_group_commit_batch_size_count",
+    )
+    .await;
     stop(worker);
     let worker_rate = n as f64 / elapsed;
 
@@ -303,6 +376,16 @@ async fn throughput(scale: &Scale) {
     println!(
         "  worker, JetStream backlog -> committed READY  {worker_rate:>9.0} events/s  ({elapsed:.2} s incl. start-up)"
     );
+    println!(
+        "  worker CPU                                     {:>9.0} µs per event",
+        cpu * 1e6 / n as f64
+    );
+    if let (Some(sum), Some(count)) = (batch_sum, batch_count) {
+        println!(
+            "  group commit                                   {count:>9.0} transactions, {:.0} writes each on average",
+            sum / count.max(1.0)
+        );
+    }
     println!(
         "  floor: bare pull + ack loop                    {consume:>9.0} events/s  ratio {:.2}",
         worker_rate / consume
@@ -336,13 +419,13 @@ async fn memory(scale: &Scale) {
         ],
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let started_rss = rss_kib(worker.id());
+    let started_rss = rss_kib(worker.child.id());
     wait_count(&setup.db, "DEPLOYING", n, Duration::from_secs(300)).await;
-    let busy_rss = rss_kib(worker.id());
+    let busy_rss = rss_kib(worker.child.id());
     wait_count(&setup.db, "READY", n, Duration::from_secs(300)).await;
     // Idle actors stop after 1 s; give them and the allocator a moment.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let idle_rss = rss_kib(worker.id());
+    let idle_rss = rss_kib(worker.child.id());
     stop(worker);
     println!("memory (worker resident set)");
     println!(
