@@ -131,14 +131,50 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// A server process that is stopped (SIGINT, waited for) or killed (SIGKILL, as a crash would)
+/// on demand, and killed when dropped.
+#[derive(Default)]
+struct Process(Option<Child>);
+
+impl Process {
+    fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn stop(&mut self) -> Result<(), SandboxError> {
+        if let Some(mut child) = self.0.take() {
+            Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) -> Result<(), SandboxError> {
+        if let Some(mut child) = self.0.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
 /// A throw-away Postgres server.
 pub struct LocalPostgres {
+    // Declared first so it is dropped (killed) before its directory is removed.
+    process: Process,
     dir: TempDir,
     bindir: PathBuf,
     port: u16,
     owner: Option<(u32, u32)>,
     durable: bool,
-    child: Option<Child>,
 }
 
 impl LocalPostgres {
@@ -193,7 +229,7 @@ impl LocalPostgres {
             port: free_port()?,
             owner,
             durable,
-            child: None,
+            process: Process::default(),
         };
         server.start_again()?;
         Ok(server)
@@ -210,7 +246,7 @@ impl LocalPostgres {
     /// Starts the server again on the same port and data (after [`stop`](Self::stop) or
     /// [`kill`](Self::kill)).
     pub fn start_again(&mut self) -> Result<(), SandboxError> {
-        if self.child.is_some() {
+        if self.process.is_running() {
             return Ok(());
         }
         let log = std::fs::File::create(self.dir.path().join("postgres.log"))?;
@@ -247,7 +283,7 @@ impl LocalPostgres {
             .stderr(log)
             .spawn()?;
         wait_for_port(self.port, "postgres", &mut child)?;
-        self.child = Some(child);
+        self.process = Process(Some(child));
         self.wait_until_accepting()
     }
 
@@ -290,37 +326,22 @@ impl LocalPostgres {
 
     /// Stops the server cleanly (SIGINT: fast shutdown) and waits for it.
     pub fn stop(&mut self) -> Result<(), SandboxError> {
-        if let Some(mut child) = self.child.take() {
-            Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status()?;
-            child.wait()?;
-        }
-        Ok(())
+        self.process.stop()
     }
 
     /// Kills the server (SIGKILL), as a crash would.
     pub fn kill(&mut self) -> Result<(), SandboxError> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for LocalPostgres {
-    fn drop(&mut self) {
-        let _ = self.kill();
+        self.process.kill()
     }
 }
 
 /// A throw-away `nats-server -js`.
 pub struct LocalNats {
+    // Declared first so it is dropped (killed) before its directory is removed.
+    process: Process,
     dir: TempDir,
     binary: PathBuf,
     port: u16,
-    child: Option<Child>,
 }
 
 impl LocalNats {
@@ -337,7 +358,7 @@ impl LocalNats {
             dir,
             binary,
             port: free_port()?,
-            child: None,
+            process: Process::default(),
         };
         server.start_again()?;
         Ok(server)
@@ -345,7 +366,7 @@ impl LocalNats {
 
     /// Starts the server again on the same port and store.
     pub fn start_again(&mut self) -> Result<(), SandboxError> {
-        if self.child.is_some() {
+        if self.process.is_running() {
             return Ok(());
         }
         let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
@@ -364,7 +385,7 @@ impl LocalNats {
             .stderr(log)
             .spawn()?;
         wait_for_port(self.port, "nats-server", &mut child)?;
-        self.child = Some(child);
+        self.process = Process(Some(child));
         Ok(())
     }
 
@@ -375,27 +396,11 @@ impl LocalNats {
 
     /// Stops the server cleanly (SIGINT) and waits for it.
     pub fn stop(&mut self) -> Result<(), SandboxError> {
-        if let Some(mut child) = self.child.take() {
-            Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status()?;
-            child.wait()?;
-        }
-        Ok(())
+        self.process.stop()
     }
 
     /// Kills the server (SIGKILL).
     pub fn kill(&mut self) -> Result<(), SandboxError> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for LocalNats {
-    fn drop(&mut self) {
-        let _ = self.kill();
+        self.process.kill()
     }
 }
