@@ -425,10 +425,13 @@ async fn kubernetes(scale: &Scale) {
     ));
     config.ready_delay = KSERVE_READY_DELAY;
     config.stale_status = Duration::ZERO;
-    let sim = kserve_sim::KserveSim::start(config).await.expect("stand-in");
+    let sim = kserve_sim::KserveSim::start(config)
+        .await
+        .expect("stand-in");
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig, "mlops-serving").expect("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig, "mlops-serving")
+        .expect("kubeconfig");
 
     let started = Instant::now();
     let worker = spawn_worker(
@@ -460,7 +463,9 @@ async fn kubernetes(scale: &Scale) {
     let p50: f64 = row.try_get("", "p50").unwrap_or(0.0);
     let p99: f64 = row.try_get("", "p99").unwrap_or(0.0);
     let ready = KSERVE_READY_DELAY.as_secs_f64();
-    println!("k8s mode on the KServe stand-in ({n} endpoints, controller Ready after {ready:.1} s)");
+    println!(
+        "k8s mode on the KServe stand-in ({n} endpoints, controller Ready after {ready:.1} s)"
+    );
     println!("  wall time, start to every endpoint READY   {elapsed:>8.2} s");
     println!(
         "  per deploy: apply + watch + persist        p50 {:.0} ms, p99 {:.0} ms",

@@ -85,7 +85,12 @@ async fn nats_restarted_mid_run_loses_nothing() {
     worker.shutdown().await.unwrap();
 }
 
-fn spawn_worker_binary(env: &Env, delay_ms: u64, grace_seconds: u64) -> std::process::Child {
+fn spawn_worker_binary(
+    env: &Env,
+    delay_ms: u64,
+    grace_seconds: u64,
+    ack_wait_seconds: u64,
+) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_deploy-worker"))
         .arg("run")
         // Five deploys at a time for the tenant: the rest wait for a permit.
@@ -94,7 +99,7 @@ fn spawn_worker_binary(env: &Env, delay_ms: u64, grace_seconds: u64) -> std::pro
         .env("NATS_URL", env.nats.url())
         .env("SIMULATE_DELAY_MS", delay_ms.to_string())
         .env("SHUTDOWN_GRACE_SECONDS", grace_seconds.to_string())
-        .env("NATS_ACK_WAIT_SECONDS", "30")
+        .env("NATS_ACK_WAIT_SECONDS", ack_wait_seconds.to_string())
         .env("HTTP_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -130,7 +135,7 @@ async fn sigterm_lets_in_flight_deploys_finish_and_hands_the_rest_back() {
     let env = Env::start().await;
     let tenant = env.tenant().await;
     let ids = env.endpoints(&tenant, 30).await;
-    let mut child = spawn_worker_binary(&env, 1_500, 20);
+    let mut child = spawn_worker_binary(&env, 1_500, 20, 30);
     for id in &ids {
         env.publish(EventKind::Deploy, &tenant, *id).await;
     }
@@ -171,7 +176,7 @@ async fn sigterm_with_a_short_grace_hands_running_deploys_back() {
     let env = Env::start().await;
     let tenant = env.tenant().await;
     let ids = env.endpoints(&tenant, 5).await;
-    let mut child = spawn_worker_binary(&env, 60_000, 1);
+    let mut child = spawn_worker_binary(&env, 60_000, 1, 30);
     for id in &ids {
         env.publish(EventKind::Deploy, &tenant, *id).await;
     }
@@ -193,5 +198,34 @@ async fn sigterm_with_a_short_grace_hands_running_deploys_back() {
         env.count_status(&ids, "READY").await == 5
     })
     .await;
+    worker.shutdown().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_crash_mid_deploy_leaves_nothing_deploying_once_a_worker_runs_again() {
+    let env = Env::start().await;
+    let tenant = env.tenant().await;
+    let ids = env.endpoints(&tenant, 10).await;
+    let mut child = spawn_worker_binary(&env, 30_000, 20, 3);
+    for id in &ids {
+        env.publish(EventKind::Deploy, &tenant, *id).await;
+    }
+    wait_for("deploys in flight", LONG, || async {
+        env.count_status(&ids, "DEPLOYING").await == 5
+    })
+    .await;
+    // SIGKILL: no graceful stop, no answers sent.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(env.count_status(&ids, "DEPLOYING").await, 5);
+
+    // The next worker resumes the DEPLOYING endpoints at start-up and gets the unanswered
+    // messages back after the ack wait.
+    let worker = Worker::start(&env.settings()).await.unwrap();
+    wait_for("every endpoint READY after the crash", LONG, || async {
+        env.count_status(&ids, "READY").await == ids.len()
+    })
+    .await;
+    env.wait_all_answered(LONG).await;
     worker.shutdown().await.unwrap();
 }

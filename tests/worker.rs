@@ -274,3 +274,37 @@ async fn endpoints_left_deploying_are_resumed_at_start_up() {
     .await;
     worker.shutdown().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn a_deploy_longer_than_the_ack_wait_is_kept_alive_not_redelivered() {
+    let env = Env::start().await;
+    let mut settings = env.settings();
+    // JetStream would redeliver after 2 s without progress acks; the deploy takes 5 s.
+    settings.nats_ack_wait_seconds = 2;
+    settings.simulate_delay_ms = 5_000;
+    let worker = Worker::start(&settings).await.unwrap();
+    let tenant = env.tenant().await;
+    let id = env.endpoints(&tenant, 1).await[0];
+    env.publish(EventKind::Deploy, &tenant, id).await;
+    wait_for("READY", LONG, || async {
+        env.endpoint(id).await.status == "READY"
+    })
+    .await;
+    env.wait_all_answered(LONG).await;
+    let history = env.history(id).await;
+    assert_eq!(history.len(), 1, "one pass, no redelivery: {history:?}");
+    assert_eq!(history[0].events, 1);
+    let stream = env
+        .js
+        .get_stream(deploy_worker::events::STREAM)
+        .await
+        .unwrap();
+    let mut consumer = stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            deploy_worker::events::DEPLOY_CONSUMER,
+        )
+        .await
+        .unwrap();
+    assert_eq!(consumer.info().await.unwrap().num_redelivered, 0);
+    worker.shutdown().await.unwrap();
+}
