@@ -76,16 +76,18 @@ fn env_number(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// Servers, schema and a tenant with `n` endpoints whose deploy events are published.
 struct Setup {
     pg: LocalPostgres,
     nats: LocalNats,
     db: DatabaseConnection,
     js: jetstream::Context,
     ids: Vec<Uuid>,
+    endpoints: Vec<NewEndpoint>,
 }
 
-async fn setup(scale: &Scale, n: usize) -> Setup {
+/// Servers, schema and `n` endpoints; their deploy events are published now or, with
+/// `publish_now` false, by a later [`publish`].
+async fn setup(scale: &Scale, n: usize, publish_now: bool) -> Setup {
     let pg = if scale.durable {
         LocalPostgres::start_durable()
     } else {
@@ -141,7 +143,23 @@ async fn setup(scale: &Scale, n: usize) -> Setup {
     let ids = platform::create_endpoints(&db, &new)
         .await
         .expect("endpoints");
-    let events = ids.iter().zip(&new).map(|(id, e)| {
+    let setup = Setup {
+        pg,
+        nats,
+        db,
+        js,
+        ids,
+        endpoints: new,
+    };
+    if publish_now {
+        publish(&setup).await;
+    }
+    setup
+}
+
+/// Publishes one deploy event per endpoint of `setup`.
+async fn publish(setup: &Setup) {
+    let events = setup.ids.iter().zip(&setup.endpoints).map(|(id, e)| {
         let fields = EventFields {
             tenant_id: e.tenant_id,
             project_id: e.project_id,
@@ -151,15 +169,10 @@ async fn setup(scale: &Scale, n: usize) -> Setup {
         };
         (EventKind::Deploy, fields)
     });
-    platform::publish_all(&js, events).await.expect("publish");
+    platform::publish_all(&setup.js, events)
+        .await
+        .expect("publish");
     eprintln!("e2e: published");
-    Setup {
-        pg,
-        nats,
-        db,
-        js,
-        ids,
-    }
 }
 
 /// The worker process and the port of its metrics endpoint.
@@ -348,7 +361,7 @@ async fn floor_update(db: &DatabaseConnection, ids: &[Uuid]) -> f64 {
 
 async fn throughput(scale: &Scale) {
     let n = scale.throughput_events;
-    let setup = setup(scale, n).await;
+    let setup = setup(scale, n, true).await;
     let consume = floor_consume(&setup.js, n).await;
     eprintln!("e2e: pull + ack floor measured");
     let update = floor_update(&setup.db, &setup.ids).await;
@@ -418,7 +431,7 @@ const KSERVE_READY_DELAY: Duration = Duration::from_secs(1);
 
 async fn kubernetes(scale: &Scale) {
     let n = scale.k8s_endpoints;
-    let setup = setup(scale, n).await;
+    let setup = setup(scale, n, true).await;
     let mut config = kserve_sim::SimConfig::with_schema(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/kserve/inferenceservice-v1beta1.schema.json"
@@ -485,7 +498,8 @@ async fn kubernetes(scale: &Scale) {
 
 async fn memory(scale: &Scale) {
     let n = scale.in_flight;
-    let setup = setup(scale, n).await;
+    // The worker starts on an empty stream, so its first figure is a true idle baseline.
+    let setup = setup(scale, n, false).await;
     let worker = spawn_worker(
         &setup,
         &[
@@ -495,18 +509,28 @@ async fn memory(scale: &Scale) {
             ("ENDPOINT_IDLE_SECONDS", "1".into()),
         ],
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let actors = "deploy_worker_endpoint_actors";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(worker.http_port, actors).await.is_none() {
+        assert!(Instant::now() < deadline, "the worker did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let started_rss = rss_kib(worker.child.id());
+    publish(&setup).await;
     wait_count(&setup.db, "DEPLOYING", n, Duration::from_secs(300)).await;
     let busy_rss = rss_kib(worker.child.id());
     wait_count(&setup.db, "READY", n, Duration::from_secs(300)).await;
-    // Idle actors stop after 1 s; give them and the allocator a moment.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Idle actors stop after 1 s; wait until the worker reports none alive.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(worker.http_port, actors).await != Some(0.0) {
+        assert!(Instant::now() < deadline, "endpoint actors did not go idle");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let idle_rss = rss_kib(worker.child.id());
     stop(worker);
     println!("memory (worker resident set)");
     println!(
-        "  just started                     {:>7.1} MiB",
+        "  started, stream empty            {:>7.1} MiB",
         started_rss as f64 / 1024.0
     );
     println!(
@@ -515,7 +539,7 @@ async fn memory(scale: &Scale) {
         (busy_rss.saturating_sub(started_rss)) as f64 / n as f64
     );
     println!(
-        "  all done, actors idle and gone   {:>7.1} MiB",
+        "  all done, no actors alive        {:>7.1} MiB",
         idle_rss as f64 / 1024.0
     );
 }

@@ -183,6 +183,12 @@ impl Handler<Deliver> for EndpointActor {
             self.hand_back(vec![delivery], ctx);
             return;
         }
+        // room for exactly one at first: events rarely pile up, and a `Delivery` is ~600
+        // bytes, so the default first growth (four) would hold ~2 KiB per in-flight deploy for
+        // nothing; a pile-up grows as usual from there
+        if self.pending.capacity() == 0 {
+            self.pending.reserve_exact(1);
+        }
         self.pending.push(delivery);
         if let Some(timer) = self.idle_timer.take() {
             ctx.cancel_future(timer);

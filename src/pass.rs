@@ -156,8 +156,13 @@ async fn run_pass(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>
     };
     drop(load);
 
+    // the common case, every event from the endpoint's own tenant, keeps the batch as it is
     let (batch, foreign): (Vec<Delivery>, Vec<Delivery>) =
-        batch.into_iter().partition(|d| owner_matches(d, &record));
+        if batch.iter().all(|d| owner_matches(d, &record)) {
+            (batch, Vec::new())
+        } else {
+            batch.into_iter().partition(|d| owner_matches(d, &record))
+        };
     for delivery in &foreign {
         let reason = mismatch_reason(delivery, &record);
         tracing::warn!(%endpoint_id, %reason, "refusing event");
@@ -452,7 +457,8 @@ impl<'a> Pass<'a> {
         let render = self.step(Step::Render);
         let rendered = render.in_scope(|| {
             let intent = self.record.intent();
-            kserve::render(&intent, &self.ctx.render)
+            // boxed: the manifest lives across the deploy's awaits, in the pass future
+            kserve::render(&intent, &self.ctx.render).map(Box::new)
         });
         let manifest = match rendered {
             Ok(manifest) => {
@@ -514,7 +520,9 @@ impl<'a> Pass<'a> {
         let deployed = self
             .guarded(
                 Phase::Aborting,
-                self.ctx.deployer.deploy(request).instrument(deploy.clone()),
+                // boxed: a Kubernetes deploy future is several KiB, and every pass future
+                // (one per in-flight deploy) would otherwise carry it inline, several times over
+                Box::pin(self.ctx.deployer.deploy(request).instrument(deploy.clone())),
             )
             .await;
         match &deployed {
@@ -564,10 +572,13 @@ impl<'a> Pass<'a> {
         let deleted = self
             .guarded(
                 Phase::Aborting,
-                self.ctx
-                    .deployer
-                    .delete(self.record.id, &self.name)
-                    .instrument(delete.clone()),
+                // boxed for the same reason as the deploy future
+                Box::pin(
+                    self.ctx
+                        .deployer
+                        .delete(self.record.id, &self.name)
+                        .instrument(delete.clone()),
+                ),
             )
             .await;
         match &deleted {

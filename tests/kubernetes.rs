@@ -95,6 +95,23 @@ impl Cluster {
         .unwrap()[0]
     }
 
+    /// Creates model version `n` of the tenant's model and points endpoint `id` at it (a spec
+    /// change: the endpoint's generation goes up by one).
+    async fn serve_model_version(&self, tenant: &Tenant, id: Uuid, n: i32) {
+        let artifact = format!("gs://models/demo/{n}");
+        let version = self
+            .env
+            .model_version(tenant.tenant_id, tenant.project_id, n, Some(&artifact))
+            .await;
+        let patch = ServingPatch {
+            model: Some(version),
+            ..Default::default()
+        };
+        platform::patch_endpoint(&self.env.db, id, patch)
+            .await
+            .unwrap();
+    }
+
     async fn deploy_and_wait(&self, tenant: &Tenant, id: Uuid, generation: i64) {
         self.env.publish(EventKind::Deploy, tenant, id).await;
         wait_for(&format!("generation {generation} READY"), LONG, || async {
@@ -212,25 +229,7 @@ async fn an_update_waits_out_the_stale_ready_of_the_previous_generation() {
     let id = cluster.env.endpoints(&tenant, 1).await[0];
     cluster.deploy_and_wait(&tenant, id, 1).await;
 
-    let v2 = cluster
-        .env
-        .model_version(
-            tenant.tenant_id,
-            tenant.project_id,
-            2,
-            Some("gs://models/demo/2"),
-        )
-        .await;
-    platform::patch_endpoint(
-        &cluster.env.db,
-        id,
-        ServingPatch {
-            model: Some(v2),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    cluster.serve_model_version(&tenant, id, 2).await;
     let updated = Instant::now();
     cluster.deploy_and_wait(&tenant, id, 2).await;
     // During `stale` the object still said Ready=True for generation 1; believing it would
@@ -472,25 +471,7 @@ async fn a_concurrent_writer_causes_conflicts_but_the_latest_intent_lands() {
             })
         })
         .collect();
-    let v2 = cluster
-        .env
-        .model_version(
-            tenant.tenant_id,
-            tenant.project_id,
-            2,
-            Some("gs://models/demo/2"),
-        )
-        .await;
-    platform::patch_endpoint(
-        &cluster.env.db,
-        id,
-        ServingPatch {
-            model: Some(v2),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    cluster.serve_model_version(&tenant, id, 2).await;
     cluster.deploy_and_wait(&tenant, id, 2).await;
     for writer in writers {
         writer.await.unwrap();

@@ -372,45 +372,31 @@ mod tests {
                "metadata": {"name": "a", "namespace": "ns"}, "spec": {"predictor": p}})
     }
 
+    /// Applies `config` over `live` as `manager` at time "t" on the main resource.
+    fn apply_as(
+        live: Option<&Value>,
+        config: &Value,
+        manager: &str,
+        force: bool,
+    ) -> Result<Value, ApiError> {
+        let s = schema();
+        apply(live, config, manager, force, Scope::Main, s.root(), "t").map(|a| a.object)
+    }
+
+    fn ok(result: Result<Value, ApiError>) -> Value {
+        result.unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
     fn apply_conflicts_share_and_force() {
-        let s = schema();
-        let a = apply(
-            None,
-            &cfg(1, Some(10)),
-            "one",
-            false,
-            Scope::Main,
-            s.root(),
-            "t",
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .object;
+        let a = ok(apply_as(None, &cfg(1, Some(10)), "one", false));
         // Same values: shared, no conflict.
-        let b = apply(
-            Some(&a),
-            &cfg(1, None),
-            "two",
-            false,
-            Scope::Main,
-            s.root(),
-            "t",
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .object;
+        let b = ok(apply_as(Some(&a), &cfg(1, None), "two", false));
         assert_eq!(read_managed(&b).len(), 2);
         // A different value for a field "one" owns: conflict naming the field and manager.
-        let err = apply(
-            Some(&b),
-            &cfg(3, None),
-            "two",
-            false,
-            Scope::Main,
-            s.root(),
-            "t",
-        )
-        .err()
-        .unwrap_or_else(|| panic!("expected a conflict"));
+        let err = apply_as(Some(&b), &cfg(3, None), "two", false)
+            .err()
+            .unwrap_or_else(|| panic!("expected a conflict"));
         assert_eq!(err.code, 409);
         assert_eq!(err.causes.len(), 1);
         assert_eq!(err.causes[0].field, ".spec.predictor.minReplicas");
@@ -420,17 +406,7 @@ mod tests {
             err.message
         );
         // Forced: "two" takes the field, "one" loses it.
-        let c = apply(
-            Some(&b),
-            &cfg(3, None),
-            "two",
-            true,
-            Scope::Main,
-            s.root(),
-            "t",
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .object;
+        let c = ok(apply_as(Some(&b), &cfg(3, None), "two", true));
         assert_eq!(c["spec"]["predictor"]["minReplicas"], 3);
         let one = read_managed(&c)
             .into_iter()
@@ -445,29 +421,8 @@ mod tests {
 
     #[test]
     fn omitted_fields_are_removed_unless_shared() {
-        let s = schema();
-        let a = apply(
-            None,
-            &cfg(1, Some(10)),
-            "one",
-            false,
-            Scope::Main,
-            s.root(),
-            "t",
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .object;
-        let b = apply(
-            Some(&a),
-            &cfg(1, None),
-            "one",
-            false,
-            Scope::Main,
-            s.root(),
-            "t",
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .object;
+        let a = ok(apply_as(None, &cfg(1, Some(10)), "one", false));
+        let b = ok(apply_as(Some(&a), &cfg(1, None), "one", false));
         assert!(b["spec"]["predictor"].get("canaryTrafficPercent").is_none());
         assert_eq!(b["spec"]["predictor"]["minReplicas"], 1);
     }
@@ -475,17 +430,7 @@ mod tests {
     #[test]
     fn updates_take_ownership_without_conflict() {
         let s = schema();
-        let a = apply(
-            None,
-            &cfg(1, None),
-            "one",
-            false,
-            Scope::Main,
-            s.root(),
-            "t",
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-        .object;
+        let a = ok(apply_as(None, &cfg(1, None), "one", false));
         let mut b = a.clone();
         b["spec"]["predictor"]["minReplicas"] = json!(2);
         record_update(Some(&a), &mut b, "editor", Scope::Main, s.root(), "t2");
@@ -493,17 +438,9 @@ mod tests {
         let editor = entries.iter().find(|e| e.manager == "editor");
         assert!(editor.is_some_and(|e| e.operation == "Update" && e.time == "t2"));
         // Now "one" re-applying its old value conflicts with "editor".
-        let err = apply(
-            Some(&b),
-            &cfg(1, None),
-            "one",
-            false,
-            Scope::Main,
-            s.root(),
-            "t",
-        )
-        .err()
-        .map(|e| e.causes[0].message.clone());
+        let err = apply_as(Some(&b), &cfg(1, None), "one", false)
+            .err()
+            .map(|e| e.causes[0].message.clone());
         assert_eq!(
             err.as_deref(),
             Some("conflict with \"editor\" using serving.kserve.io/v1beta1")

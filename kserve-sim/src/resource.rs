@@ -450,6 +450,23 @@ impl Registry {
         }
     }
 
+    /// [`Self::finish_update`] for a client's write, reported as a [`Written`] update.
+    fn write_update(
+        &self,
+        st: &mut StoreState,
+        old: &Arc<Value>,
+        c: Value,
+        how: Commit<'_>,
+        warnings: Vec<String>,
+    ) -> Result<Written, ApiError> {
+        let object = self.finish_update(st, old, c, how)?;
+        Ok(Written {
+            object,
+            created: false,
+            warnings,
+        })
+    }
+
     /// Steps 3–5 of the pipeline for an existing object.
     fn finish_update(
         &self,
@@ -561,22 +578,13 @@ impl Registry {
             ));
         }
         let c = Self::candidate(&old, body, scope);
-        let object = self.finish_update(
-            &mut st,
-            &old,
-            c,
-            Commit {
-                key: k,
-                scope,
-                ownership: Ownership::Update(&opts.manager),
-                dry_run: opts.dry_run,
-            },
-        )?;
-        Ok(Written {
-            object,
-            created: false,
-            warnings,
-        })
+        let how = Commit {
+            key: k,
+            scope,
+            ownership: Ownership::Update(&opts.manager),
+            dry_run: opts.dry_run,
+        };
+        self.write_update(&mut st, &old, c, how, warnings)
     }
 
     /// Patches an object (merge, JSON or server-side apply), on the main resource or `/status`.
@@ -627,22 +635,13 @@ impl Registry {
         }
         let warnings = self.prune(&mut c, opts.field_validation)?;
         let c = Self::candidate(&old, c, scope);
-        let object = self.finish_update(
-            &mut st,
-            &old,
-            c,
-            Commit {
-                key: k,
-                scope,
-                ownership: Ownership::Update(&opts.manager),
-                dry_run: opts.dry_run,
-            },
-        )?;
-        Ok(Written {
-            object,
-            created: false,
-            warnings,
-        })
+        let how = Commit {
+            key: k,
+            scope,
+            ownership: Ownership::Update(&opts.manager),
+            dry_run: opts.dry_run,
+        };
+        self.write_update(&mut st, &old, c, how, warnings)
     }
 
     fn apply(
@@ -726,22 +725,13 @@ impl Registry {
                 meta_mut(&mut c).remove("managedFields");
             }
         }
-        let object = self.finish_update(
-            &mut st,
-            &old,
-            c,
-            Commit {
-                key: k,
-                scope,
-                ownership: Ownership::AlreadyRecorded,
-                dry_run: opts.dry_run,
-            },
-        )?;
-        Ok(Written {
-            object,
-            created: false,
-            warnings,
-        })
+        let how = Commit {
+            key: k,
+            scope,
+            ownership: Ownership::AlreadyRecorded,
+            dry_run: opts.dry_run,
+        };
+        self.write_update(&mut st, &old, c, how, warnings)
     }
 
     /// Deletes an object (see the module doc for the finalizer protocol).

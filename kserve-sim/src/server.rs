@@ -30,12 +30,29 @@ use tokio::sync::oneshot;
 /// Entry point of the in-process API.
 pub struct KserveSim;
 
+/// Connections the kernel queues before the server accepts them. The stand-in speaks plain
+/// HTTP/1.1, so every concurrent request and every open watch is a connection of its own, and a
+/// worker starting a thousand deploys at once opens about two thousand: with the standard
+/// library's backlog of 128 the excess SYNs are dropped and clients stall for a retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
 impl KserveSim {
     /// Loads the CRD schema, binds the listen address, and starts the API server and the
     /// controller on their own thread. Returns once the server accepts connections.
     pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
         let schema = Schema::load_shared(&config.crd_schema)?;
-        let listener = TcpListener::bind(config.listen).map_err(|source| SimError::Bind {
+        let listener = bind(config.listen).map_err(|source| SimError::Bind {
             addr: config.listen.to_string(),
             source,
         })?;

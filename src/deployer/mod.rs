@@ -96,7 +96,9 @@ impl Deployer {
     pub async fn deploy(&self, request: DeployRequest<'_>) -> Result<DeployOutcome, DeployError> {
         match self {
             Self::Simulate(d) => d.deploy(request).await,
-            Self::Kubernetes(d) => d.deploy(request).await,
+            // boxed: the Kubernetes future is ~4 KiB, and inline it would size every deploy
+            // future, simulate mode's included
+            Self::Kubernetes(d) => Box::pin(d.deploy(request)).await,
         }
     }
 
@@ -108,7 +110,7 @@ impl Deployer {
     ) -> Result<DeleteOutcome, DeployError> {
         match self {
             Self::Simulate(d) => d.delete(endpoint_id, name).await,
-            Self::Kubernetes(d) => d.delete(endpoint_id, name).await,
+            Self::Kubernetes(d) => Box::pin(d.delete(endpoint_id, name)).await,
         }
     }
 }
