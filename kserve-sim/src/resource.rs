@@ -118,6 +118,18 @@ struct Commit<'a> {
     dry_run: bool,
 }
 
+impl<'a> Commit<'a> {
+    /// A client's update (`PUT` or a non-apply `PATCH`): the manager records an `Update`.
+    fn update(key: Key, scope: Scope, opts: &'a WriteOpts) -> Self {
+        Commit {
+            key,
+            scope,
+            ownership: Ownership::Update(&opts.manager),
+            dry_run: opts.dry_run,
+        }
+    }
+}
+
 /// The stored object an internal write is meant for: it only happens if the object still has
 /// this uid (and generation, when given).
 #[derive(Clone, Copy, Debug)]
@@ -578,12 +590,7 @@ impl Registry {
             ));
         }
         let c = Self::candidate(&old, body, scope);
-        let how = Commit {
-            key: k,
-            scope,
-            ownership: Ownership::Update(&opts.manager),
-            dry_run: opts.dry_run,
-        };
+        let how = Commit::update(k, scope, opts);
         self.write_update(&mut st, &old, c, how, warnings)
     }
 
@@ -635,12 +642,7 @@ impl Registry {
         }
         let warnings = self.prune(&mut c, opts.field_validation)?;
         let c = Self::candidate(&old, c, scope);
-        let how = Commit {
-            key: k,
-            scope,
-            ownership: Ownership::Update(&opts.manager),
-            dry_run: opts.dry_run,
-        };
+        let how = Commit::update(k, scope, opts);
         self.write_update(&mut st, &old, c, how, warnings)
     }
 
