@@ -11,7 +11,7 @@ use common::{Env, Tenant, wait_for};
 use deploy_worker::config::DeployMode;
 use deploy_worker::deployer::INFERENCESERVICE_VERBS;
 use deploy_worker::events::EventKind;
-use deploy_worker::kserve::isvc_name;
+use deploy_worker::kserve::{ANNOTATION_DEPLOYMENT_MODE, isvc_name};
 use deploy_worker::platform::{self, NewEndpoint, ServingPatch};
 use deploy_worker::worker::Worker;
 use kserve_sim::{Faults, KserveSim, SimConfig, SimHandle, Verb};
@@ -365,6 +365,45 @@ async fn a_deploy_that_never_becomes_ready_times_out_into_error() {
     .await;
     let reason = cluster.env.endpoint(id).await.status_reason.unwrap();
     assert!(reason.contains("not Ready within 2 s"), "{reason}");
+    worker.shutdown().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_deployment_mode_change_on_a_live_object_is_refused_and_the_object_left_alone() {
+    let cluster = Cluster::start(|_| {}).await;
+    let worker = cluster.worker().await;
+    let tenant = cluster.env.tenant().await;
+    let standard = json!({"modelFormat": "sklearn", "deploymentMode": "Standard"});
+    let id = cluster.endpoint(&tenant, standard, None).await;
+    cluster.deploy_and_wait(&tenant, id, 1).await;
+    let before = cluster.object(id).unwrap();
+
+    // KServe cannot switch a live InferenceService between modes: asking for it is an error
+    // the endpoint's owner must resolve, not an apply.
+    let knative = json!({"modelFormat": "sklearn", "deploymentMode": "Knative"});
+    let patch = ServingPatch {
+        runtime_config: Some(Some(knative)),
+        ..Default::default()
+    };
+    platform::patch_endpoint(&cluster.env.db, id, patch)
+        .await
+        .unwrap();
+    cluster.env.publish(EventKind::Deploy, &tenant, id).await;
+    wait_for("ERROR", LONG, || async {
+        cluster.env.endpoint(id).await.status == "ERROR"
+    })
+    .await;
+    let reason = cluster.env.endpoint(id).await.status_reason.unwrap();
+    assert!(reason.contains("runs in Standard mode"), "{reason}");
+    assert!(reason.contains("Knative"), "{reason}");
+    let after = cluster.object(id).unwrap();
+    let mode = |o: &Value| o["metadata"]["annotations"][ANNOTATION_DEPLOYMENT_MODE].clone();
+    assert_eq!(mode(&after), json!("Standard"));
+    assert_eq!(
+        after["metadata"]["generation"], before["metadata"]["generation"],
+        "the object was not re-applied"
+    );
+    cluster.env.wait_all_answered(LONG).await;
     worker.shutdown().await.unwrap();
 }
 
