@@ -19,13 +19,18 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use deploy_worker::events::{self, EventKind};
+use deploy_worker::kserve::RenderOptions;
 use deploy_worker::platform::{self, EventFields, NewEndpoint, NewModelVersion};
-use deploy_worker::sandbox::{LocalNats, LocalPostgres};
-use deploy_worker::store::{Store, StoreSettings};
+use deploy_worker::sandbox::LocalPostgres;
 use futures::StreamExt;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde_json::json;
 use uuid::Uuid;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Env;
 
 struct Scale {
     throughput_events: usize,
@@ -77,10 +82,7 @@ fn env_number(name: &str) -> Option<usize> {
 }
 
 struct Setup {
-    pg: LocalPostgres,
-    nats: LocalNats,
-    db: DatabaseConnection,
-    js: jetstream::Context,
+    env: Env,
     ids: Vec<Uuid>,
     endpoints: Vec<NewEndpoint>,
 }
@@ -88,37 +90,19 @@ struct Setup {
 /// Servers, schema and `n` endpoints; their deploy events are published now or, with
 /// `publish_now` false, by a later [`publish`].
 async fn setup(scale: &Scale, n: usize, publish_now: bool) -> Setup {
-    let pg = if scale.durable {
-        LocalPostgres::start_durable()
+    let env = if scale.durable {
+        Env::with_postgres(LocalPostgres::start_durable().expect("postgres")).await
     } else {
-        LocalPostgres::start()
-    }
-    .expect("postgres");
-    let nats = LocalNats::start().expect("nats");
-    let store = Store::connect(
-        &pg.url(),
-        StoreSettings {
-            max_connections: 4,
-            batch_max: 1024,
-        },
-    )
-    .await
-    .expect("connect");
-    deploy_worker::worker::migrate(&store, true)
-        .await
-        .expect("migrate");
-    let db = store.db().clone();
-    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("nats client"));
-    js.get_or_create_stream(events::stream_config())
-        .await
-        .expect("stream");
+        Env::start().await
+    };
+    let db = &env.db;
 
     // Ten tenants, as a shared worker sees them.
     let mut new = Vec::with_capacity(n);
     for t in 0..10 {
         let (tenant_id, project_id) = (Uuid::new_v4(), Uuid::new_v4());
         let version = platform::create_model_version(
-            &db,
+            db,
             &NewModelVersion {
                 tenant_id,
                 project_id,
@@ -140,14 +124,11 @@ async fn setup(scale: &Scale, n: usize, publish_now: bool) -> Setup {
             runtime_config: Some(json!({"modelFormat": "sklearn"})),
         }));
     }
-    let ids = platform::create_endpoints(&db, &new)
+    let ids = platform::create_endpoints(db, &new)
         .await
         .expect("endpoints");
     let setup = Setup {
-        pg,
-        nats,
-        db,
-        js,
+        env,
         ids,
         endpoints: new,
     };
@@ -169,7 +150,7 @@ async fn publish(setup: &Setup) {
         };
         (EventKind::Deploy, fields)
     });
-    platform::publish_all(&setup.js, events)
+    platform::publish_all(&setup.env.js, events)
         .await
         .expect("publish");
     eprintln!("e2e: published");
@@ -186,8 +167,8 @@ fn spawn_worker(setup: &Setup, env: &[(&str, String)]) -> WorkerProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_deploy-worker"));
     command
         .arg("run")
-        .env("DATABASE_URL", setup.pg.url())
-        .env("NATS_URL", setup.nats.url())
+        .env("DATABASE_URL", setup.env.pg.url())
+        .env("NATS_URL", setup.env.nats.url())
         .env("RUST_LOG", "warn")
         .env("HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
         .stdout(Stdio::null())
@@ -218,17 +199,10 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// One value from the worker's `/metrics` (OpenMetrics text), e.g. a histogram's `_sum`.
 async fn metric(port: u16, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.ok()?;
-    text.lines()
+    let response = common::http_get(([127, 0, 0, 1], port).into(), "/metrics").await?;
+    response
+        .body
+        .lines()
         .find(|l| l.split([' ', '{']).next() == Some(name))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
@@ -283,13 +257,13 @@ async fn floor_consume(js: &jetstream::Context, n: usize) -> f64 {
     // Pipelined like `platform::publish_all`: a bounded number of acks outstanding (the
     // context blocks new publishes beyond its in-flight limit until acks are awaited).
     let mut acks = Vec::new();
-    for i in 0..n {
+    for _ in 0..n {
         acks.push(
             js.publish("loadfloor.deploy", payload.clone().into())
                 .await
                 .expect("publish"),
         );
-        if acks.len() == 1024 || i + 1 == n {
+        if acks.len() == 1024 {
             for ack in acks.drain(..) {
                 ack.await.expect("ack");
             }
@@ -362,14 +336,14 @@ async fn floor_update(db: &DatabaseConnection, ids: &[Uuid]) -> f64 {
 async fn throughput(scale: &Scale) {
     let n = scale.throughput_events;
     let setup = setup(scale, n, true).await;
-    let consume = floor_consume(&setup.js, n).await;
+    let consume = floor_consume(&setup.env.js, n).await;
     eprintln!("e2e: pull + ack floor measured");
-    let update = floor_update(&setup.db, &setup.ids).await;
+    let update = floor_update(&setup.env.db, &setup.ids).await;
     eprintln!("e2e: UPDATE floor measured; running the worker");
 
     let started = Instant::now();
     let worker = spawn_worker(&setup, &[]);
-    wait_count(&setup.db, "READY", n, Duration::from_secs(600)).await;
+    wait_count(&setup.env.db, "READY", n, Duration::from_secs(600)).await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(worker.child.id());
     let batch_sum = metric(
@@ -443,7 +417,7 @@ async fn kubernetes(scale: &Scale) {
         .expect("stand-in");
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig, "mlops-serving")
+    sim.write_kubeconfig(&kubeconfig, &RenderOptions::default().namespace)
         .expect("kubeconfig");
 
     let started = Instant::now();
@@ -454,7 +428,7 @@ async fn kubernetes(scale: &Scale) {
             ("KUBECONFIG", kubeconfig.display().to_string()),
         ],
     );
-    wait_count(&setup.db, "READY", n, Duration::from_secs(600)).await;
+    wait_count(&setup.env.db, "READY", n, Duration::from_secs(600)).await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(worker.child.id());
     stop(worker);
@@ -462,6 +436,7 @@ async fn kubernetes(scale: &Scale) {
 
     // Per deploy: pass start to outcome, less the controller's own readiness time.
     let row = setup
+        .env
         .db
         .query_one_raw(Statement::from_string(
             DbBackend::Postgres,
@@ -517,9 +492,9 @@ async fn memory(scale: &Scale) {
     }
     let started_rss = rss_kib(worker.child.id());
     publish(&setup).await;
-    wait_count(&setup.db, "DEPLOYING", n, Duration::from_secs(300)).await;
+    wait_count(&setup.env.db, "DEPLOYING", n, Duration::from_secs(300)).await;
     let busy_rss = rss_kib(worker.child.id());
-    wait_count(&setup.db, "READY", n, Duration::from_secs(300)).await;
+    wait_count(&setup.env.db, "READY", n, Duration::from_secs(300)).await;
     // Idle actors stop after 1 s; wait until the worker reports none alive.
     let deadline = Instant::now() + Duration::from_secs(60);
     while metric(worker.http_port, actors).await != Some(0.0) {

@@ -30,7 +30,11 @@ pub struct Env {
 impl Env {
     /// Starts Postgres and NATS and migrates the schema.
     pub async fn start() -> Env {
-        let pg = LocalPostgres::start().expect("start postgres");
+        Env::with_postgres(LocalPostgres::start().expect("start postgres")).await
+    }
+
+    /// Like [`Env::start`] on a Postgres the caller started (a durable one, say).
+    pub async fn with_postgres(pg: LocalPostgres) -> Env {
         let nats = LocalNats::start().expect("start nats");
         let store = Store::connect(
             &pg.url(),
