@@ -215,7 +215,8 @@ fn render(args: RenderArgs, secrets: Secrets) -> Result<(), String> {
     let options = args.kserve.render_options();
     options.validate().map_err(|err| err.to_string())?;
     let text = match args.output {
-        // Exactly the bytes the worker applies.
+        // The bytes of the manifest the worker applies (before it adds the resourceVersion
+        // precondition): the tests hold them equal to serializing the typed manifest.
         Output::Json => kserve::render_json(&intent, &options)
             .map_err(|err| format!("invalid intent: {err}"))
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())?,

@@ -196,11 +196,6 @@ pub enum IntentError {
         /// The contradiction and how to resolve it.
         problem: String,
     },
-    /// Serializing a validated manifest failed; a bug, not an intent problem.
-    #[error(
-        "could not serialize the manifest ({0}); this is a bug in deploy-worker, please report it"
-    )]
-    Serialize(String),
 }
 
 /// Model formats KServe's bundled serving runtimes declare (`supportedModelFormats` of the
@@ -312,7 +307,8 @@ impl<'a> Resources<'a> {
     }
 
     /// The limit set for `name`, if any.
-    pub fn limit(&self, name: &str) -> Option<QuantityRef<'a>> {
+    #[cfg(test)]
+    fn limit(&self, name: &str) -> Option<QuantityRef<'a>> {
         match self.gpu_limit {
             Some(q) if name == GPU_RESOURCE => Some(q),
             _ => self.limits?.get(name).and_then(quantity_ref),
@@ -402,17 +398,6 @@ fn quantity_ref(v: &Value) -> Option<QuantityRef<'_>> {
             .or_else(|| n.as_f64().map(|f| f as u64))
             .map(QuantityRef::Int),
         _ => None,
-    }
-}
-
-impl QuantityRef<'_> {
-    /// Approximate numeric value (for comparisons); NaN if unparseable, which validation
-    /// excludes.
-    pub fn value(&self) -> f64 {
-        match self {
-            QuantityRef::Str(s) => parse_quantity(s).unwrap_or(f64::NAN),
-            QuantityRef::Int(n) => *n as f64,
-        }
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! [`render`] builds the typed [`InferenceService`] (k8s-openapi `ObjectMeta` and `Quantity`,
 //! the worker's own serde types for the KServe spec, `#[derive(kube::CustomResource)]` so the
-//! k8s deployer can server-side apply it). [`render_json`] is the hot path: it writes the same
-//! manifest as JSON bytes straight from the validated [`ServingSpec`] with a small JSON writer
+//! k8s deployer can server-side apply it; `kube` serializes it with serde_json, adding the
+//! resourceVersion precondition first). [`render_json`] is the fast byte path, what
+//! `deploy-worker render --output json` prints and what the mapping bench measures: it writes the
+//! same manifest as JSON bytes straight from the validated [`ServingSpec`] with a small JSON writer
 //! (constant keys copied whole, values escaped exactly as serde_json escapes them), so the only
 //! allocation is the output buffer and no string is scanned that cannot need escaping. Both go
 //! through [`Intent::validate`], and the tests assert

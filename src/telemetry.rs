@@ -44,6 +44,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Dispatch, Event, Level, Metadata, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -254,9 +255,28 @@ impl Secrets {
         Self::new(found)
     }
 
-    /// These exact values. Very short ones are ignored: redacting them would mangle logs.
+    /// These values, also as JSON and `{:?}` escape them (a password with a `"` or `\\` in it
+    /// appears escaped in JSON logs and debug output). Very short ones are ignored: redacting
+    /// them would mangle logs.
     pub fn new(values: impl IntoIterator<Item = String>) -> Self {
-        let mut values: Vec<String> = values.into_iter().filter(|v| v.len() >= 4).collect();
+        // inside the quotes of a JSON string and of `{:?}` output
+        let escaped = |v: &str| {
+            let quoted = [serde_json::Value::from(v).to_string(), format!("{v:?}")];
+            quoted.map(|q| {
+                q.strip_prefix('"')
+                    .and_then(|q| q.strip_suffix('"'))
+                    .unwrap_or(v)
+                    .to_owned()
+            })
+        };
+        let mut values: Vec<String> = values
+            .into_iter()
+            .filter(|v| v.len() >= 4)
+            .flat_map(|v| {
+                let [json, debug] = escaped(&v);
+                [v, json, debug]
+            })
+            .collect();
         // Longest first, so a secret containing another is redacted whole.
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         values.dedup();
@@ -388,16 +408,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// The tracer provider behind the trace layer.
-    pub fn provider(&self) -> &SdkTracerProvider {
-        &self.provider
-    }
-
-    /// Whether spans are exported.
-    pub fn is_exporting(&self) -> bool {
-        self.exporting
-    }
-
     /// Flushes buffered spans and stops the exporter (bounded: a collector that does not
     /// answer cannot hold the exit up for long).
     pub async fn shutdown(self) -> Result<(), TelemetryError> {
@@ -482,14 +492,9 @@ where
     };
     let traces = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(TRACER_NAME))
-        .with_filter(tracing_subscriber::filter::filter_fn(is_traced));
+        // the worker's own spans and events at info and above, whatever `RUST_LOG` says
+        .with_filter(Targets::new().with_target("deploy_worker", Level::INFO));
     Registry::default().with(logs).with(traces)
-}
-
-/// The trace layer sees the worker's own spans and events at info and above, whatever
-/// `RUST_LOG` says.
-fn is_traced(meta: &Metadata<'_>) -> bool {
-    meta.target().starts_with("deploy_worker") && *meta.level() <= Level::INFO
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -665,21 +670,6 @@ pub enum Step {
     WaitReady,
     /// Waiting for the group commit that makes a status durable.
     Persist,
-}
-
-impl Step {
-    /// The span name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::LoadIntent => "load_intent",
-            Self::Render => "render",
-            Self::Deploy => "deploy",
-            Self::Delete => "delete",
-            Self::Apply => "apply",
-            Self::WaitReady => "wait_ready",
-            Self::Persist => "persist",
-        }
-    }
 }
 
 macro_rules! step_span {
@@ -1008,6 +998,17 @@ mod tests {
             secrets.redact("connect to postgres://u:hunter22@h/db failed"),
             "connect to postgres://u:[redacted]@h/db failed"
         );
+    }
+
+    #[test]
+    fn escaped_forms_of_a_secret_are_redacted_too() {
+        let secrets = Secrets::new([r#"pa"ss\word"#.to_owned()]);
+        let json = serde_json::json!({ "url": r#"postgres://u:pa"ss\word@h/db"# }).to_string();
+        assert_eq!(
+            secrets.redact(&json),
+            r#"{"url":"postgres://u:[redacted]@h/db"}"#
+        );
+        assert_eq!(secrets.redact(r#"pa"ss\word"#), "[redacted]");
     }
 
     #[test]

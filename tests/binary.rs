@@ -215,16 +215,7 @@ async fn traces_reach_an_otlp_http_collector() {
     }
     let names: std::collections::BTreeSet<&str> =
         ours.iter().map(|(_, s)| s.name.as_str()).collect();
-    for name in [
-        "receive",
-        "pass",
-        "load_intent",
-        "render",
-        "deploy",
-        "apply",
-        "wait_ready",
-        "persist",
-    ] {
+    for name in common::DEPLOY_SPANS {
         assert!(names.contains(name), "{name} missing from {names:?}");
     }
     let receive = &ours

@@ -122,21 +122,7 @@ async fn a_deploy_is_one_trace_from_the_publisher_to_persist() {
     publish_deploy(&js, &endpoint, &cx).await;
     wait_status(&db, endpoint.id, "READY").await;
 
-    let spans = wait_spans(
-        &exporter,
-        trace_id,
-        &[
-            "receive",
-            "pass",
-            "load_intent",
-            "render",
-            "deploy",
-            "apply",
-            "wait_ready",
-            "persist",
-        ],
-    )
-    .await;
+    let spans = wait_spans(&exporter, trace_id, &common::DEPLOY_SPANS).await;
     // The publisher's span is the parent of the worker's first span.
     let receive = one(&spans, "receive");
     assert_eq!(receive.parent_span_id, publisher_span);

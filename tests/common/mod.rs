@@ -19,6 +19,18 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
+/// The spans one deploy in simulate mode produces, from the event's receipt to the commit.
+pub const DEPLOY_SPANS: [&str; 8] = [
+    "receive",
+    "pass",
+    "load_intent",
+    "render",
+    "deploy",
+    "apply",
+    "wait_ready",
+    "persist",
+];
+
 /// Real servers for one test.
 pub struct Env {
     pub pg: LocalPostgres,
