@@ -274,7 +274,7 @@ pub async fn publish_raw(
 }
 
 /// Publishes raw bytes with `headers` (plus `Nats-Msg-Id` when `message_id` is given).
-pub async fn publish_with_headers(
+async fn publish_with_headers(
     js: &jetstream::Context,
     kind: EventKind,
     payload: Vec<u8>,

@@ -67,7 +67,6 @@ pub struct Worker {
     nats: async_nats::Client,
     phase: watch::Sender<Phase>,
     grace: Duration,
-    metrics: Arc<Metrics>,
     readiness: Readiness,
     http: HttpServer,
 }
@@ -148,6 +147,12 @@ impl Worker {
             nats.clone(),
             vec![consumers.deploy.clone(), consumers.delete.clone()],
         );
+        // the last fallible step before anything is started: a failure here leaves no server
+        // bound and no consumer pulling behind it
+        let resume = store
+            .deploying_endpoints()
+            .await
+            .map_err(|err| WorkerError::Schema(err.to_string()))?;
         let http = HttpServer::start(&settings.http_listen, metrics.clone(), readiness.clone())?;
 
         let (phase, phase_rx) = watch::channel(Phase::Running);
@@ -163,11 +168,6 @@ impl Worker {
         });
         let idle_after = Duration::from_secs(settings.endpoint_idle_seconds);
         let supervisor = Supervisor::new(ctx, consumers, registry.clone(), idle_after).start();
-
-        let resume = store
-            .deploying_endpoints()
-            .await
-            .map_err(|err| WorkerError::Schema(err.to_string()))?;
         supervisor.do_send(Resume(resume));
         tracing::info!(mode = ?settings.deploy_mode, "deploy-worker started");
         Ok(Self {
@@ -178,7 +178,6 @@ impl Worker {
             nats,
             phase,
             grace: Duration::from_secs(settings.shutdown_grace_seconds),
-            metrics,
             readiness,
             http,
         })
@@ -187,11 +186,6 @@ impl Worker {
     /// Where `/metrics`, `/healthz` and `/readyz` are served (the real port when 0 was asked).
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr()
-    }
-
-    /// The worker's metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// Endpoint actors alive.

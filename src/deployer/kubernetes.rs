@@ -43,6 +43,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{DeleteOutcome, DeployError, DeployOutcome, DeployRequest};
+use crate::delivery::Backoff;
 use crate::kserve::{ANNOTATION_DEPLOYMENT_MODE, FIELD_MANAGER, InferenceService};
 use crate::metrics::Metrics;
 use crate::telemetry::{self, DeployStep};
@@ -57,29 +58,35 @@ const TERMINAL_REASONS: &[&str] = &[
 /// `status.modelStatus.transitionStatus` values that mean the rollout failed for good.
 const TERMINAL_TRANSITIONS: &[&str] = &["BlockedByFailedLoad", "InvalidSpec"];
 
-/// First retry delay after a transient API error; doubles up to [`RETRY_MAX`].
-const RETRY_BASE: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Delays between retries of a transient API error, and between reconnects of a deploy's
+/// watch: 100 ms, doubling to 5 s.
+const API_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
 
-/// Reconnect delays of a deploy's watch: from [`RETRY_BASE`], doubling to [`RETRY_MAX`], and
-/// back to the start after every event that arrives. kube-runtime's default is tuned for
-/// long-lived controllers (up to 30 s, reset only after two quiet minutes); a deploy's watch
-/// lives for one rollout and must not sleep through it.
-struct WatchBackoff(Duration);
+/// Reconnect delays of a deploy's watch ([`API_BACKOFF`]), back to the start after every event
+/// that arrives. kube-runtime's default is tuned for long-lived controllers (up to 30 s, reset
+/// only after two quiet minutes); a deploy's watch lives for one rollout and must not sleep
+/// through it.
+#[derive(Default)]
+struct WatchBackoff {
+    /// Reconnects since the last event.
+    attempt: i64,
+}
 
 impl Iterator for WatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let delay = self.0;
-        self.0 = (self.0 * 2).min(RETRY_MAX);
-        Some(delay)
+        self.attempt += 1;
+        Some(API_BACKOFF.delay(self.attempt))
     }
 }
 
 impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
-        self.0 = RETRY_BASE;
+        self.attempt = 0;
     }
 }
 
@@ -162,7 +169,7 @@ impl KubernetesDeployer {
     }
 
     /// A deployer using `client`.
-    pub fn with_client(
+    fn with_client(
         client: kube::Client,
         namespace: &str,
         timeout: Duration,
@@ -240,32 +247,45 @@ impl KubernetesDeployer {
         request: &DeployRequest<'_>,
         deadline: Instant,
     ) -> Result<Applied, DeployError> {
-        let mut delay = RETRY_BASE;
+        let what = format!("apply InferenceService {}/{}", self.namespace, request.name);
+        match self
+            .with_retries(deadline, &what, || self.apply_once(request))
+            .await?
+        {
+            Ok(applied) => Ok(applied),
+            Err(err) => Ok(Applied::Refused(format!(
+                "Kubernetes refused InferenceService {}/{}: {}",
+                self.namespace,
+                request.name,
+                describe(&err)
+            ))),
+        }
+    }
+
+    /// Runs `op` until it succeeds or fails for good (`Ok`; the caller words a final error),
+    /// backing off between transient errors; `Err` when the next retry would pass `deadline`.
+    async fn with_retries<T, Fut>(
+        &self,
+        deadline: Instant,
+        what: &str,
+        mut op: impl FnMut() -> Fut,
+    ) -> Result<Result<T, kube::Error>, DeployError>
+    where
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let mut attempt = 0;
         loop {
-            match self.apply_once(request).await {
-                Ok(applied) => return Ok(applied),
-                Err(err) if !self.retryable(&err) => {
-                    return Ok(Applied::Refused(format!(
-                        "Kubernetes refused InferenceService {}/{}: {}",
-                        self.namespace,
-                        request.name,
-                        describe(&err)
-                    )));
-                }
-                Err(err) => {
-                    if Instant::now() + delay >= deadline {
-                        return Err(DeployError(format!(
-                            "cannot apply InferenceService {}/{}: {}",
-                            self.namespace,
-                            request.name,
-                            describe(&err)
-                        )));
-                    }
-                    tracing::debug!(name = request.name, error = %describe(&err), ?delay, "apply failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
+            let err = match op().await {
+                Err(err) if self.retryable(&err) => err,
+                done => return Ok(done),
+            };
+            attempt += 1;
+            let delay = API_BACKOFF.delay(attempt);
+            if Instant::now() + delay >= deadline {
+                return Err(DeployError(format!("cannot {what}: {}", describe(&err))));
             }
+            tracing::debug!(error = %describe(&err), ?delay, "{what} failed; retrying");
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -362,7 +382,7 @@ impl KubernetesDeployer {
         };
         let config = watcher::Config::default().fields(&format!("metadata.name={}", request.name));
         let mut events = watcher::watcher(self.api.clone(), config)
-            .backoff(WatchBackoff(RETRY_BASE))
+            .backoff(WatchBackoff::default())
             .boxed();
         loop {
             let next = tokio::time::timeout_at(deadline, events.next()).await;
@@ -415,31 +435,21 @@ impl KubernetesDeployer {
         name: &str,
     ) -> Result<DeleteOutcome, DeployError> {
         let deadline = Instant::now() + self.timeout;
-        let mut delay = RETRY_BASE;
-        let uid = loop {
-            match self.delete_once(endpoint_id, name).await {
-                Ok(Ok(uid)) => break uid,
-                Ok(Err(outcome)) => return Ok(outcome),
-                Err(err) if !self.retryable(&err) => {
-                    return Ok(DeleteOutcome::Failed {
-                        reason: format!(
-                            "Kubernetes refused to delete InferenceService {}/{name}: {}",
-                            self.namespace,
-                            describe(&err)
-                        ),
-                    });
-                }
-                Err(err) => {
-                    if Instant::now() + delay >= deadline {
-                        return Err(DeployError(format!(
-                            "cannot delete InferenceService {}/{name}: {}",
-                            self.namespace,
-                            describe(&err)
-                        )));
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
+        let what = format!("delete InferenceService {}/{name}", self.namespace);
+        let deleted = self
+            .with_retries(deadline, &what, || self.delete_once(endpoint_id, name))
+            .await?;
+        let uid = match deleted {
+            Ok(Ok(uid)) => uid,
+            Ok(Err(outcome)) => return Ok(outcome),
+            Err(err) => {
+                return Ok(DeleteOutcome::Failed {
+                    reason: format!(
+                        "Kubernetes refused to delete InferenceService {}/{name}: {}",
+                        self.namespace,
+                        describe(&err)
+                    ),
+                });
             }
         };
         self.wait_gone(name, uid, deadline).await
@@ -490,7 +500,7 @@ impl KubernetesDeployer {
     ) -> Result<DeleteOutcome, DeployError> {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut events = watcher::watcher(self.api.clone(), config)
-            .backoff(WatchBackoff(RETRY_BASE))
+            .backoff(WatchBackoff::default())
             .boxed();
         // Whether the current (re)list has shown the object.
         let mut seen_in_list = false;
