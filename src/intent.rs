@@ -241,6 +241,21 @@ pub enum DeploymentMode {
     Standard,
 }
 
+impl DeploymentMode {
+    /// The mode a current or legacy name stands for, in any case.
+    pub fn from_name(name: &str) -> Option<Self> {
+        if name.eq_ignore_ascii_case("knative") || name.eq_ignore_ascii_case("serverless") {
+            Some(Self::Knative)
+        } else if name.eq_ignore_ascii_case("standard")
+            || name.eq_ignore_ascii_case("rawdeployment")
+        {
+            Some(Self::Standard)
+        } else {
+            None
+        }
+    }
+}
+
 /// How the predictor scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Autoscaler {
@@ -1035,17 +1050,13 @@ fn scale_metric(v: &Value, field: &str) -> Result<ScaleMetric, IntentError> {
 
 fn deployment_mode(v: &Value, field: &str) -> Result<DeploymentMode, IntentError> {
     let s = string(v, field)?;
-    if s.eq_ignore_ascii_case("knative") || s.eq_ignore_ascii_case("serverless") {
-        Ok(DeploymentMode::Knative)
-    } else if s.eq_ignore_ascii_case("standard") || s.eq_ignore_ascii_case("rawdeployment") {
-        Ok(DeploymentMode::Standard)
-    } else {
-        Err(invalid(
+    DeploymentMode::from_name(s).ok_or_else(|| {
+        invalid(
             field,
             s,
             "use Knative or Standard (legacy Serverless and RawDeployment are accepted)",
-        ))
-    }
+        )
+    })
 }
 
 /// `Some(true)` for KEDA, `Some(false)` for HPA (KServe's default).

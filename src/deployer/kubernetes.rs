@@ -44,6 +44,7 @@ use uuid::Uuid;
 
 use super::{DeleteOutcome, DeployError, DeployOutcome, DeployRequest};
 use crate::delivery::Backoff;
+use crate::intent::DeploymentMode;
 use crate::kserve::{ANNOTATION_DEPLOYMENT_MODE, FIELD_MANAGER, InferenceService};
 use crate::metrics::Metrics;
 use crate::telemetry::{self, DeployStep};
@@ -613,12 +614,13 @@ fn classify(request: &DeployRequest<'_>, object: &InferenceService, target: i64)
     Observed::Pending(state)
 }
 
-/// `Knative`/`Serverless` → `Knative`, `Standard`/`RawDeployment` → `Standard`.
+/// A deployment mode as KServe spells it: `Standard`/`RawDeployment` → `Standard`, `ModelMesh`
+/// as is, anything else (`Knative`, `Serverless`, unknown) → `Knative`, KServe's default.
 fn normalise_mode(mode: &str) -> &'static str {
-    match mode.to_ascii_lowercase().as_str() {
-        "standard" | "rawdeployment" => "Standard",
-        "modelmesh" => "ModelMesh",
-        _ => "Knative",
+    match DeploymentMode::from_name(mode) {
+        Some(DeploymentMode::Standard) => "Standard",
+        None if mode.eq_ignore_ascii_case("modelmesh") => "ModelMesh",
+        Some(DeploymentMode::Knative) | None => "Knative",
     }
 }
 
