@@ -162,21 +162,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings from the environment and defaults only (no command line), e.g. for tests.
-    ///
-    /// Unless `HTTP_LISTEN` is set, the HTTP port is `127.0.0.1:0` (any free port) rather than
-    /// the binary's `0.0.0.0:8080`, so workers started side by side in tests never collide.
+    /// Settings from the environment and defaults only (no command line), e.g. for embedding.
     pub fn from_env() -> Self {
         #[derive(clap::Parser)]
         struct Only {
             #[command(flatten)]
             settings: Settings,
         }
-        let mut settings = <Only as clap::Parser>::parse_from(["deploy-worker"]).settings;
-        if std::env::var_os("HTTP_LISTEN").is_none() {
-            settings.http_listen = "127.0.0.1:0".to_owned();
-        }
-        settings
+        <Only as clap::Parser>::parse_from(["deploy-worker"]).settings
     }
 
     /// Values that must never appear in logs (passwords and tokens in the connection URLs).

@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::{
     create_endpoint, http_get, publish_deploy, publisher_context, wait_http, wait_status,
 };
-use deploy_worker::config::Settings;
 use deploy_worker::events::EventKind;
 use deploy_worker::http::ReadinessReport;
 use deploy_worker::platform;
@@ -261,9 +260,7 @@ async fn scrape(worker: &Worker) -> BTreeMap<String, Family> {
 }
 
 async fn start(pg: &LocalPostgres, nats: &LocalNats, delay_ms: u64) -> Worker {
-    let mut settings = Settings::from_env();
-    settings.database_url = Some(pg.url());
-    settings.nats_url = Some(nats.url());
+    let mut settings = common::settings_for(pg, nats);
     settings.simulate_delay_ms = delay_ms;
     settings.retry_base_ms = 100;
     settings.retry_max_ms = 200;

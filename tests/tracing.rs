@@ -8,7 +8,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{create_endpoint, history, publish_deploy, publisher_context, wait_status};
-use deploy_worker::config::Settings;
 use deploy_worker::kserve;
 use deploy_worker::platform::{self, NewModelVersion, ServingPatch};
 use deploy_worker::sandbox::{LocalNats, LocalPostgres};
@@ -99,9 +98,7 @@ async fn start(delay_ms: u64) -> (LocalPostgres, LocalNats, Worker) {
     exporter();
     let pg = LocalPostgres::start().expect("postgres");
     let nats = LocalNats::start().expect("nats");
-    let mut settings = Settings::from_env();
-    settings.database_url = Some(pg.url());
-    settings.nats_url = Some(nats.url());
+    let mut settings = common::settings_for(&pg, &nats);
     settings.simulate_delay_ms = delay_ms;
     let worker = Worker::start(&settings).await.expect("worker starts");
     (pg, nats, worker)

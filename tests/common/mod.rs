@@ -31,6 +31,16 @@ pub const DEPLOY_SPANS: [&str; 8] = [
     "persist",
 ];
 
+/// Worker settings from the environment and defaults, for `pg` and `nats`, serving HTTP on
+/// any free port of 127.0.0.1 so workers started side by side never collide.
+pub fn settings_for(pg: &LocalPostgres, nats: &LocalNats) -> Settings {
+    let mut s = Settings::from_env();
+    s.database_url = Some(pg.url());
+    s.nats_url = Some(nats.url());
+    s.http_listen = "127.0.0.1:0".to_owned();
+    s
+}
+
 /// Real servers for one test.
 pub struct Env {
     pub pg: LocalPostgres,
@@ -79,9 +89,7 @@ impl Env {
 
     /// Worker settings for these servers: simulate mode, quick retries and idling.
     pub fn settings(&self) -> Settings {
-        let mut s = Settings::from_env();
-        s.database_url = Some(self.pg.url());
-        s.nats_url = Some(self.nats.url());
+        let mut s = settings_for(&self.pg, &self.nats);
         s.retry_base_ms = 100;
         s.retry_max_ms = 1_000;
         s.endpoint_idle_seconds = 1;
