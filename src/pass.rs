@@ -345,15 +345,12 @@ impl<'a> Pass<'a> {
             | Write::History(h) => h.outcome,
             _ => outcome::ERROR,
         };
-        let persist = self.step(Step::Persist);
-        let written = self
-            .ctx
-            .store
-            .write(write)
-            .instrument(persist.clone())
-            .await;
-        match written {
-            Ok(Applied::Yes) => {
+        let (persist, applied) = match self.persist(write, "the outcome").await {
+            Ok(written) => written,
+            Err(handed_back) => return handed_back,
+        };
+        match applied {
+            Applied::Yes => {
                 telemetry::record_outcome(&persist, outcome);
                 if outcome == outcome::READY {
                     let now = Utc::now();
@@ -369,24 +366,45 @@ impl<'a> Pass<'a> {
                 answer_all(self.batch, answer).await;
                 PassResult::Done(outcome)
             }
-            Ok(Applied::Superseded) => {
-                telemetry::record_outcome(&persist, outcome::SUPERSEDED);
-                for delivery in self.batch {
-                    answered(self.ctx, delivery, outcome::SUPERSEDED);
-                }
+            Applied::Superseded => {
                 self.log_committed(outcome::SUPERSEDED);
-                // A newer intent (or a delete) got there first; its own event drives it.
-                answer_all(self.batch, AckKind::Ack).await;
-                PassResult::Done(outcome::SUPERSEDED)
+                self.superseded(&persist).await
             }
+        }
+    }
+
+    /// Commits `write` in a `persist` step span, returned with what the store did. A database
+    /// error is recorded on the step and the pass, and the batch handed back: `Err` is then the
+    /// pass's result. `what` names the write in the log.
+    async fn persist(&self, write: Write, what: &str) -> Result<(Span, Applied), PassResult> {
+        let persist = self.step(Step::Persist);
+        match self
+            .ctx
+            .store
+            .write(write)
+            .instrument(persist.clone())
+            .await
+        {
+            Ok(applied) => Ok((persist, applied)),
             Err(err) => {
                 telemetry::record_error(&persist, &err);
                 telemetry::record_error(&self.span, &err);
                 tracing::warn!(endpoint_id = %self.record.id, error = %err,
-                    "cannot record the outcome; handing events back");
-                self.hand_back(retry::DATABASE).await
+                    "cannot record {what}; handing events back");
+                Err(self.hand_back(retry::DATABASE).await)
             }
         }
+    }
+
+    /// Acks the batch as superseded: a newer intent (or a delete) got there first, and its own
+    /// event drives it.
+    async fn superseded(&self, persist: &Span) -> PassResult {
+        telemetry::record_outcome(persist, outcome::SUPERSEDED);
+        for delivery in self.batch {
+            answered(self.ctx, delivery, outcome::SUPERSEDED);
+        }
+        answer_all(self.batch, AckKind::Ack).await;
+        PassResult::Done(outcome::SUPERSEDED)
     }
 
     /// Logs a committed outcome with the trace id that leads to the pass's trace.
@@ -483,31 +501,11 @@ impl<'a> Pass<'a> {
             return self.hand_back(retry::SHUTDOWN).await;
         };
         let deploying = self.status_write(status::DEPLOYING, UrlChange::Keep, None, None);
-        let persist = self.step(Step::Persist);
-        let written = self
-            .ctx
-            .store
-            .write(Write::Status(deploying))
-            .instrument(persist.clone())
-            .await;
-        match written {
-            Ok(Applied::Yes) => telemetry::record_outcome(&persist, "deploying"),
-            Ok(Applied::Superseded) => {
-                telemetry::record_outcome(&persist, outcome::SUPERSEDED);
-                for delivery in self.batch {
-                    answered(self.ctx, delivery, outcome::SUPERSEDED);
-                }
-                answer_all(self.batch, AckKind::Ack).await;
-                return PassResult::Done(outcome::SUPERSEDED);
-            }
-            Err(err) => {
-                telemetry::record_error(&persist, &err);
-                telemetry::record_error(&self.span, &err);
-                tracing::warn!(endpoint_id = %self.record.id, error = %err, "cannot record DEPLOYING; handing events back");
-                return self.hand_back(retry::DATABASE).await;
-            }
+        match self.persist(Write::Status(deploying), "DEPLOYING").await {
+            Ok((persist, Applied::Yes)) => telemetry::record_outcome(&persist, "deploying"),
+            Ok((persist, Applied::Superseded)) => return self.superseded(&persist).await,
+            Err(handed_back) => return handed_back,
         }
-        drop(persist);
         let request = DeployRequest {
             endpoint_id: self.record.id,
             tenant_id: self.record.tenant_id,
