@@ -911,53 +911,58 @@ mod tests {
         }
     }
 
+    /// The export configuration for exactly these variables.
+    fn export_config(pairs: &[(&str, &str)]) -> Result<ExportConfig, TelemetryError> {
+        ExportConfig::from_lookup(env(pairs))
+    }
+
     #[test]
     fn export_is_off_without_an_endpoint() {
-        let config = ExportConfig::from_lookup(env(&[("OTEL_SERVICE_NAME", "x")])).unwrap();
+        let config = export_config(&[("OTEL_SERVICE_NAME", "x")]).unwrap();
         assert_eq!(config.protocol, None);
         assert_eq!(config.service_name, "x");
-        let config = ExportConfig::from_lookup(env(&[])).unwrap();
+        let config = export_config(&[]).unwrap();
         assert_eq!(config.service_name, DEFAULT_SERVICE_NAME);
-        let config = ExportConfig::from_lookup(env(&[
+        let config = export_config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
             ("OTEL_TRACES_EXPORTER", "none"),
-        ]))
+        ])
         .unwrap();
         assert_eq!(config.protocol, None);
-        let config = ExportConfig::from_lookup(env(&[
+        let config = export_config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
             ("OTEL_SDK_DISABLED", "true"),
-        ]))
+        ])
         .unwrap();
         assert_eq!(config.protocol, None);
     }
 
     #[test]
     fn protocol_follows_the_standard_variables() {
-        let http = ExportConfig::from_lookup(env(&[(
+        let http = export_config(&[(
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "http://c:4318/v1/traces",
-        )]))
+        )])
         .unwrap();
         assert_eq!(http.protocol, Some(OtlpProtocol::HttpProtobuf));
-        let grpc = ExportConfig::from_lookup(env(&[
+        let grpc = export_config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ]))
+        ])
         .unwrap();
         assert_eq!(grpc.protocol, Some(OtlpProtocol::Grpc));
         // The per-signal variable wins.
-        let traces = ExportConfig::from_lookup(env(&[
+        let traces = export_config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
-        ]))
+        ])
         .unwrap();
         assert_eq!(traces.protocol, Some(OtlpProtocol::HttpProtobuf));
-        let err = ExportConfig::from_lookup(env(&[
+        let err = export_config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-        ]))
+        ])
         .unwrap_err();
         assert!(err.to_string().contains("http/protobuf"), "{err}");
     }
