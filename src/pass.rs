@@ -122,20 +122,14 @@ async fn run_pass(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>
     let load = telemetry::step_span(Step::LoadIntent);
     load.record("endpoint_id", tracing::field::display(endpoint_id));
     let loaded = ctx.store.load(endpoint_id).instrument(load.clone()).await;
-    let record = match loaded {
+    let (record, name) = match loaded {
         Ok(Some(record)) => {
             let name = kserve::isvc_name(&ctx.render.name_prefix, record.id);
-            let labels = SpanLabels {
-                tenant_id: record.tenant_id,
-                project_id: record.project_id,
-                endpoint_id: record.id,
-                isvc_name: &name,
-                generation: record.spec_generation,
-            };
+            let labels = labels(&record, &name);
             labels.record(&load);
             labels.record(&Span::current());
             telemetry::record_outcome(&load, "found");
-            record
+            (record, name)
         }
         Ok(None) => {
             telemetry::record_outcome(&load, "missing");
@@ -172,7 +166,7 @@ async fn run_pass(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>
         return PassResult::Refused;
     }
 
-    let pass = Pass::new(&ctx, &record, &batch);
+    let pass = Pass::new(&ctx, &record, &batch, name);
     if batch.iter().any(|d| d.kind == EventKind::Delete) {
         pass.delete().await
     } else if record.is_deleted() {
@@ -188,6 +182,17 @@ async fn run_pass(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>
         ctx.metrics
             .deploy_finished(result.label(), started.elapsed().as_secs_f64());
         result
+    }
+}
+
+/// The span attributes of a pass over `record`, whose InferenceService is `name`.
+fn labels<'a>(record: &EndpointRecord, name: &'a str) -> SpanLabels<'a> {
+    SpanLabels {
+        tenant_id: record.tenant_id,
+        project_id: record.project_id,
+        endpoint_id: record.id,
+        isvc_name: name,
+        generation: record.spec_generation,
     }
 }
 
@@ -277,12 +282,17 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    fn new(ctx: &'a PassContext, record: &'a EndpointRecord, batch: &'a [Delivery]) -> Self {
+    fn new(
+        ctx: &'a PassContext,
+        record: &'a EndpointRecord,
+        batch: &'a [Delivery],
+        name: String,
+    ) -> Self {
         Self {
             ctx,
             record,
             batch,
-            name: kserve::isvc_name(&ctx.render.name_prefix, record.id),
+            name,
             started_at: Utc::now(),
             span: Span::current(),
             trace_id: telemetry::trace_id(&Span::current()),
@@ -290,13 +300,7 @@ impl<'a> Pass<'a> {
     }
 
     fn labels(&self) -> SpanLabels<'_> {
-        SpanLabels {
-            tenant_id: self.record.tenant_id,
-            project_id: self.record.project_id,
-            endpoint_id: self.record.id,
-            isvc_name: &self.name,
-            generation: self.record.spec_generation,
-        }
+        labels(self.record, &self.name)
     }
 
     /// A child span for `step`, labelled.
