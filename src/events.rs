@@ -12,7 +12,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
+use async_nats::jetstream::{
+    self,
+    consumer::{FromConsumer, PullConsumer, pull},
+    stream,
+};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -262,30 +266,15 @@ async fn bind_consumer(
             max_deliver = found.max_deliver,
             "durable consumer limits deliveries; updating it to unlimited (max_deliver = -1)"
         );
-        let updated = pull::Config {
-            durable_name: found.durable_name.clone(),
-            name: found.name.clone(),
-            description: found.description.clone(),
-            deliver_policy: found.deliver_policy,
-            ack_policy: found.ack_policy,
-            ack_wait: found.ack_wait,
-            max_deliver: -1,
-            filter_subject: found.filter_subject.clone(),
-            replay_policy: found.replay_policy,
-            rate_limit: found.rate_limit,
-            sample_frequency: found.sample_frequency,
-            max_waiting: found.max_waiting,
-            max_ack_pending: found.max_ack_pending,
-            headers_only: found.headers_only,
-            max_batch: found.max_batch,
-            max_bytes: found.max_bytes,
-            max_expires: found.max_expires,
-            inactive_threshold: found.inactive_threshold,
-            num_replicas: found.num_replicas,
-            memory_storage: found.memory_storage,
-            backoff: found.backoff.clone(),
-            ..Default::default()
-        };
+        let mut updated = pull::Config::try_from_consumer_config(found.clone()).map_err(|err| {
+            BindError::Unusable {
+                name,
+                setting: "deliver_subject",
+                found: err.to_string(),
+                needed: "a pull consumer",
+            }
+        })?;
+        updated.max_deliver = -1;
         // JetStream updates a durable consumer's editable settings when it is created again
         // under the same name.
         consumer = stream
