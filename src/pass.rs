@@ -36,9 +36,9 @@ use uuid::Uuid;
 
 use crate::admission::Admission;
 use crate::delivery::{Backoff, Delivery, answer_all, hand_back_all, keep_alive};
-use crate::deployer::{DeleteOutcome, DeployOutcome, DeployRequest, Deployer};
+use crate::deployer::{DeleteOutcome, DeployOutcome, DeployRequest, Deployer, Interrupt};
 use crate::events::EventKind;
-use crate::kserve::{self, RenderOptions};
+use crate::kserve::{self, InferenceService, RenderOptions};
 use crate::metrics::{Metrics, event_outcome, retry};
 use crate::store::{
     Applied, EndpointRecord, HistoryEntry, RejectedEvent, StatusWrite, Store, UrlChange, Write,
@@ -68,6 +68,16 @@ pub struct PassContext {
     pub panics: DashMap<Uuid, (i64, u32)>,
     /// Fault injection for tests: passes that panic on purpose (empty in production).
     pub failpoint_panic: Vec<PanicAt>,
+}
+
+/// What arrived for the endpoint while its pass runs, as the actor tells the pass: enough to
+/// decide whether the pass still converges to the newest intent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Newer {
+    /// Deliveries that arrived since the pass started.
+    pub events: u64,
+    /// Whether one of them asks for a delete.
+    pub delete: bool,
 }
 
 /// A fault-injection point: a pass over `endpoint_id` at `generation` panics.
@@ -142,7 +152,16 @@ impl PassResult {
 /// handed back, and the endpoint's actor lives on. When passes panic
 /// [`PANICS_BEFORE_ERROR`] times in a row at the same spec generation, the endpoint ends `ERROR`
 /// with the panic message and the messages are terminated, so a bug cannot redeliver forever.
-pub async fn run(ctx: Arc<PassContext>, endpoint_id: Uuid, mut batch: Vec<Delivery>) -> PassResult {
+///
+/// `newer` tells the pass what arrives for the endpoint meanwhile: a deploy that is waiting —
+/// for a permit, between retries, for Ready — stops waiting once a delete or a newer spec
+/// generation shows up, and records `superseded` so the next pass starts at once.
+pub async fn run(
+    ctx: Arc<PassContext>,
+    endpoint_id: Uuid,
+    mut batch: Vec<Delivery>,
+    newer: watch::Receiver<Newer>,
+) -> PassResult {
     let span = match batch.split_last() {
         Some((newest, others)) => telemetry::pass_span(
             &newest.span,
@@ -153,7 +172,8 @@ pub async fn run(ctx: Arc<PassContext>, endpoint_id: Uuid, mut batch: Vec<Delive
         None => telemetry::pass_span(&Span::none(), [], endpoint_id, 0),
     };
     let owner = OnceLock::new();
-    let work = AssertUnwindSafe(run_pass(&ctx, endpoint_id, &mut batch, &owner)).catch_unwind();
+    let work =
+        AssertUnwindSafe(run_pass(&ctx, endpoint_id, &mut batch, &owner, newer)).catch_unwind();
     let result = match work.instrument(span.clone()).await {
         Ok(result) => {
             if !ctx.panics.is_empty() {
@@ -275,6 +295,7 @@ async fn run_pass(
     endpoint_id: Uuid,
     batch: &mut [Delivery],
     owner: &OnceLock<Owner>,
+    newer: watch::Receiver<Newer>,
 ) -> PassResult {
     let started = Instant::now();
     let load = telemetry::step_span(Step::LoadIntent);
@@ -341,7 +362,7 @@ async fn run_pass(
         return PassResult::Refused;
     }
 
-    let pass = Pass::new(ctx, &record, batch, name);
+    let pass = Pass::new(ctx, &record, batch, name, newer);
     if batch.iter().any(|d| d.kind == EventKind::Delete) {
         pass.delete().await
     } else if record.is_deleted() {
@@ -469,6 +490,8 @@ struct Pass<'a> {
     /// The pass span (current when the pass is built) and its trace id.
     span: Span,
     trace_id: Option<String>,
+    /// What arrived for the endpoint since the pass started.
+    newer: watch::Receiver<Newer>,
 }
 
 impl<'a> Pass<'a> {
@@ -477,12 +500,14 @@ impl<'a> Pass<'a> {
         record: &'a EndpointRecord,
         batch: &'a [Delivery],
         name: String,
+        newer: watch::Receiver<Newer>,
     ) -> Self {
         Self {
             ctx,
             record,
             batch,
             name,
+            newer,
             started_at: Utc::now(),
             span: Span::current(),
             trace_id: telemetry::trace_id(&Span::current()),
@@ -685,14 +710,68 @@ impl<'a> Pass<'a> {
             }
         };
         drop(render);
-        let Some(_permit) = self
-            .guarded(
-                Phase::Draining,
-                self.ctx.admission.acquire(self.record.tenant_id),
-            )
-            .await
-        else {
-            return self.hand_back(retry::SHUTDOWN).await;
+        let (fire, interrupt) = Interrupt::new();
+        // Runs beside the deploy for as long as it waits, and fires the interrupt once the
+        // intent has moved on; it never finishes by itself.
+        let watching = self.watch_for_newer(fire);
+        tokio::select! {
+            result = self.deploy_rendered(&manifest, &interrupt) => result,
+            never = watching => match never {},
+        }
+    }
+
+    /// Resolves (firing `fire`) only once the intent this pass converges to has moved on: a
+    /// delete arrived, or the row's spec generation is newer than the pass's (a re-read tells,
+    /// so events of the same generation — a retry, a duplicate — change nothing).
+    async fn watch_for_newer(&self, fire: watch::Sender<bool>) -> std::convert::Infallible {
+        let mut newer = self.newer.clone();
+        loop {
+            if newer.changed().await.is_err() {
+                // the actor is gone: nothing more can arrive
+                return std::future::pending().await;
+            }
+            let seen = *newer.borrow_and_update();
+            let moved_on = seen.delete
+                || match self.ctx.store.load(self.record.id).await {
+                    Ok(Some(row)) => {
+                        row.is_deleted() || row.spec_generation > self.record.spec_generation
+                    }
+                    Ok(None) => true,
+                    // cannot tell: keep converging to what we have
+                    Err(_) => false,
+                };
+            if moved_on {
+                let _ = fire.send(true);
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Records that a newer intent interrupted this pass while it waited for `what`.
+    async fn interrupted(&self, what: &str) -> PassResult {
+        let reason = format!(
+            "a newer intent arrived while waiting for {what}; the next pass converges to it"
+        );
+        self.record_only(outcome::SUPERSEDED, Some(&reason)).await
+    }
+
+    async fn deploy_rendered(
+        &self,
+        manifest: &InferenceService,
+        interrupt: &Interrupt,
+    ) -> PassResult {
+        let acquired = self
+            .guarded(Phase::Draining, async {
+                tokio::select! {
+                    permit = self.ctx.admission.acquire(self.record.tenant_id) => Some(permit),
+                    () = interrupt.fired() => None,
+                }
+            })
+            .await;
+        let _permit = match acquired {
+            Some(Some(permit)) => permit,
+            Some(None) => return self.interrupted("an admission permit").await,
+            None => return self.hand_back(retry::SHUTDOWN).await,
         };
         let deploying = self.status_write(status::DEPLOYING, UrlChange::Keep, None, None);
         match self.persist(Write::Status(deploying), "DEPLOYING").await {
@@ -705,8 +784,9 @@ impl<'a> Pass<'a> {
             tenant_id: self.record.tenant_id,
             project_id: self.record.project_id,
             generation: self.record.spec_generation,
-            manifest: &manifest,
+            manifest,
             name: &self.name,
+            interrupt,
         };
         let deploy = self.step(Step::Deploy);
         let deployed = self
@@ -721,6 +801,9 @@ impl<'a> Pass<'a> {
             Some(Ok(DeployOutcome::Ready { .. })) => telemetry::record_outcome(&deploy, "ready"),
             Some(Ok(DeployOutcome::Superseded)) => {
                 telemetry::record_outcome(&deploy, outcome::SUPERSEDED)
+            }
+            Some(Ok(DeployOutcome::Interrupted)) => {
+                telemetry::record_outcome(&deploy, "interrupted")
             }
             Some(Ok(DeployOutcome::Failed { reason })) => {
                 telemetry::record_outcome(&deploy, "failed");
@@ -751,6 +834,7 @@ impl<'a> Pass<'a> {
                 let reason = "the InferenceService already records a newer spec generation";
                 self.record_only(outcome::SUPERSEDED, Some(reason)).await
             }
+            Some(Ok(DeployOutcome::Interrupted)) => self.interrupted("the deploy").await,
             Some(Err(err)) => {
                 tracing::warn!(endpoint_id = %self.record.id, error = %err, "deploy failed transiently; handing events back");
                 self.hand_back(retry::DEPLOYER).await

@@ -678,3 +678,128 @@ async fn the_same_event_delivered_twice_applies_once_and_only_granted_verbs_are_
     );
     worker.shutdown().await.unwrap();
 }
+
+/// Every value the object's spec-generation annotation takes, in order, as a watcher of the
+/// stand-in sees it (the first value included).
+fn record_generations(
+    api: kube::Api<kube::api::DynamicObject>,
+    name: String,
+) -> std::sync::Arc<std::sync::Mutex<Vec<i64>>> {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut events = watcher::watcher(api, config).boxed();
+        while let Some(event) = events.next().await {
+            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event
+                && let Some(g) = o
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("mlops.platform/spec-generation"))
+                    .and_then(|g| g.parse().ok())
+            {
+                let mut seen = sink.lock().unwrap();
+                if seen.last() != Some(&g) {
+                    seen.push(g);
+                }
+            }
+        }
+    });
+    seen
+}
+
+/// A canary that never becomes Ready holds its pass in the Ready wait; a rollback published
+/// meanwhile interrupts that wait (the canary's pass records `superseded`) and lands long
+/// before the deploy timeout, and a delete interrupts a stuck rollout the same way. The
+/// object's generation annotation, as a watcher sees it, never goes backwards: the passes'
+/// writes never interleave.
+#[actix_rt::test]
+async fn a_rollback_interrupts_a_stuck_canary_and_a_delete_a_stuck_rollout() {
+    let cluster = Cluster::start(|_| {}).await;
+    let mut settings = cluster.settings();
+    // far longer than the waits below: reaching READY/DELETED at all proves the interrupt
+    settings.deploy_timeout_seconds = 600;
+    let worker = Worker::start(&settings).await.unwrap();
+    let tenant = cluster.env.tenant().await;
+    let knative = json!({"modelFormat": "sklearn", "deploymentMode": "Knative"});
+    let id = cluster.endpoint(&tenant, knative, None).await;
+    let name = isvc_name("isvc", id);
+    cluster.deploy_and_wait(&tenant, id, 1).await;
+    let generations = record_generations(cluster.dynamic_api().await, name.clone());
+
+    // canary v2 at 10 %, stuck (the image never pulls)
+    cluster.sim.never_ready(NS, &name);
+    let v2 = cluster
+        .env
+        .model_version(
+            tenant.tenant_id,
+            tenant.project_id,
+            2,
+            Some("gs://models/demo/2"),
+        )
+        .await;
+    let canary = ServingPatch {
+        model: Some(v2),
+        traffic: Some(Some(common::canary(10))),
+        ..Default::default()
+    };
+    platform::patch_endpoint(&cluster.env.db, id, canary)
+        .await
+        .unwrap();
+    cluster.env.publish(EventKind::Deploy, &tenant, id).await;
+    wait_for("the canary DEPLOYING", LONG, || async {
+        cluster.env.endpoint(id).await.status == "DEPLOYING"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // rollback: back to v1, canary off
+    cluster.sim.clear_behaviour(NS, &name);
+    let rollback = ServingPatch {
+        model: Some(tenant.version),
+        traffic: Some(Some(common::canary(0))),
+        ..Default::default()
+    };
+    platform::patch_endpoint(&cluster.env.db, id, rollback)
+        .await
+        .unwrap();
+    cluster.deploy_and_wait(&tenant, id, 3).await;
+    let history = cluster.env.history(id).await;
+    let canary_pass = history.iter().find(|h| h.generation == 2).unwrap();
+    assert_eq!(canary_pass.outcome, "superseded");
+    assert!(
+        canary_pass
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("newer intent")),
+        "{canary_pass:?}"
+    );
+
+    // a stuck rollout, then a delete
+    cluster.sim.never_ready(NS, &name);
+    cluster.serve_model_version(&tenant, id, 4).await;
+    cluster.env.publish(EventKind::Deploy, &tenant, id).await;
+    wait_for("the rollout DEPLOYING", LONG, || async {
+        cluster.env.endpoint(id).await.status == "DEPLOYING"
+    })
+    .await;
+    cluster.env.publish(EventKind::Delete, &tenant, id).await;
+    wait_for("DELETED", LONG, || async {
+        cluster.env.endpoint(id).await.status == "DELETED"
+    })
+    .await;
+    assert!(cluster.object(id).is_none());
+    cluster.env.wait_all_answered(LONG).await;
+
+    let generations = generations.lock().unwrap().clone();
+    assert!(
+        generations.windows(2).all(|w| w[0] < w[1]),
+        "generation annotations never go backwards: {generations:?}"
+    );
+    assert_eq!(generations.first(), Some(&1));
+    assert!(generations.contains(&3), "{generations:?}");
+    worker.shutdown().await.unwrap();
+}

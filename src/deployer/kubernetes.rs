@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{DeleteOutcome, DeployError, DeployOutcome, DeployRequest};
+use super::{DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Interrupt};
 use crate::delivery::Backoff;
 use crate::intent::DeploymentMode;
 use crate::kserve::{ANNOTATION_DEPLOYMENT_MODE, FIELD_MANAGER, InferenceService};
@@ -128,6 +128,14 @@ enum Applied {
     Refused(String),
     /// The object records a newer spec generation.
     Superseded,
+}
+
+/// Why a retried operation stopped without an answer.
+enum Halt {
+    /// The time budget ran out: a transient failure, handed back.
+    Budget(DeployError),
+    /// A newer intent fired the interrupt between two attempts.
+    Interrupted,
 }
 
 /// How an observed object relates to the deploy being waited for.
@@ -217,13 +225,16 @@ impl KubernetesDeployer {
                 telemetry::record_error(&apply, reason);
             }
             Ok(Applied::Superseded) => telemetry::record_outcome(&apply, "superseded"),
-            Err(err) => telemetry::record_error(&apply, err),
+            Err(Halt::Interrupted) => telemetry::record_outcome(&apply, "interrupted"),
+            Err(Halt::Budget(err)) => telemetry::record_error(&apply, err),
         }
         drop(apply);
-        let object = match applied? {
-            Applied::Written(object) => object,
-            Applied::Refused(reason) => return Ok(DeployOutcome::Failed { reason }),
-            Applied::Superseded => return Ok(DeployOutcome::Superseded),
+        let object = match applied {
+            Ok(Applied::Written(object)) => object,
+            Ok(Applied::Refused(reason)) => return Ok(DeployOutcome::Failed { reason }),
+            Ok(Applied::Superseded) => return Ok(DeployOutcome::Superseded),
+            Err(Halt::Interrupted) => return Ok(DeployOutcome::Interrupted),
+            Err(Halt::Budget(err)) => return Err(err),
         };
         let wait = telemetry::deploy_step_span(DeployStep::WaitReady, &request);
         let outcome = self
@@ -237,20 +248,19 @@ impl KubernetesDeployer {
                 telemetry::record_error(&wait, reason);
             }
             Ok(DeployOutcome::Superseded) => telemetry::record_outcome(&wait, "superseded"),
+            Ok(DeployOutcome::Interrupted) => telemetry::record_outcome(&wait, "interrupted"),
             Err(err) => telemetry::record_error(&wait, err),
         }
         outcome
     }
 
     /// Read, check, apply — repeated after conflicts and transient errors until `deadline`.
-    async fn apply(
-        &self,
-        request: &DeployRequest<'_>,
-        deadline: Instant,
-    ) -> Result<Applied, DeployError> {
+    async fn apply(&self, request: &DeployRequest<'_>, deadline: Instant) -> Result<Applied, Halt> {
         let what = format!("apply InferenceService {}/{}", self.namespace, request.name);
         match self
-            .with_retries(deadline, &what, || self.apply_once(request))
+            .with_retries(deadline, &what, Some(request.interrupt), || {
+                self.apply_once(request)
+            })
             .await?
         {
             Ok(applied) => Ok(applied),
@@ -264,13 +274,16 @@ impl KubernetesDeployer {
     }
 
     /// Runs `op` until it succeeds or fails for good (`Ok`; the caller words a final error),
-    /// backing off between transient errors; `Err` when the next retry would pass `deadline`.
+    /// backing off between transient errors; `Err` when the next retry would pass `deadline`
+    /// or `interrupt` fires while backing off (never during `op` itself: a write is never cut
+    /// off half-way).
     async fn with_retries<T, Fut>(
         &self,
         deadline: Instant,
         what: &str,
+        interrupt: Option<&Interrupt>,
         mut op: impl FnMut() -> Fut,
-    ) -> Result<Result<T, kube::Error>, DeployError>
+    ) -> Result<Result<T, kube::Error>, Halt>
     where
         Fut: Future<Output = Result<T, kube::Error>>,
     {
@@ -283,10 +296,17 @@ impl KubernetesDeployer {
             attempt += 1;
             let delay = API_BACKOFF.delay(attempt);
             if Instant::now() + delay >= deadline {
-                return Err(DeployError(format!("cannot {what}: {}", describe(&err))));
+                return Err(Halt::Budget(DeployError(format!(
+                    "cannot {what}: {}",
+                    describe(&err)
+                ))));
             }
             tracing::debug!(error = %describe(&err), ?delay, "{what} failed; retrying");
-            tokio::time::sleep(delay).await;
+            let never = Interrupt::never();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = interrupt.unwrap_or(&never).fired() => return Err(Halt::Interrupted),
+            }
         }
     }
 
@@ -386,7 +406,10 @@ impl KubernetesDeployer {
             .backoff(WatchBackoff::default())
             .boxed();
         loop {
-            let next = tokio::time::timeout_at(deadline, events.next()).await;
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, events.next()) => next,
+                () = request.interrupt.fired() => return Ok(DeployOutcome::Interrupted),
+            };
             let event = match next {
                 Err(_elapsed) => {
                     return Ok(DeployOutcome::Failed {
@@ -437,9 +460,18 @@ impl KubernetesDeployer {
     ) -> Result<DeleteOutcome, DeployError> {
         let deadline = Instant::now() + self.timeout;
         let what = format!("delete InferenceService {}/{name}", self.namespace);
-        let deleted = self
-            .with_retries(deadline, &what, || self.delete_once(endpoint_id, name))
-            .await?;
+        let deleted = match self
+            .with_retries(deadline, &what, None, || {
+                self.delete_once(endpoint_id, name)
+            })
+            .await
+        {
+            Ok(deleted) => deleted,
+            Err(Halt::Budget(err)) => return Err(err),
+            Err(Halt::Interrupted) => {
+                return Err(DeployError(format!("{what}: interrupted")));
+            }
+        };
         let uid = match deleted {
             Ok(Ok(uid)) => uid,
             Ok(Err(outcome)) => return Ok(outcome),

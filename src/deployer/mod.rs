@@ -20,6 +20,7 @@
 pub mod kubernetes;
 pub mod simulate;
 
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::kserve::InferenceService;
@@ -46,6 +47,42 @@ pub enum DeployOutcome {
     /// The cluster already holds a newer spec generation (applied by another replica); this
     /// pass records nothing, the newer intent's own pass does.
     Superseded,
+    /// A newer intent (or a delete) arrived while the deploy waited — for Ready or between
+    /// retries — and the [`Interrupt`] fired: the wait stopped, the next pass converges to
+    /// the newer intent.
+    Interrupted,
+}
+
+/// Fires when a newer intent makes the running deploy moot. Deployers stop *waiting* when it
+/// fires (for Ready, between retries), never in the middle of a write, so the writes of two
+/// passes over one object never interleave.
+#[derive(Debug, Clone)]
+pub struct Interrupt(watch::Receiver<bool>);
+
+impl Interrupt {
+    /// An interrupt and the switch that fires it.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (fire, fired) = watch::channel(false);
+        (fire, Self(fired))
+    }
+
+    /// An interrupt that never fires.
+    pub fn never() -> Self {
+        Self::new().1
+    }
+
+    /// Resolves once it has fired; never, if it cannot fire any more.
+    pub async fn fired(&self) {
+        let mut fired = self.0.clone();
+        if fired.wait_for(|fired| *fired).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Whether it has fired.
+    pub fn is_fired(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
 /// The final result of a delete.
@@ -80,6 +117,8 @@ pub struct DeployRequest<'a> {
     pub manifest: &'a InferenceService,
     /// The InferenceService name.
     pub name: &'a str,
+    /// Fires when a newer intent makes this deploy moot.
+    pub interrupt: &'a Interrupt,
 }
 
 /// The deployer the worker runs with.
