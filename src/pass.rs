@@ -36,7 +36,9 @@ use uuid::Uuid;
 
 use crate::admission::Admission;
 use crate::delivery::{Backoff, Delivery, answer_all, hand_back_all, keep_alive};
-use crate::deployer::{DeleteOutcome, DeployOutcome, DeployRequest, Deployer, Interrupt};
+use crate::deployer::{
+    DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Deployer, Interrupt,
+};
 use crate::events::EventKind;
 use crate::kserve::{self, InferenceService, RenderOptions};
 use crate::metrics::{Metrics, event_outcome, retry};
@@ -564,6 +566,10 @@ impl<'a> Pass<'a> {
             | Write::History(h) => h.outcome,
             _ => outcome::ERROR,
         };
+        let write_kind = match &write {
+            Write::Status(s) => Some(s.status),
+            _ => None,
+        };
         let (persist, applied) = match self.persist(write, "the outcome").await {
             Ok(written) => written,
             Err(handed_back) => return handed_back,
@@ -587,6 +593,9 @@ impl<'a> Pass<'a> {
             }
             Applied::Superseded => {
                 self.log_committed(outcome::SUPERSEDED);
+                if matches!(&write_kind, Some(s) if *s != status::DELETED) {
+                    self.remove_if_deleted().await;
+                }
                 self.superseded(&persist).await
             }
         }
@@ -747,6 +756,48 @@ impl<'a> Pass<'a> {
         }
     }
 
+    /// The cluster refuses the worker itself: the endpoint stays `DEPLOYING` with the reason
+    /// an operator acts on, and the messages come back after the longest retry delay — no
+    /// permit is held meanwhile, and once the cause is fixed they converge with no new event.
+    async fn misconfigured(&self, reason: String) -> PassResult {
+        tracing::warn!(endpoint_id = %self.record.id, %reason, "the cluster refuses the worker");
+        telemetry::record_error(&self.span, &reason);
+        let write = self.status_write(status::DEPLOYING, UrlChange::Keep, Some(reason), None);
+        if let Err(handed_back) = self.persist(Write::Status(write), "the reason").await {
+            return handed_back;
+        }
+        self.ctx
+            .metrics
+            .retries(retry::MISCONFIGURED, self.batch.len());
+        for delivery in self.batch {
+            answered(self.ctx, delivery, event_outcome::HANDED_BACK);
+            delivery
+                .answer(AckKind::Nak(Some(self.ctx.backoff.max)))
+                .await;
+        }
+        PassResult::HandedBack
+    }
+
+    /// After a deploy's outcome was refused: if the endpoint was deleted meanwhile (by another
+    /// replica's delete pass, say), whatever this pass applied is an orphan — remove it before
+    /// answering, so nothing keeps running for a deleted endpoint.
+    async fn remove_if_deleted(&self) {
+        match self.ctx.store.load(self.record.id).await {
+            Ok(Some(row)) if row.is_deleted() => {
+                tracing::info!(endpoint_id = %self.record.id,
+                    "the endpoint was deleted during the deploy; removing what it applied");
+                let removed = Box::pin(self.ctx.deployer.delete(self.record.id, &self.name)).await;
+                if let Err(err) = removed {
+                    tracing::warn!(endpoint_id = %self.record.id, error = %err,
+                        "cannot remove the deleted endpoint's InferenceService yet");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(endpoint_id = %self.record.id, error = %err,
+                "cannot tell whether the endpoint was deleted meanwhile"),
+        }
+    }
+
     /// Records that a newer intent interrupted this pass while it waited for `what`.
     async fn interrupted(&self, what: &str) -> PassResult {
         let reason = format!(
@@ -779,24 +830,52 @@ impl<'a> Pass<'a> {
             Ok((persist, Applied::Superseded)) => return self.superseded(&persist).await,
             Err(handed_back) => return handed_back,
         }
-        let request = DeployRequest {
-            endpoint_id: self.record.id,
-            tenant_id: self.record.tenant_id,
-            project_id: self.record.project_id,
-            generation: self.record.spec_generation,
-            manifest,
-            name: &self.name,
-            interrupt,
-        };
         let deploy = self.step(Step::Deploy);
-        let deployed = self
-            .guarded(
-                Phase::Aborting,
-                // boxed: a Kubernetes deploy future is several KiB, and every pass future
-                // (one per in-flight deploy) would otherwise carry it inline, several times over
-                Box::pin(self.ctx.deployer.deploy(request).instrument(deploy.clone())),
-            )
-            .await;
+        let mut overwrite_newer = false;
+        let deployed = loop {
+            let request = DeployRequest {
+                endpoint_id: self.record.id,
+                tenant_id: self.record.tenant_id,
+                project_id: self.record.project_id,
+                generation: self.record.spec_generation,
+                manifest,
+                name: &self.name,
+                interrupt,
+                overwrite_newer,
+            };
+            let deployed = self
+                .guarded(
+                    Phase::Aborting,
+                    // boxed: a Kubernetes deploy future is several KiB, and every pass future
+                    // (one per in-flight deploy) would otherwise carry it inline, several
+                    // times over
+                    Box::pin(self.ctx.deployer.deploy(request).instrument(deploy.clone())),
+                )
+                .await;
+            if overwrite_newer || !matches!(deployed, Some(Ok(DeployOutcome::Superseded))) {
+                break deployed;
+            }
+            // The object records a newer generation than this pass's. Normally another
+            // replica applied a newer intent, and the database says so; if the database holds
+            // nothing newer (it was restored from a backup), it is the source of truth.
+            match self.ctx.store.load(self.record.id).await {
+                Ok(Some(row))
+                    if !row.is_deleted() && row.spec_generation <= self.record.spec_generation =>
+                {
+                    tracing::warn!(endpoint_id = %self.record.id,
+                        generation = self.record.spec_generation,
+                        "the InferenceService records a newer spec generation than the database \
+                         holds; the database is the source of truth, applying its intent");
+                    overwrite_newer = true;
+                }
+                Ok(_) => break deployed,
+                Err(err) => {
+                    tracing::warn!(endpoint_id = %self.record.id, error = %err,
+                        "cannot re-read the endpoint; handing events back");
+                    return self.hand_back(retry::DATABASE).await;
+                }
+            }
+        };
         match &deployed {
             Some(Ok(DeployOutcome::Ready { .. })) => telemetry::record_outcome(&deploy, "ready"),
             Some(Ok(DeployOutcome::Superseded)) => {
@@ -835,6 +914,7 @@ impl<'a> Pass<'a> {
                 self.record_only(outcome::SUPERSEDED, Some(reason)).await
             }
             Some(Ok(DeployOutcome::Interrupted)) => self.interrupted("the deploy").await,
+            Some(Err(DeployError::Misconfigured(reason))) => self.misconfigured(reason).await,
             Some(Err(err)) => {
                 tracing::warn!(endpoint_id = %self.record.id, error = %err, "deploy failed transiently; handing events back");
                 self.hand_back(retry::DEPLOYER).await

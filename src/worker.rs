@@ -146,6 +146,7 @@ impl Worker {
             store.clone(),
             nats.clone(),
             vec![consumers.deploy.clone(), consumers.delete.clone()],
+            deployer.alarm(),
         );
         // the last fallible step before anything is started: a failure here leaves no server
         // bound and no consumer pulling behind it

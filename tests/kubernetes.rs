@@ -803,3 +803,151 @@ async fn a_rollback_interrupts_a_stuck_canary_and_a_delete_a_stuck_rollout() {
     assert!(generations.contains(&3), "{generations:?}");
     worker.shutdown().await.unwrap();
 }
+
+/// RBAC that forbids the worker to patch: endpoints stay DEPLOYING with a reason an operator
+/// acts on (verb, resource, namespace), `/readyz` fails saying the same, the 403s are counted,
+/// and once RBAC is fixed every endpoint converges with no new event.
+#[actix_rt::test]
+async fn forbidden_by_rbac_is_loud_and_heals_without_a_new_event() {
+    let cluster = Cluster::start(|_| {}).await;
+    let mut settings = cluster.settings();
+    // the long hand-back delay: short here, so healing shows within the test
+    settings.retry_max_ms = 1_000;
+    let worker = Worker::start(&settings).await.unwrap();
+    let tenant = cluster.env.tenant().await;
+    let ids = cluster.env.endpoints(&tenant, 3).await;
+    cluster.sim.set_faults(Faults {
+        forbidden_verbs: vec!["patch".into(), "create".into()],
+        ..Faults::default()
+    });
+    for id in &ids {
+        cluster.env.publish(EventKind::Deploy, &tenant, *id).await;
+    }
+    wait_for("every endpoint DEPLOYING with a reason", LONG, || async {
+        let mut all = true;
+        for id in &ids {
+            let row = cluster.env.endpoint(*id).await;
+            all &= row.status == "DEPLOYING" && row.status_reason.is_some();
+        }
+        all
+    })
+    .await;
+    let reason = cluster.env.endpoint(ids[0]).await.status_reason.unwrap();
+    for needle in ["forbidden", "inferenceservices", NS, "rbac.yaml"] {
+        assert!(reason.contains(needle), "{needle} in {reason}");
+    }
+    let addr = worker.http_addr();
+    let readyz = common::wait_http(addr, "/readyz", LONG, |r| r.status == 503).await;
+    assert!(readyz.body.contains("forbidden"), "{}", readyz.body);
+    let metrics = common::http_get(addr, "/metrics").await.unwrap().body;
+    assert!(
+        metrics.contains("deploy_worker_kube_api_errors_total{code=\"403\"}"),
+        "403s counted"
+    );
+    assert!(
+        cluster.env.history(ids[0]).await.is_empty(),
+        "no outcome recorded"
+    );
+
+    cluster.sim.set_faults(Faults::default());
+    wait_for("every endpoint READY after the fix", LONG, || async {
+        cluster.env.count_status(&ids, "READY").await == ids.len()
+    })
+    .await;
+    assert_eq!(cluster.env.endpoint(ids[0]).await.status_reason, None);
+    common::wait_http(addr, "/readyz", LONG, |r| r.status == 200).await;
+    worker.shutdown().await.unwrap();
+}
+
+/// The API server goes away mid-wait and comes back empty (restored from nothing): every
+/// endpoint is applied again and ends READY; nothing is blamed on the endpoints.
+#[actix_rt::test]
+async fn an_api_server_that_comes_back_empty_gets_every_object_again() {
+    let mut cluster = Cluster::start(|c| c.ready_delay = Duration::from_secs(2)).await;
+    let worker = cluster.worker().await;
+    let tenant = cluster.env.tenant().await;
+    let ids = cluster.env.endpoints(&tenant, 10).await;
+    for id in &ids {
+        cluster.env.publish(EventKind::Deploy, &tenant, *id).await;
+    }
+    wait_for("every object applied", LONG, || async {
+        ids.iter().all(|id| cluster.object(*id).is_some())
+    })
+    .await;
+    let addr = cluster.sim.addr();
+    cluster.sim.stop().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.sim = KserveSim::start(SimConfig {
+        listen: addr,
+        ready_delay: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+    .expect("the stand-in starts again, empty");
+    wait_for("every endpoint READY", LONG, || async {
+        cluster.env.count_status(&ids, "READY").await == ids.len()
+    })
+    .await;
+    for id in &ids {
+        assert!(cluster.object(*id).is_some(), "{id} applied again");
+        let history = cluster.env.history(*id).await;
+        assert!(history.iter().all(|h| h.outcome != "error"), "{history:?}");
+    }
+    worker.shutdown().await.unwrap();
+}
+
+/// An object whose generation annotation is ahead of the database (the database was restored
+/// from a backup): the database is the source of truth, its intent is applied, the endpoint
+/// ends READY rather than staying DEPLOYING.
+#[actix_rt::test]
+async fn the_database_wins_over_an_object_from_the_future() {
+    let cluster = Cluster::start(|_| {}).await;
+    let worker = cluster.worker().await;
+    let tenant = cluster.env.tenant().await;
+    let id = cluster.env.endpoints(&tenant, 1).await[0];
+    cluster.deploy_and_wait(&tenant, id, 1).await;
+    let name = isvc_name("isvc", id);
+    let api = cluster.dynamic_api().await;
+    let future = json!({"metadata": {"annotations": {"mlops.platform/spec-generation": "7"}}});
+    api.patch(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&future),
+    )
+    .await
+    .unwrap();
+    cluster.serve_model_version(&tenant, id, 2).await;
+    cluster.deploy_and_wait(&tenant, id, 2).await;
+    let object = cluster.object(id).unwrap();
+    assert_eq!(
+        object["metadata"]["annotations"]["mlops.platform/spec-generation"],
+        "2"
+    );
+    worker.shutdown().await.unwrap();
+}
+
+/// Two replicas; deploy and delete of 100 endpoints published within milliseconds of each
+/// other: whichever replica gets which event, nothing is left running for a deleted endpoint.
+#[actix_rt::test]
+async fn deploy_and_delete_racing_across_two_replicas_leave_no_orphan() {
+    let cluster = Cluster::start(|c| c.ready_delay = Duration::from_millis(300)).await;
+    let first = cluster.worker().await;
+    let second = cluster.worker().await;
+    let tenant = cluster.env.tenant().await;
+    let ids = cluster.env.endpoints(&tenant, 100).await;
+    for id in &ids {
+        cluster.env.publish(EventKind::Deploy, &tenant, *id).await;
+        cluster.env.publish(EventKind::Delete, &tenant, *id).await;
+    }
+    wait_for("every endpoint DELETED", LONG, || async {
+        cluster.env.count_status(&ids, "DELETED").await == ids.len()
+    })
+    .await;
+    cluster.env.wait_all_answered(LONG).await;
+    wait_for("no object left", LONG, || async {
+        ids.iter().all(|id| cluster.object(*id).is_none())
+    })
+    .await;
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}

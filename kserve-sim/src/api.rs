@@ -721,6 +721,16 @@ pub async fn middleware(
     let mut record = classify(&req);
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let is_resource = !matches!(record.verb, Verb::Discovery | Verb::Other);
+    if let (Some(state), Some(verb)) = (&state, record.verb.rbac())
+        && state.faults.forbids(verb)
+    {
+        let e = ApiError::forbidden(verb, record.name.as_deref(), record.namespace.as_deref());
+        record.status = e.code;
+        record.injected = true;
+        state.log.push(record);
+        let (http_req, _) = req.into_parts();
+        return Ok(ServiceResponse::new(http_req, error_response(&e)));
+    }
     if let (Some(state), true) = (&state, is_resource) {
         let (latency, injected) = state.faults.decide();
         if !latency.is_zero() {

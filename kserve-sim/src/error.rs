@@ -210,6 +210,26 @@ impl ApiError {
         e
     }
 
+    /// 403 as RBAC answers it: `verb` on InferenceServices (`name`, when one) in `namespace`.
+    pub fn forbidden(verb: &str, name: Option<&str>, namespace: Option<&str>) -> Self {
+        let what = name.map_or_else(
+            || format!("{PLURAL}.{GROUP}"),
+            |n| format!("{PLURAL}.{GROUP} \"{n}\""),
+        );
+        let scope = namespace.map_or_else(
+            || "at the cluster scope".to_owned(),
+            |ns| format!("in the namespace \"{ns}\""),
+        );
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{what} is forbidden: User \"system:serviceaccount:kserve-sim:client\" cannot \
+                 {verb} resource \"{PLURAL}\" in API group \"{GROUP}\" {scope}"
+            ),
+        )
+    }
+
     /// 500 (injected faults and unexpected internal states).
     pub fn internal(message: impl Into<String>) -> Self {
         let message = message.into();

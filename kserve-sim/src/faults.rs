@@ -32,6 +32,10 @@ pub struct Faults {
     pub cut_watches_after_events: Option<u32>,
     /// Cut every watch after it has been open this long.
     pub cut_watches_after: Option<Duration>,
+    /// RBAC as a misconfigured cluster has it: requests with these verbs (`get`, `list`,
+    /// `watch`, `create`, `update`, `patch`, `delete`; server-side apply is a `patch`) are
+    /// answered 403 `Forbidden`, worded like the real API server's.
+    pub forbidden_verbs: Vec<String>,
 }
 
 impl Default for Faults {
@@ -45,6 +49,7 @@ impl Default for Faults {
             latency: Duration::ZERO,
             cut_watches_after_events: None,
             cut_watches_after: None,
+            forbidden_verbs: Vec::new(),
         }
     }
 }
@@ -83,6 +88,16 @@ impl FaultState {
     /// Replaces the settings.
     pub fn set(&self, faults: Faults) {
         *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
+    }
+
+    /// Whether RBAC forbids `verb` (an RBAC verb name).
+    pub fn forbids(&self, verb: &str) -> bool {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forbidden_verbs
+            .iter()
+            .any(|v| v == verb)
     }
 
     /// Decides the fate of one resource request: latency to add and fault to inject.
