@@ -159,6 +159,14 @@ pub struct Settings {
     /// Logging.
     #[command(flatten)]
     pub logging: LogArgs,
+
+    /// TLS and authentication towards NATS.
+    #[command(flatten)]
+    pub nats_security: crate::tls::NatsSecurityArgs,
+
+    /// Pruning of old history and rejected events.
+    #[command(flatten)]
+    pub retention: crate::retention::RetentionArgs,
 }
 
 impl Settings {

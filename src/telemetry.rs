@@ -115,6 +115,9 @@ pub struct ExportConfig {
     pub protocol: Option<OtlpProtocol>,
     /// `service.name` of the resource.
     pub service_name: String,
+    /// CA file for an `https://` collector (`OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`);
+    /// `None`: the system's trust store. OTLP/HTTP only.
+    pub certificate: Option<std::path::PathBuf>,
 }
 
 impl ExportConfig {
@@ -146,6 +149,7 @@ impl ExportConfig {
                 return Ok(Self {
                     protocol: None,
                     service_name,
+                    certificate: None,
                 });
             }
             Some(other) => {
@@ -162,6 +166,7 @@ impl ExportConfig {
             return Ok(Self {
                 protocol: None,
                 service_name,
+                certificate: None,
             });
         }
         let (variable, value) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
@@ -182,9 +187,18 @@ impl ExportConfig {
                 });
             }
         };
+        let certificate = crate::tls::otlp_certificate(&get);
+        if certificate.is_some() && protocol == OtlpProtocol::Grpc {
+            return Err(TelemetryError::Unsupported {
+                variable: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                value: "(set, with grpc)".to_owned(),
+                hint: "TLS to the collector is supported over `http/protobuf`; use that protocol",
+            });
+        }
         Ok(Self {
             protocol: Some(protocol),
             service_name,
+            certificate,
         })
     }
 
@@ -208,8 +222,12 @@ impl ExportConfig {
         let exporter = match protocol {
             OtlpProtocol::HttpProtobuf => {
                 use opentelemetry_otlp::WithExportConfig;
+                use opentelemetry_otlp::WithHttpConfig;
+                let client = crate::tls::otlp_http_client(self.certificate.as_deref())
+                    .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
+                    .with_http_client(client)
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                     .build()
             }
@@ -975,6 +993,7 @@ mod tests {
             let config = ExportConfig {
                 protocol: Some(protocol),
                 service_name: "t".into(),
+                certificate: None,
             };
             let provider = config.provider().unwrap();
             tokio::task::spawn_blocking(move || {
