@@ -216,6 +216,117 @@ async fn nats_is_reached_over_tls_with_the_configured_ca_and_nkey() {
     worker.shutdown().await.expect("shutdown");
 }
 
+/// A NATS JWT: `claims` (with `nats` set to `nats`) issued for `subject` and signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": uuid::Uuid::new_v4().simple().to_string().to_uppercase(),
+        "iat": chrono::Utc::now().timestamp(),
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": subject,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", b64.encode(claims.to_string()));
+    let signature = issuer.sign(signed.as_bytes()).expect("sign");
+    format!("{signed}.{}", b64.encode(signature))
+}
+
+/// `nats-server` in operator (JWT) mode over TLS, with one JetStream-enabled account, and a
+/// credentials file for a user of that account.
+fn nats_with_tls_and_jwt(pki: &Pki) -> (LocalNats, PathBuf) {
+    let operator = nkeys::KeyPair::new_operator();
+    let (account, system, user) = (
+        nkeys::KeyPair::new_account(),
+        nkeys::KeyPair::new_account(),
+        nkeys::KeyPair::new_user(),
+    );
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let account_claims = |jetstream: bool| {
+        let storage = if jetstream { -1 } else { 0 };
+        serde_json::json!({
+            "limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                       "wildcards": true, "conn": -1, "leaf": -1,
+                       "mem_storage": storage, "disk_storage": storage, "streams": -1,
+                       "consumer": -1},
+            "default_permissions": {"pub": {}, "sub": {}},
+            "type": "account", "version": 2,
+        })
+    };
+    let account_jwt = nats_jwt(&operator, &account.public_key(), account_claims(true));
+    let system_jwt = nats_jwt(&operator, &system.public_key(), account_claims(false));
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                           "type": "user", "version": 2}),
+    );
+    let creds = pki.path("user.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().expect("seed")
+        ),
+    )
+    .expect("write creds");
+    let nats = LocalNats::start_with_config(&format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n\
+         operator: \"{operator_jwt}\"\n\
+         system_account: {}\n\
+         resolver: MEMORY\n\
+         resolver_preload: {{\n  {}: \"{account_jwt}\"\n  {}: \"{system_jwt}\"\n}}\n",
+        pki.path("server.pem").display(),
+        pki.path("server.key").display(),
+        system.public_key(),
+        account.public_key(),
+        system.public_key(),
+    ))
+    .expect("nats-server in operator mode");
+    (nats, creds)
+}
+
+#[actix_rt::test]
+async fn nats_is_reached_over_tls_with_a_credentials_file() {
+    let pki = Pki::new();
+    let (nats, creds) = nats_with_tls_and_jwt(&pki);
+    let url = nats.url().replacen("nats://", "tls://", 1);
+    let security = NatsSecurityArgs {
+        nats_ca_file: Some(pki.ca_file()),
+        nats_creds_file: Some(creds),
+        ..NatsSecurityArgs::default()
+    };
+    // Without credentials the server refuses.
+    let anonymous = NatsSecurityArgs {
+        nats_ca_file: Some(pki.ca_file()),
+        ..NatsSecurityArgs::default()
+    };
+    let options = anonymous.connect_options().await.expect("options");
+    assert!(
+        options.connect(&url).await.is_err(),
+        "connected anonymously"
+    );
+
+    let pg = LocalPostgres::start().expect("postgres");
+    let options = security.connect_options().await.expect("options");
+    let env = Env::with_servers(pg, nats, options, &url).await;
+    let mut settings = env.settings();
+    settings.nats_url = Some(url);
+    settings.nats_security = security;
+    let worker = Worker::start(&settings)
+        .await
+        .expect("start with credentials");
+    deploys_one_endpoint(&env, &worker).await;
+    worker.shutdown().await.expect("shutdown");
+}
+
 #[actix_rt::test]
 async fn unusable_nats_security_files_fail_at_start_up_naming_the_setting() {
     let pki = Pki::new();
@@ -270,7 +381,7 @@ async fn unusable_nats_security_files_fail_at_start_up_naming_the_setting() {
         ),
     ];
     for (args, named) in cases {
-        let err = args.connect_options().await.err().expect("refused");
+        let err = args.connect_options().await.expect_err("refused");
         assert!(err.to_string().contains(named), "{named}: {err}");
     }
     // Through the worker: it refuses to start, with the same message, and nothing runs.
@@ -380,6 +491,7 @@ fn spawn_exporting_worker(env: &Env, collector: SocketAddr, ca: &Path) -> Child 
         )
         .env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -387,10 +499,9 @@ fn spawn_exporting_worker(env: &Env, collector: SocketAddr, ca: &Path) -> Child 
         .expect("spawn worker")
 }
 
+/// Kills the worker: what it exported is what it has sent so far.
 fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    let _ = child.kill();
     let _ = child.wait();
 }
 
