@@ -146,6 +146,11 @@ fn deployment_binding_and_service_fit_together() {
     let env = container["env"].as_sequence().expect("env");
     let var = |name: &str| env.iter().find(|e| e["name"] == name).cloned();
     assert_eq!(var("DEPLOY_MODE").expect("DEPLOY_MODE")["value"], "k8s");
+    assert_eq!(
+        var("DATABASE_MIGRATE").expect("DATABASE_MIGRATE")["value"],
+        "false",
+        "the worker's role cannot migrate; an owner runs `deploy-worker migrate`"
+    );
     for name in ["DATABASE_URL", "NATS_URL"] {
         let entry = var(name).unwrap_or_else(|| panic!("{name} is set"));
         assert!(entry["value"].is_null(), "{name} must not be inline");

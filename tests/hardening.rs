@@ -418,3 +418,29 @@ async fn the_worker_prunes_old_rows_in_batches_and_keeps_recent_ones() {
         "only recent rows are left"
     );
 }
+
+#[test]
+fn retention_settings_refuse_bad_values_by_name_and_grant_to_is_documented() {
+    for (flag, value) in [
+        ("--history-retention-days", "-1"),
+        ("--history-prune-batch", "many"),
+        ("--history-prune-interval-seconds", "1.5"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_deploy-worker"))
+            .args(["run", &format!("{flag}={value}")])
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_deploy-worker"))
+        .args(["migrate", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--grant-to") && help.contains("[env: DATABASE_GRANT_TO"),
+        "{help}"
+    );
+}
