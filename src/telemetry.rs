@@ -115,9 +115,8 @@ pub struct ExportConfig {
     pub protocol: Option<OtlpProtocol>,
     /// `service.name` of the resource.
     pub service_name: String,
-    /// CA file for an `https://` collector (`OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`);
-    /// `None`: the system's trust store. OTLP/HTTP only.
-    pub certificate: Option<std::path::PathBuf>,
+    /// The OTLP/HTTP client: CA file for an `https://` collector, timeout.
+    pub http: crate::tls::OtlpHttp,
 }
 
 impl ExportConfig {
@@ -149,7 +148,7 @@ impl ExportConfig {
                 return Ok(Self {
                     protocol: None,
                     service_name,
-                    certificate: None,
+                    http: crate::tls::OtlpHttp::default(),
                 });
             }
             Some(other) => {
@@ -166,7 +165,7 @@ impl ExportConfig {
             return Ok(Self {
                 protocol: None,
                 service_name,
-                certificate: None,
+                http: crate::tls::OtlpHttp::default(),
             });
         }
         let (variable, value) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
@@ -187,8 +186,8 @@ impl ExportConfig {
                 });
             }
         };
-        let certificate = crate::tls::otlp_certificate(&get);
-        if certificate.is_some() && protocol == OtlpProtocol::Grpc {
+        let http = crate::tls::OtlpHttp::from_lookup(&get);
+        if http.certificate.is_some() && protocol == OtlpProtocol::Grpc {
             return Err(TelemetryError::Unsupported {
                 variable: "OTEL_EXPORTER_OTLP_CERTIFICATE",
                 value: "(set, with grpc)".to_owned(),
@@ -198,7 +197,7 @@ impl ExportConfig {
         Ok(Self {
             protocol: Some(protocol),
             service_name,
-            certificate,
+            http,
         })
     }
 
@@ -223,7 +222,9 @@ impl ExportConfig {
             OtlpProtocol::HttpProtobuf => {
                 use opentelemetry_otlp::WithExportConfig;
                 use opentelemetry_otlp::WithHttpConfig;
-                let client = crate::tls::otlp_http_client(self.certificate.as_deref())
+                let client = self
+                    .http
+                    .client()
                     .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
@@ -993,7 +994,7 @@ mod tests {
             let config = ExportConfig {
                 protocol: Some(protocol),
                 service_name: "t".into(),
-                certificate: None,
+                http: crate::tls::OtlpHttp::default(),
             };
             let provider = config.provider().unwrap();
             tokio::task::spawn_blocking(move || {

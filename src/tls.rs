@@ -9,12 +9,13 @@
 //!   client certificate (mutual TLS).
 //! - **OTLP/HTTP**: an `https://` collector endpoint is verified against the CA file in the
 //!   standard `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` / `OTEL_EXPORTER_OTLP_CERTIFICATE`, or the
-//!   system's trust store when neither is set ([`otlp_http_client`]).
+//!   system's trust store when neither is set ([`OtlpHttp`]).
 //!
 //! TLS uses rustls with the `ring` provider everywhere.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A TLS or authentication file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -158,48 +159,149 @@ impl NatsSecurityArgs {
     }
 }
 
-/// The CA file for OTLP export named by the standard variables (the traces-specific one
-/// first), read through `get`.
-pub fn otlp_certificate(get: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-        "OTEL_EXPORTER_OTLP_CERTIFICATE",
-    ]
-    .into_iter()
-    .filter_map(|name| get(name).map(|v| v.trim().to_owned()))
-    .find(|v| !v.is_empty())
-    .map(PathBuf::from)
+/// The OTLP/HTTP client's settings, from the standard variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpHttp {
+    /// CA file for an `https://` collector (`OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`);
+    /// `None`: the system's trust store.
+    pub certificate: Option<PathBuf>,
+    /// Per-request timeout (`OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`, milliseconds; 10 s by
+    /// default, as the exporter's own client).
+    pub timeout: Duration,
 }
 
-/// The HTTP client for OTLP/HTTP export: rustls (ring) trusting the CA file `ca` when given,
-/// else the system's trust store.
-pub fn otlp_http_client(ca: Option<&Path>) -> Result<reqwest::Client, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            for cert in pem_certificates("OTEL_EXPORTER_OTLP_CERTIFICATE", path)? {
-                roots.add(cert).map_err(|err| TlsError::Invalid {
-                    setting: "OTEL_EXPORTER_OTLP_CERTIFICATE",
-                    path: path.to_owned(),
-                    detail: err.to_string(),
-                })?;
-            }
-        }
-        None => {
-            // Unreadable system certificates are skipped: a collector signed by one of them
-            // then fails its handshake with a message naming the certificate problem.
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
+impl Default for OtlpHttp {
+    fn default() -> Self {
+        Self {
+            certificate: None,
+            timeout: Duration::from_secs(10),
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| TlsError::Client(err.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(config)
-        .build()
-        .map_err(|err| TlsError::Client(err.to_string()))
+}
+
+impl OtlpHttp {
+    /// Reads the settings through `get` (a variable's value, if set); the traces-specific
+    /// variable wins. A timeout that is not a number of milliseconds is ignored, as the
+    /// exporter itself does.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        let first = |names: [&str; 2]| {
+            names
+                .into_iter()
+                .filter_map(|name| get(name).map(|v| v.trim().to_owned()))
+                .find(|v| !v.is_empty())
+        };
+        let certificate = first([
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ])
+        .map(PathBuf::from);
+        let timeout = first([
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ])
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Self::default().timeout, Duration::from_millis);
+        Self {
+            certificate,
+            timeout,
+        }
+    }
+
+    /// The HTTP client for OTLP/HTTP export: rustls (ring) trusting the CA file when given,
+    /// else the system's trust store.
+    pub fn client(&self) -> Result<reqwest::Client, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.certificate {
+            Some(path) => {
+                for cert in pem_certificates("OTEL_EXPORTER_OTLP_CERTIFICATE", path)? {
+                    roots.add(cert).map_err(|err| TlsError::Invalid {
+                        setting: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                        path: path.to_owned(),
+                        detail: err.to_string(),
+                    })?;
+                }
+            }
+            None => {
+                // Unreadable system certificates are skipped: a collector signed by one of
+                // them then fails its handshake with a message naming the certificate problem.
+                let native = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(native.certs);
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|err| TlsError::Client(err.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .timeout(self.timeout)
+            .build()
+            .map_err(|err| TlsError::Client(err.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::ExportConfig;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn otlp_http_settings_prefer_the_traces_variables_and_ignore_a_bad_timeout() {
+        let http = OtlpHttp::from_lookup(lookup(&[
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/general.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces.pem"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ]));
+        assert_eq!(http.certificate, Some(PathBuf::from("/traces.pem")));
+        assert_eq!(http.timeout, Duration::from_millis(2500));
+        let http = OtlpHttp::from_lookup(lookup(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")]));
+        assert_eq!(http, OtlpHttp::default());
+    }
+
+    #[test]
+    fn a_collector_certificate_with_grpc_is_refused_by_name() {
+        let err = ExportConfig::from_lookup(lookup(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+        ]))
+        .expect_err("refused");
+        assert!(
+            err.to_string().contains("OTEL_EXPORTER_OTLP_CERTIFICATE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unusable_collector_ca_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        for path in [empty, dir.path().join("absent.pem")] {
+            let http = OtlpHttp {
+                certificate: Some(path),
+                ..OtlpHttp::default()
+            };
+            let err = http.client().expect_err("refused");
+            assert!(
+                err.to_string().contains("OTEL_EXPORTER_OTLP_CERTIFICATE"),
+                "{err}"
+            );
+        }
+    }
 }
