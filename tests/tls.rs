@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Env, wait_for, wait_http};
+use common::{Env, wait_for, wait_http, wait_status};
 use deploy_worker::events::EventKind;
 use deploy_worker::sandbox::{LocalNats, LocalPostgres};
 use deploy_worker::store::{Store, StoreSettings};
@@ -102,11 +102,28 @@ async fn deploys_one_endpoint(env: &Env, worker: &Worker) {
     let tenant = env.tenant().await;
     let id = env.endpoints(&tenant, 1).await[0];
     env.publish(EventKind::Deploy, &tenant, id).await;
-    wait_for("READY", LONG, || async {
-        env.endpoint(id).await.status == "READY"
-    })
-    .await;
+    wait_status(&env.db, id, "READY").await;
     wait_http(worker.http_addr(), "/readyz", LONG, |r| r.status == 200).await;
+}
+
+/// Connecting to `url` with `args` fails (`what` says how the client was set up).
+async fn refused(args: &NatsSecurityArgs, url: &str, what: &str) {
+    let options = args.connect_options().await.expect("options");
+    assert!(options.connect(url).await.is_err(), "connected with {what}");
+}
+
+/// The worker, reaching `nats` at `url` with `security`, consumes, deploys and answers
+/// readiness.
+async fn worker_deploys_through(nats: LocalNats, url: String, security: NatsSecurityArgs) {
+    let pg = LocalPostgres::start().expect("postgres");
+    let options = security.connect_options().await.expect("options");
+    let env = Env::with_servers(pg, nats, options, &url).await;
+    let mut settings = env.settings();
+    settings.nats_url = Some(url);
+    settings.nats_security = security;
+    let worker = Worker::start(&settings).await.expect("start");
+    deploys_one_endpoint(&env, &worker).await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 #[actix_rt::test]
@@ -197,23 +214,9 @@ async fn nats_is_reached_over_tls_with_the_configured_ca_and_nkey() {
             },
         ),
     ] {
-        let options = args.connect_options().await.expect("options");
-        assert!(
-            options.connect(&url).await.is_err(),
-            "connected with {what}"
-        );
+        refused(&args, &url, what).await;
     }
-
-    // The worker consumes, deploys and answers readiness through it.
-    let pg = LocalPostgres::start().expect("postgres");
-    let options = security.connect_options().await.expect("options");
-    let env = Env::with_servers(pg, nats, options, &url).await;
-    let mut settings = env.settings();
-    settings.nats_url = Some(url);
-    settings.nats_security = security;
-    let worker = Worker::start(&settings).await.expect("start over TLS");
-    deploys_one_endpoint(&env, &worker).await;
-    worker.shutdown().await.expect("shutdown");
+    worker_deploys_through(nats, url, security).await;
 }
 
 /// A NATS JWT: `claims` (with `nats` set to `nats`) issued for `subject` and signed by `issuer`.
@@ -308,23 +311,8 @@ async fn nats_is_reached_over_tls_with_a_credentials_file() {
         nats_ca_file: Some(pki.ca_file()),
         ..NatsSecurityArgs::default()
     };
-    let options = anonymous.connect_options().await.expect("options");
-    assert!(
-        options.connect(&url).await.is_err(),
-        "connected anonymously"
-    );
-
-    let pg = LocalPostgres::start().expect("postgres");
-    let options = security.connect_options().await.expect("options");
-    let env = Env::with_servers(pg, nats, options, &url).await;
-    let mut settings = env.settings();
-    settings.nats_url = Some(url);
-    settings.nats_security = security;
-    let worker = Worker::start(&settings)
-        .await
-        .expect("start with credentials");
-    deploys_one_endpoint(&env, &worker).await;
-    worker.shutdown().await.expect("shutdown");
+    refused(&anonymous, &url, "no credentials").await;
+    worker_deploys_through(nats, url, security).await;
 }
 
 #[actix_rt::test]

@@ -30,6 +30,19 @@ pub mod m20260101_000001_platform_tables;
 pub mod m20260101_000002_worker_columns;
 pub mod m20261201_000201_retention_indexes;
 
+/// Runs `statements` in order on the migration's connection (every migration here is a
+/// list of idempotent SQL statements).
+pub(crate) async fn execute_all(
+    manager: &SchemaManager<'_>,
+    statements: &[&str],
+) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    for sql in statements {
+        db.execute_unprepared(sql).await?;
+    }
+    Ok(())
+}
+
 /// Key of the Postgres advisory lock held while migrating (the ASCII bytes of `dwmigrat`).
 pub const MIGRATION_LOCK_KEY: i64 = 0x6477_6d69_6772_6174;
 
