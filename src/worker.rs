@@ -74,21 +74,21 @@ pub struct Worker {
 
 /// Applies pending migrations, or refuses when `apply` is false and some are pending.
 ///
-/// Applying holds the migration advisory lock ([`migration::up_locked`]), so replicas starting
-/// together migrate one after the other. The check alone only reads the migrations table, so
-/// a role without DDL rights (see `deploy/sql/worker-role.sql`) can run it.
+/// It first only reads the migrations table, so with nothing pending a role without DDL
+/// rights (see `deploy/sql/worker-role.sql`) starts whatever `apply` says. Applying holds the
+/// migration advisory lock ([`migration::up_locked`]), so replicas starting together migrate
+/// one after the other.
 pub async fn migrate(store: &Store, apply: bool) -> Result<(), WorkerError> {
     let db = store.db();
-    if apply {
-        return migration::up_locked(db)
-            .await
-            .map_err(|err| WorkerError::Schema(err.to_string()));
-    }
     let pending = migration::Migrator::get_pending_migrations_read_only(db)
         .await
         .map_err(|err| WorkerError::Schema(err.to_string()))?;
     if pending.is_empty() {
         Ok(())
+    } else if apply {
+        migration::up_locked(db)
+            .await
+            .map_err(|err| WorkerError::Schema(err.to_string()))
     } else {
         Err(WorkerError::Schema(format!(
             "{} migration(s) pending; run `deploy-worker migrate` or set DATABASE_MIGRATE=true",
