@@ -1,6 +1,7 @@
 //! Encrypted, authenticated connections against local TLS servers the tests start, with a
 //! certificate authority generated per test: Postgres with `ssl=on` accepting TLS only,
-//! `nats-server` requiring TLS and an NKey, and an HTTPS OTLP collector. Each is verified
+//! `nats-server` requiring TLS and an NKey, a credentials file or a client certificate, and an
+//! HTTPS OTLP collector. Each is verified
 //! against the configured CA (a foreign CA is refused), and the worker deploys through them.
 
 mod common;
@@ -28,8 +29,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// A test CA and a server certificate it signed for `localhost` and `127.0.0.1`, as PEM
-/// files in a temporary directory.
+/// A test CA, a server certificate it signed for `localhost` and `127.0.0.1` and a client
+/// certificate, as PEM files in a temporary directory.
 struct Pki {
     dir: TempDir,
     cert_pem: String,
@@ -59,6 +60,15 @@ impl Pki {
             .push(DnType::CommonName, "localhost");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &ca).expect("server certificate");
+        let client_key = KeyPair::generate().expect("client key");
+        let mut client = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "deploy-worker");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client
+            .signed_by(&client_key, &ca)
+            .expect("client certificate");
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki {
             cert_pem: cert.pem(),
@@ -70,6 +80,8 @@ impl Pki {
         std::fs::write(pki.ca_file(), ca.pem()).expect("write ca");
         std::fs::write(pki.path("server.pem"), &pki.cert_pem).expect("write cert");
         std::fs::write(pki.path("server.key"), &pki.key_pem).expect("write key");
+        std::fs::write(pki.path("client.pem"), client.pem()).expect("write client cert");
+        std::fs::write(pki.path("client.key"), client_key.serialize_pem()).expect("write key");
         pki
     }
 
@@ -216,6 +228,30 @@ async fn nats_is_reached_over_tls_with_the_configured_ca_and_nkey() {
     ] {
         refused(&args, &url, what).await;
     }
+    worker_deploys_through(nats, url, security).await;
+}
+
+#[actix_rt::test]
+async fn nats_is_reached_over_mutual_tls_with_the_configured_client_certificate() {
+    let pki = Pki::new();
+    let nats = LocalNats::start_with_config(&format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        pki.path("server.pem").display(),
+        pki.path("server.key").display(),
+        pki.ca_file().display(),
+    ))
+    .expect("nats-server with mutual tls");
+    let url = nats.url().replacen("nats://", "tls://", 1);
+    let server_only = NatsSecurityArgs {
+        nats_ca_file: Some(pki.ca_file()),
+        ..NatsSecurityArgs::default()
+    };
+    refused(&server_only, &url, "no client certificate").await;
+    let security = NatsSecurityArgs {
+        nats_client_cert: Some(pki.path("client.pem")),
+        nats_client_key: Some(pki.path("client.key")),
+        ..server_only
+    };
     worker_deploys_through(nats, url, security).await;
 }
 
