@@ -1,8 +1,8 @@
 //! Encrypted, authenticated connections against local TLS servers the tests start, with a
 //! certificate authority generated per test: Postgres with `ssl=on` accepting TLS only,
 //! `nats-server` requiring TLS and an NKey, a credentials file or a client certificate, and an
-//! HTTPS OTLP collector. Each is verified
-//! against the configured CA (a foreign CA is refused), and the worker deploys through them.
+//! HTTPS OTLP collector. Each is verified against the configured CA (a foreign CA is
+//! refused), and the worker deploys through them.
 
 mod common;
 
