@@ -69,21 +69,26 @@ pub struct Worker {
     grace: Duration,
     readiness: Readiness,
     http: HttpServer,
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Applies pending migrations, or refuses when `apply` is false and some are pending.
+///
+/// It first only reads the migrations table, so with nothing pending a role without DDL
+/// rights (see `deploy/sql/worker-role.sql`) starts whatever `apply` says. Applying holds the
+/// migration advisory lock ([`migration::up_locked`]), so replicas starting together migrate
+/// one after the other.
 pub async fn migrate(store: &Store, apply: bool) -> Result<(), WorkerError> {
     let db = store.db();
-    if apply {
-        return migration::Migrator::up(db, None)
-            .await
-            .map_err(|err| WorkerError::Schema(err.to_string()));
-    }
-    let pending = migration::Migrator::get_pending_migrations(db)
+    let pending = migration::Migrator::get_pending_migrations_read_only(db)
         .await
         .map_err(|err| WorkerError::Schema(err.to_string()))?;
     if pending.is_empty() {
         Ok(())
+    } else if apply {
+        migration::up_locked(db)
+            .await
+            .map_err(|err| WorkerError::Schema(err.to_string()))
     } else {
         Err(WorkerError::Schema(format!(
             "{} migration(s) pending; run `deploy-worker migrate` or set DATABASE_MIGRATE=true",
@@ -134,7 +139,11 @@ impl Worker {
             Store::connect_with_metrics(database_url, settings.store_settings(), metrics.clone())
                 .await?;
         migrate(&store, settings.database_migrate).await?;
-        let nats = async_nats::ConnectOptions::new()
+        let nats = settings
+            .nats_security
+            .connect_options()
+            .await
+            .map_err(|err| WorkerError::Invalid(err.to_string()))?
             .name("deploy-worker")
             .retry_on_initial_connect()
             .connect(nats_url)
@@ -155,6 +164,7 @@ impl Worker {
             .await
             .map_err(|err| WorkerError::Schema(err.to_string()))?;
         let http = HttpServer::start(&settings.http_listen, metrics.clone(), readiness.clone())?;
+        let retention = crate::retention::spawn(store.db().clone(), settings.retention.settings());
 
         let (phase, phase_rx) = watch::channel(Phase::Running);
         let ctx = Arc::new(PassContext {
@@ -184,6 +194,7 @@ impl Worker {
             grace: Duration::from_secs(settings.shutdown_grace_seconds),
             readiness,
             http,
+            retention,
         })
     }
 
@@ -210,6 +221,9 @@ impl Worker {
     /// Graceful stop (see the module docs).
     pub async fn shutdown(self) -> Result<(), WorkerError> {
         self.readiness.set_draining();
+        if let Some(retention) = &self.retention {
+            retention.abort();
+        }
         // Stop pulling first and wait until our last pull requests have run out: a message
         // handed back while one is still open could be redelivered straight to this stopping
         // worker and sit unacknowledged until the ack wait.

@@ -570,11 +570,14 @@ async fn a_foreign_object_with_the_same_name_is_refused_not_overwritten() {
         "{reason}"
     );
     let after = cluster.object(id).unwrap();
+    // the simulated controller may have updated its status meanwhile; nobody else wrote it
     assert_eq!(
-        after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
-        "left untouched"
+        cluster.writes(id),
+        vec![(Verb::Create, 201)],
+        "left untouched: the only write is the foreign creator's"
     );
     assert_eq!(after["spec"], before["spec"]);
+    assert_eq!(after["metadata"]["labels"], before["metadata"]["labels"]);
 
     // Deleting our endpoint leaves the foreign object alone too.
     cluster.env.publish(EventKind::Delete, &tenant, id).await;
