@@ -33,6 +33,10 @@ pub struct SimConfig {
     pub request_log_capacity: usize,
     /// DNS domain of the URLs the controller reports (`http://<name>.<ns>.<domain>`).
     pub domain: String,
+    /// The namespaces that exist; `None` (the default) lets objects be created in any
+    /// namespace. With a list, a create elsewhere is a 404 as on a real cluster
+    /// ([`crate::SimHandle::create_namespace`] adds one at run time).
+    pub namespaces: Option<Vec<String>>,
 }
 
 impl Default for SimConfig {
@@ -50,6 +54,7 @@ impl Default for SimConfig {
             workers: 2,
             request_log_capacity: 10_000,
             domain: "example.com".into(),
+            namespaces: None,
         }
     }
 }

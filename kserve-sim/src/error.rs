@@ -199,6 +199,22 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// 504 for a watch or list from a resourceVersion the server has not reached (a client
+    /// that outlived a restore of the API server's storage), worded as the API server does.
+    pub fn resource_version_too_large(requested: u64, current: u64) -> Self {
+        let mut e = Self::new(
+            504,
+            "Timeout",
+            format!("Too large resource version: {requested}, current: {current}"),
+        );
+        e.causes = vec![Cause {
+            reason: "ResourceVersionTooLarge".into(),
+            message: "Too large resource version".into(),
+            field: String::new(),
+        }];
+        e
+    }
+
     /// 429 with a retry hint (injected throttling).
     pub fn too_many_requests(retry_after_seconds: u32) -> Self {
         let mut e = Self::new(
@@ -207,6 +223,17 @@ impl ApiError {
             "Too many requests, please try again later.",
         );
         e.retry_after_seconds = Some(retry_after_seconds);
+        e
+    }
+
+    /// 404 for a create in a namespace that does not exist, as the API server words it.
+    pub fn namespace_not_found(namespace: &str) -> Self {
+        let mut e = Self::new(
+            404,
+            "NotFound",
+            format!("namespaces \"{namespace}\" not found"),
+        );
+        e.name = Some(namespace.to_owned());
         e
     }
 

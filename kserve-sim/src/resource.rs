@@ -150,6 +150,10 @@ pub struct Registry {
     pub store: Store,
     /// The CRD schema.
     pub schema: Arc<Schema>,
+    /// The namespaces that exist, when the stand-in tracks them (`None`: every namespace
+    /// exists). Creating an object in a namespace that does not exist is a 404, as on a real
+    /// API server.
+    pub namespaces: std::sync::Mutex<Option<std::collections::BTreeSet<String>>>,
 }
 
 const SERVER_META: [&str; 8] = [
@@ -242,6 +246,16 @@ impl Registry {
         Self {
             store: Store::new(history_size),
             schema,
+            namespaces: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Refuses a create in a namespace that does not exist.
+    fn check_namespace(&self, ns: &str) -> Result<(), ApiError> {
+        let namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        match namespaces.as_ref() {
+            Some(existing) if !existing.contains(ns) => Err(ApiError::namespace_not_found(ns)),
+            _ => Ok(()),
         }
     }
 
@@ -345,6 +359,7 @@ impl Registry {
 
     /// Creates an object (POST).
     pub fn create(&self, ns: &str, mut body: Value, opts: &WriteOpts) -> Result<Written, ApiError> {
+        self.check_namespace(ns)?;
         check_type(&mut body, false)?;
         check_identity(&mut body, ns, None)?;
         let warnings = self.prune(&mut body, opts.field_validation)?;
@@ -678,6 +693,7 @@ impl Registry {
             if rv.is_some() {
                 return Err(ApiError::not_found(name));
             }
+            self.check_namespace(ns)?;
             let mut obj = apply::apply(
                 None,
                 &applied,

@@ -61,6 +61,10 @@ impl KserveSim {
             source,
         })?;
         let registry = Arc::new(Registry::new(schema, config.history_size));
+        if let Some(namespaces) = &config.namespaces {
+            *registry.namespaces.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(namespaces.iter().cloned().collect());
+        }
         let faults = Arc::new(FaultState::new(config.faults.clone()));
         let log = Arc::new(RequestLog::new(config.request_log_capacity));
         let timings = Timings {
@@ -243,6 +247,20 @@ impl SimHandle {
     /// Current fault settings.
     pub fn faults(&self) -> Faults {
         self.inner.faults.get()
+    }
+
+    /// Creates `namespace` (only meaningful when the stand-in tracks namespaces, see
+    /// [`SimConfig::namespaces`]).
+    pub fn create_namespace(&self, namespace: &str) {
+        let mut namespaces = self
+            .inner
+            .registry
+            .namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = namespaces.as_mut() {
+            existing.insert(namespace.to_owned());
+        }
     }
 
     /// Replaces the fault settings (new watches pick up cut settings when they open).

@@ -204,6 +204,12 @@ pub fn open(
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))?,
         ),
     };
+    if let Some(from) = from {
+        let current = store.lock().current_rv();
+        if from > current {
+            return Err(ApiError::resource_version_too_large(from, current));
+        }
+    }
     let initial = req.send_initial_events;
     let now = Instant::now();
     let mut state = WatchState {

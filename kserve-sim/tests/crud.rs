@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use kserve_sim::SimConfig;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
@@ -709,5 +710,41 @@ async fn delete_lingers_with_finalizer_then_is_gone_with_a_deleted_event() {
             .unwrap_or_else(|e| panic!("{e}"))
             .is_none()
     );
+    sim.stop().await;
+}
+
+/// With namespaces tracked, a create (POST or server-side apply) in a namespace that does not
+/// exist is a 404 naming the namespace, as on a real cluster; once it exists, it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_in_a_namespace_that_does_not_exist_is_not_found() {
+    let sim = start(SimConfig {
+        namespaces: Some(vec!["default".into()]),
+        ..fast_config()
+    })
+    .await;
+    let c = client(&sim).await;
+    let a = api(&c, NS);
+    let object = dynamic(manifest("n", json!({}), "s3://m/1"));
+    let err = api_status(
+        a.create(&PostParams::default(), &object)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("create in a missing namespace accepted")),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (404, "NotFound"));
+    assert_eq!(err.message, format!("namespaces \"{NS}\" not found"));
+    let apply = PatchParams::apply("test").force();
+    let err = api_status(
+        a.patch("n", &apply, &Patch::Apply(&object))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("apply in a missing namespace accepted")),
+    );
+    assert_eq!(err.code, 404);
+
+    sim.create_namespace(NS);
+    a.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("create once the namespace exists: {e}"));
     sim.stop().await;
 }

@@ -471,3 +471,25 @@ async fn cut_watches_are_resumed_by_the_watcher_without_losing_changes() {
     );
     sim.stop().await;
 }
+
+/// A watch from a resourceVersion the server has not reached (a client that outlived a restore
+/// of the server's storage) is refused as a real API server refuses it: 504, "Too large
+/// resource version", cause `ResourceVersionTooLarge`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_future_resource_version_is_refused_as_too_large() {
+    let sim = start(fast_config()).await;
+    let c = client(&sim).await;
+    let a = api(&c, NS);
+    let future = (sim.resource_version() + 1_000).to_string();
+    let err = match a.watch(&WatchParams::default(), &future).await {
+        Err(err) => api_status(err),
+        Ok(_) => panic!("a watch from the future was accepted"),
+    };
+    assert_eq!((err.code, err.reason.as_str()), (504, "Timeout"));
+    assert!(
+        err.message.contains("Too large resource version"),
+        "{}",
+        err.message
+    );
+    sim.stop().await;
+}

@@ -33,15 +33,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
 use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::informer::{Informer, Sighting};
 use super::{Alarm, DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Interrupt};
 use crate::delivery::Backoff;
 use crate::intent::DeploymentMode;
@@ -65,31 +63,6 @@ const API_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(100),
     max: Duration::from_secs(5),
 };
-
-/// Reconnect delays of a deploy's watch ([`API_BACKOFF`]), back to the start after every event
-/// that arrives. kube-runtime's default is tuned for long-lived controllers (up to 30 s, reset
-/// only after two quiet minutes); a deploy's watch lives for one rollout and must not sleep
-/// through it.
-#[derive(Default)]
-struct WatchBackoff {
-    /// Reconnects since the last event.
-    attempt: i64,
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        self.attempt += 1;
-        Some(API_BACKOFF.delay(self.attempt))
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
 
 /// Could not set up the Kubernetes client.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +92,7 @@ pub struct KubernetesDeployer {
     timeout: Duration,
     metrics: Arc<Metrics>,
     alarm: Alarm,
+    informer: Arc<Informer>,
 }
 
 /// What one read-check-apply round decided.
@@ -188,12 +162,15 @@ impl KubernetesDeployer {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let api = Api::namespaced(client, namespace);
+        let informer = Arc::new(Informer::start(api.clone(), namespace, metrics.clone()));
         Self {
-            api: Api::namespaced(client, namespace),
+            api,
             namespace: namespace.to_owned(),
             timeout,
             metrics,
             alarm: Alarm::default(),
+            informer,
         }
     }
 
@@ -333,9 +310,16 @@ impl KubernetesDeployer {
     /// Read, check, apply — repeated after conflicts and transient errors until `deadline`.
     async fn apply(&self, request: &DeployRequest<'_>, deadline: Instant) -> Result<Applied, Halt> {
         let what = format!("apply InferenceService {}/{}", self.namespace, request.name);
+        let conflicted = &std::sync::atomic::AtomicBool::new(false);
         match self
-            .with_retries(deadline, &what, Some(request.interrupt), || {
-                self.apply_once(request)
+            .with_retries(deadline, &what, Some(request.interrupt), || async {
+                // after a conflict the cache is behind: read the object fresh
+                let fresh = conflicted.swap(false, std::sync::atomic::Ordering::Relaxed);
+                let result = self.apply_once(request, fresh).await;
+                if matches!(&result, Err(kube::Error::Api(status)) if status.code == 409) {
+                    conflicted.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                result
             })
             .await?
         {
@@ -399,8 +383,19 @@ impl KubernetesDeployer {
         }
     }
 
-    async fn apply_once(&self, request: &DeployRequest<'_>) -> Result<Applied, kube::Error> {
-        let Some(existing) = self.api.get_opt(request.name).await? else {
+    /// One read-check-apply. The read is the informer's cache once it has synced (no request:
+    /// a stale entry shows up as a 409, after which `fresh` reads from the API server).
+    async fn apply_once(
+        &self,
+        request: &DeployRequest<'_>,
+        fresh: bool,
+    ) -> Result<Applied, kube::Error> {
+        let existing = if !fresh && self.informer.is_synced() {
+            self.informer.cached(request.name)
+        } else {
+            self.api.get_opt(request.name).await?.map(Arc::new)
+        };
+        let Some(existing) = existing else {
             let params = PostParams {
                 field_manager: Some(FIELD_MANAGER.to_owned()),
                 ..Default::default()
@@ -494,82 +489,64 @@ impl KubernetesDeployer {
             Ok(outcome) => return Ok(Some(outcome)),
             Err(state) => state,
         };
-        let config = watcher::Config::default().fields(&format!("metadata.name={}", request.name));
-        let mut events = watcher::watcher(self.api.clone(), config)
-            .backoff(WatchBackoff::default())
-            .boxed();
-        // The watch error since the last event, if the API server is not answering now.
-        let mut trouble: Option<String> = None;
-        // Whether the (re)list under way has shown the object.
-        let mut listed = false;
+        let ours = applied.metadata.uid.as_ref();
+        let mut subscription = self.informer.subscribe(request.name);
         loop {
-            let next = tokio::select! {
-                next = tokio::time::timeout_at(deadline, events.next()) => next,
-                () = request.interrupt.fired() => return Ok(Some(DeployOutcome::Interrupted)),
-            };
-            let event = match next {
-                Err(_elapsed) => {
-                    if let Some(trouble) = trouble {
-                        return Err(DeployError::Transient(format!(
-                            "the Kubernetes API could not be watched for InferenceService \
-                             {}/{} ({trouble}); handed back to retry",
-                            self.namespace, request.name
-                        )));
+            match subscription.latest() {
+                Sighting::Seen(object) if object.metadata.uid.as_ref() == ours => {
+                    match classify(request, &object, target).settled() {
+                        Ok(outcome) => return Ok(Some(outcome)),
+                        Err(state) => last = state,
                     }
-                    return Ok(Some(DeployOutcome::Failed {
-                        reason: format!(
-                            "InferenceService {}/{} was not Ready within {} s (DEPLOY_TIMEOUT_SECONDS); last seen: {last}",
-                            self.namespace,
-                            request.name,
-                            self.timeout.as_secs()
-                        ),
-                    }));
                 }
-                Ok(None) => {
-                    return Err(DeployError::Transient(
-                        "the watch ended unexpectedly".into(),
-                    ));
-                }
-                Ok(Some(Err(err))) => {
-                    // The watcher backs off and reconnects by itself; count and go on.
-                    if let watcher::Error::WatchFailed(kube::Error::Api(status))
-                    | watcher::Error::InitialListFailed(kube::Error::Api(status))
-                    | watcher::Error::WatchStartFailed(kube::Error::Api(status)) = &err
-                    {
-                        self.metrics.kube_error(status.code);
+                Sighting::Gone { uid: Some(uid) } if Some(&uid) == ours => return Ok(None),
+                Sighting::Gone { uid: None } => {
+                    // missing from a relist: read it to be sure
+                    match self.api.get_opt(request.name).await {
+                        Ok(Some(object)) if object.metadata.uid.as_ref() == ours => {
+                            match classify(request, &object, target).settled() {
+                                Ok(outcome) => return Ok(Some(outcome)),
+                                Err(state) => last = state,
+                            }
+                        }
+                        Ok(_) => return Ok(None),
+                        Err(err) => {
+                            self.retryable(&err);
+                        }
                     }
-                    tracing::debug!(name = request.name, error = %err, "watch error; the watcher retries");
-                    trouble = Some(err.to_string());
-                    continue;
                 }
-                Ok(Some(Ok(event))) => event,
-            };
-            trouble = None;
-            let object = match event {
-                Event::Init => {
-                    listed = false;
-                    continue;
-                }
-                Event::InitDone if !listed => return Ok(None),
-                Event::InitDone => continue,
-                Event::Delete(_) => return Ok(None),
-                Event::InitApply(object) => {
-                    listed = true;
-                    object
-                }
-                Event::Apply(object) => object,
-            };
-            if object.metadata.uid != applied.metadata.uid
-                && object.metadata.generation.unwrap_or(0) < target
-            {
-                // a new object of the same name (re-created from scratch): ours is gone
-                return Ok(None);
+                // another incarnation (a stale cache entry from before our create; a re-creation
+                // after ours was deleted comes after a sighting of that deletion) or nothing yet
+                Sighting::Seen(_) | Sighting::Gone { .. } | Sighting::Unknown => {}
             }
-            match classify(request, &object, target).settled() {
-                Ok(outcome) => return Ok(Some(outcome)),
-                Err(state) => last = state,
+            tokio::select! {
+                waited = tokio::time::timeout_at(deadline, subscription.changed()) => {
+                    if waited.is_err() {
+                        return self.deadline_passed(request.name, &last);
+                    }
+                }
+                () = request.interrupt.fired() => return Ok(Some(DeployOutcome::Interrupted)),
             }
         }
+    }
+
+    /// The deploy's time ran out: a timeout the endpoint is blamed for, unless the API server
+    /// could not be watched at the end (then a transient failure, handed back).
+    fn deadline_passed(&self, name: &str, last: &str) -> Result<Option<DeployOutcome>, DeployError> {
+        if let Some(trouble) = self.informer.trouble() {
+            return Err(DeployError::Transient(format!(
+                "the Kubernetes API could not be watched for InferenceService {}/{name} \
+                 ({trouble}); handed back to retry",
+                self.namespace
+            )));
+        }
+        Ok(Some(DeployOutcome::Failed {
+            reason: format!(
+                "InferenceService {}/{name} was not Ready within {} s (DEPLOY_TIMEOUT_SECONDS); last seen: {last}",
+                self.namespace,
+                self.timeout.as_secs()
+            ),
+        }))
     }
 
     pub(super) async fn delete(
@@ -644,54 +621,51 @@ impl KubernetesDeployer {
         }
     }
 
-    /// Watches until the object with `uid` is gone.
+    /// Waits until the object with `uid` is gone, as the informer sees it; objects it does not
+    /// follow (or a relist that misses one) are confirmed with a read now and then.
     async fn wait_gone(
         &self,
         name: &str,
         uid: Option<String>,
         deadline: Instant,
     ) -> Result<DeleteOutcome, DeployError> {
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut events = watcher::watcher(self.api.clone(), config)
-            .backoff(WatchBackoff::default())
-            .boxed();
-        // Whether the current (re)list has shown the object.
-        let mut seen_in_list = false;
+        const RECHECK: Duration = Duration::from_secs(2);
+        let mut subscription = self.informer.subscribe(name);
+        let same = |object: &InferenceService| uid.is_none() || object.metadata.uid == uid;
         loop {
-            let next = match tokio::time::timeout_at(deadline, events.try_next()).await {
-                Err(_elapsed) => {
-                    return Ok(DeleteOutcome::Failed {
-                        reason: format!(
-                            "InferenceService {}/{name} was still terminating after {} s \
-                             (DEPLOY_TIMEOUT_SECONDS); check its finalizers",
-                            self.namespace,
-                            self.timeout.as_secs()
-                        ),
-                    });
+            let confirm = match subscription.latest() {
+                Sighting::Gone { uid: Some(gone) } if uid.is_none() || Some(&gone) == uid.as_ref() => {
+                    return Ok(DeleteOutcome::Deleted);
                 }
-                Ok(next) => next,
+                // replaced by a new object of the same name: ours is gone
+                Sighting::Seen(object) if !same(&object) => return Ok(DeleteOutcome::Deleted),
+                Sighting::Seen(_) | Sighting::Gone { uid: Some(_) } => false,
+                Sighting::Gone { uid: None } | Sighting::Unknown => true,
             };
-            let same = |object: &InferenceService| uid.is_none() || object.metadata.uid == uid;
-            match next {
-                Ok(Some(Event::Delete(object))) if same(&object) => {
-                    return Ok(DeleteOutcome::Deleted);
+            if confirm {
+                match self.api.get_opt(name).await {
+                    Ok(None) => return Ok(DeleteOutcome::Deleted),
+                    Ok(Some(object)) if !same(&object) => return Ok(DeleteOutcome::Deleted),
+                    Ok(Some(_)) => {}
+                    Err(err) => {
+                        self.retryable(&err);
+                    }
                 }
-                Ok(Some(Event::Init)) => seen_in_list = false,
-                Ok(Some(Event::InitApply(object))) if same(&object) => seen_in_list = true,
-                Ok(Some(Event::InitDone)) if !seen_in_list => return Ok(DeleteOutcome::Deleted),
-                Ok(Some(Event::Apply(object))) if !same(&object) => {
-                    // Replaced by a new object of the same name: ours is gone.
-                    return Ok(DeleteOutcome::Deleted);
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Err(DeployError::Transient(
-                        "the watch ended unexpectedly".into(),
-                    ));
-                }
-                Err(err) => {
-                    tracing::debug!(name, error = %err, "watch error; the watcher retries");
-                }
+            }
+            let next = tokio::time::timeout_at(
+                deadline.min(Instant::now() + RECHECK),
+                subscription.changed(),
+            )
+            .await;
+            if next.is_err() && Instant::now() >= deadline {
+                return Ok(DeleteOutcome::Failed {
+                    reason: format!(
+                        "InferenceService {}/{name} was still terminating after {} s \
+                         (DEPLOY_TIMEOUT_SECONDS); check its finalizers",
+                        self.namespace,
+                        self.timeout.as_secs()
+                    ),
+                });
             }
         }
     }

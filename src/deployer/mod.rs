@@ -17,6 +17,7 @@
 //! so both modes produce the same span tree. Kubernetes API error responses are counted with
 //! [`Metrics::kube_error`](crate::metrics::Metrics::kube_error).
 
+pub mod informer;
 pub mod kubernetes;
 pub mod simulate;
 
