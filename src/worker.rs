@@ -24,6 +24,7 @@ use crate::events;
 use crate::http::{HttpError, HttpServer, Readiness};
 use crate::metrics::Metrics;
 use crate::pass::{PassContext, Phase};
+use crate::poller;
 use crate::store::{ConnectError, Store};
 use crate::supervisor::{Registry, Resume, Shutdown, StopFetching, Supervisor, Terminate};
 
@@ -69,6 +70,7 @@ pub struct Worker {
     grace: Duration,
     readiness: Readiness,
     http: HttpServer,
+    poller: tokio::task::JoinHandle<()>,
 }
 
 /// Applies pending migrations, or refuses when `apply` is false and some are pending.
@@ -167,8 +169,17 @@ impl Worker {
             metrics: metrics.clone(),
         });
         let idle_after = Duration::from_secs(settings.endpoint_idle_seconds);
+        let polled_consumers = vec![consumers.deploy.clone(), consumers.delete.clone()];
         let supervisor = Supervisor::new(ctx, consumers, registry.clone(), idle_after).start();
         supervisor.do_send(Resume(resume));
+        let released = supervisor.clone();
+        let poller = poller::spawn(
+            store.clone(),
+            polled_consumers,
+            metrics.clone(),
+            settings.metrics_poll(),
+            Box::new(move |ids| released.do_send(Resume(ids))),
+        );
         tracing::info!(mode = ?settings.deploy_mode, "deploy-worker started");
         Ok(Self {
             supervisor,
@@ -180,6 +191,7 @@ impl Worker {
             grace: Duration::from_secs(settings.shutdown_grace_seconds),
             readiness,
             http,
+            poller,
         })
     }
 
@@ -241,6 +253,7 @@ impl Worker {
             tracing::warn!(error = %err, "could not flush NATS on shutdown");
         }
         self.supervisor.do_send(Terminate);
+        self.poller.abort();
         self.http.stop().await;
         tracing::info!("deploy-worker stopped");
         Ok(())

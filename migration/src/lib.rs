@@ -1,6 +1,6 @@
 //! Schema migrations for deploy-worker.
 //!
-//! Two migrations, both safe on a database the platform already created:
+//! Three migrations, all safe on a database the platform already created:
 //!
 //! 1. [`m20260101_000001_platform_tables`] creates the platform tables the worker reads
 //!    (`models`, `model_versions`, `endpoints`), the `citext` extension and an `updated_at`
@@ -9,6 +9,8 @@
 //! 2. [`m20260101_000002_worker_columns`] adds what belongs to the worker: `status_reason`,
 //!    `spec_generation` (bumped by a trigger only when a serving field changes),
 //!    `ready_generation`, and the `deployment_history` and `rejected_events` tables.
+//! 3. [`m20261201_000101_operator_tables`] adds what the operator commands need:
+//!    `rejected_events.replayed_at` and the `tenant_pauses` table.
 //!
 //! Every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`), so running the
 //! migrations twice, or against a half-migrated database, changes nothing that is there.
@@ -17,6 +19,7 @@ pub use sea_orm_migration::prelude::*;
 
 pub mod m20260101_000001_platform_tables;
 pub mod m20260101_000002_worker_columns;
+pub mod m20261201_000101_operator_tables;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -27,6 +30,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20260101_000001_platform_tables::Migration),
             Box::new(m20260101_000002_worker_columns::Migration),
+            Box::new(m20261201_000101_operator_tables::Migration),
         ]
     }
 }

@@ -13,7 +13,7 @@ use deploy_worker::events::{self, EventKind};
 use deploy_worker::platform::{self, EventFields, ModelVersionRef, NewEndpoint, NewModelVersion};
 use deploy_worker::sandbox::{LocalNats, LocalPostgres};
 use deploy_worker::store::{Store, StoreSettings};
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -392,22 +392,15 @@ pub async fn create_endpoint(db: &DatabaseConnection, artifact: Option<&str>) ->
     }
 }
 
-/// A publisher-side trace context with fresh random ids, sampled.
+/// A publisher-side trace context with fresh random ids, sampled, and those ids.
 pub fn publisher_context() -> (opentelemetry::Context, TraceId, SpanId) {
-    let trace_id = TraceId::from(rand::random::<u128>().max(1));
-    let span_id = SpanId::from(rand::random::<u64>().max(1));
-    let sc = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::SAMPLED,
-        true,
-        TraceState::default(),
-    );
-    (
-        opentelemetry::Context::new().with_remote_span_context(sc),
-        trace_id,
-        span_id,
-    )
+    let cx = platform::publisher_context();
+    let (trace_id, span_id) = {
+        let span = cx.span();
+        let sc = span.span_context();
+        (sc.trace_id(), sc.span_id())
+    };
+    (cx, trace_id, span_id)
 }
 
 /// Publishes a deploy event for `endpoint` inside the trace `cx`.
