@@ -8,7 +8,7 @@
 //!   many `DEPLOYING` endpoints a tenant pause holds.
 //!
 //! - **Released holds**: endpoints still held `DEPLOYING` by a pause of a tenant that has since
-//!   been resumed, for longer than [`RELEASE_AFTER`]. `deploy-worker tenant resume` publishes a
+//!   been resumed, for longer than [`RELEASE_AFTER_POLLS`] poll intervals. `deploy-worker tenant resume` publishes a
 //!   deploy event for each held endpoint; this is the safety net when that could not happen
 //!   (the command was interrupted, or a pass recorded a hold just as the pause was lifted): they
 //!   are handed to the supervisor like endpoints resumed at start-up, so a resume converges
@@ -30,9 +30,9 @@ use uuid::Uuid;
 use crate::metrics::{self, ConsumerState, DeployingState, Metrics};
 use crate::store::{PAUSED_REASON, Store, StoreError};
 
-/// How long an endpoint stays held after its tenant's pause was lifted before the poller
-/// resumes it itself (the resume command's events normally get there first).
-pub const RELEASE_AFTER: Duration = Duration::from_secs(30);
+/// How many poll intervals an endpoint stays held after its tenant's pause was lifted before
+/// the poller resumes it itself (the resume command's events normally get there first).
+pub const RELEASE_AFTER_POLLS: u32 = 3;
 
 /// Most released endpoints resumed per poll.
 const RELEASE_BATCH: u64 = 1000;
@@ -114,12 +114,13 @@ pub async fn read_consumers(
     Ok(states)
 }
 
-/// Reads everything once, hands the metrics' part to `metrics` and released holds to
-/// `resume`.
+/// Reads everything once, hands the metrics' part to `metrics` and endpoints held for longer
+/// than `release_after` by a lifted pause to `resume`.
 pub async fn poll_once(
     store: &Store,
     consumers: &[PullConsumer],
     metrics: &Metrics,
+    release_after: Duration,
     resume: &(dyn Fn(Vec<Uuid>) + Send + Sync),
 ) {
     let read = tokio::time::timeout(READ_TIMEOUT, read_consumers(consumers)).await;
@@ -148,7 +149,7 @@ pub async fn poll_once(
             None
         }
     });
-    match tokio::time::timeout(READ_TIMEOUT, read_released(store.db(), RELEASE_AFTER)).await {
+    match tokio::time::timeout(READ_TIMEOUT, read_released(store.db(), release_after)).await {
         Ok(Ok(ids)) if !ids.is_empty() => {
             tracing::info!(
                 endpoints = ids.len(),
@@ -174,12 +175,14 @@ pub fn spawn(
     every: Duration,
     resume: Box<dyn Fn(Vec<Uuid>) + Send + Sync>,
 ) -> tokio::task::JoinHandle<()> {
+    let every = every.max(Duration::from_millis(100));
+    let release_after = every * RELEASE_AFTER_POLLS;
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(every.max(Duration::from_millis(100)));
+        let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            poll_once(&store, &consumers, &metrics, resume.as_ref()).await;
+            poll_once(&store, &consumers, &metrics, release_after, resume.as_ref()).await;
         }
     })
 }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod openmetrics;
+
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -539,4 +541,33 @@ pub async fn wait_http(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Runs the `deploy-worker` binary with `args` against these servers' URLs (plus `env`),
+/// without blocking the runtime (a worker may be running on it); `(success, stdout, stderr)`.
+pub async fn deploy_worker_cli(
+    args: &[&str],
+    urls: Option<(&LocalPostgres, &LocalNats)>,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-worker"));
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL")
+        .env("RUST_LOG", "warn");
+    if let Some((pg, nats)) = urls {
+        command
+            .env("DATABASE_URL", pg.url())
+            .env("NATS_URL", nats.url());
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().await.expect("run deploy-worker");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
