@@ -223,7 +223,7 @@ impl Metrics {
             commit_batch.clone(),
         );
         // Known label values start at zero, so `rate()` and alerts work before the first
-        // occurrence (Kubernetes status codes are only known when they happen).
+        // occurrence.
         for subject in [DEPLOY_SUBJECT, DELETE_SUBJECT] {
             for outcome in [
                 outcome::READY,
@@ -241,6 +241,13 @@ impl Metrics {
         }
         for reason in [retry::DATABASE, retry::DEPLOYER, retry::SHUTDOWN] {
             let _ = retries.get_or_create(&ReasonLabels { reason });
+        }
+        // The codes the worker handles apart: authorization, conflicts, throttling, server
+        // trouble (others appear when they first happen).
+        for code in [FORBIDDEN, 409, 429, 500] {
+            let _ = kube_errors.get_or_create(&CodeLabels {
+                code: code.to_string(),
+            });
         }
         for operation in [DB_LOAD, DB_COMMIT, DB_POLL] {
             let _ = database_errors.get_or_create(&OperationLabels { operation });
