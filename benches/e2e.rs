@@ -406,12 +406,11 @@ const KSERVE_READY_DELAY: Duration = Duration::from_secs(1);
 async fn kubernetes(scale: &Scale) {
     let n = scale.k8s_endpoints;
     let setup = setup(scale, n, true).await;
-    let mut config = kserve_sim::SimConfig::with_schema(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/kserve/inferenceservice-v1beta1.schema.json"
-    ));
-    config.ready_delay = KSERVE_READY_DELAY;
-    config.stale_status = Duration::ZERO;
+    let config = kserve_sim::SimConfig {
+        ready_delay: KSERVE_READY_DELAY,
+        stale_status: Duration::ZERO,
+        ..Default::default()
+    };
     let sim = kserve_sim::KserveSim::start(config)
         .await
         .expect("stand-in");

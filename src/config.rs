@@ -11,6 +11,7 @@ use crate::admission::Caps;
 use crate::delivery::Backoff;
 use crate::events::ConsumerSettings;
 use crate::kserve::{ModeNames, RenderOptions};
+use crate::pass::PanicAt;
 use crate::store::StoreSettings;
 use crate::telemetry::LogFormat;
 
@@ -164,6 +165,17 @@ pub struct Settings {
     /// Logging.
     #[command(flatten)]
     pub logging: LogArgs,
+
+    /// Fault injection for crash-isolation tests only: passes over these endpoints panic at
+    /// these spec generations (`<endpoint id>@<generation>`, comma-separated). Hidden; never
+    /// set it in production.
+    #[arg(
+        long,
+        env = "DEPLOY_WORKER_FAILPOINT_PANIC",
+        hide = true,
+        value_delimiter = ','
+    )]
+    pub failpoint_panic: Vec<PanicAt>,
 }
 
 impl Settings {

@@ -17,6 +17,7 @@
 //! Each delivery carries its `receive` span ([`crate::telemetry::receive_span`]), which stays
 //! open until the delivery is answered and dropped and records the final answer as `answer`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
@@ -43,6 +44,9 @@ pub struct Delivery {
     /// Its `receive` span (parent: the publisher's span); passes covering it are its children
     /// or link to it.
     pub span: tracing::Span,
+    /// Set once it has been answered (ack, nak or term; progress does not count), so a pass
+    /// that panics can hand back exactly what it had not answered yet.
+    pub answered: AtomicBool,
 }
 
 /// Delays for handing messages back after transient failures.
@@ -73,7 +77,13 @@ impl Delivery {
             published_at: None,
             received_at: Instant::now(),
             span: crate::telemetry::resume_span(endpoint_id),
+            answered: AtomicBool::new(false),
         }
+    }
+
+    /// Whether it has been answered (see [`Delivery::answered`]).
+    pub fn is_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
     }
 
     /// Subject the message arrived on (`resume` for synthetic deliveries).
@@ -107,10 +117,13 @@ impl Delivery {
     /// Sends `kind` for this message; a failure is logged (JetStream will redeliver).
     pub async fn answer(&self, kind: AckKind) {
         let Some(message) = &self.message else {
+            self.answered
+                .store(!matches!(kind, AckKind::Progress), Ordering::Relaxed);
             return;
         };
         let what = ack_name(&kind);
         if !matches!(kind, AckKind::Progress) {
+            self.answered.store(true, Ordering::Relaxed);
             self.span.record("answer", what);
         }
         if let Err(err) = message.ack_with(kind).await {

@@ -80,6 +80,8 @@ pub struct EndpointActor {
     answering: usize,
     handled: u64,
     idle_timer: Option<SpawnHandle>,
+    /// Sends progress acks for `pending` while it waits behind a running pass.
+    progress_timer: Option<SpawnHandle>,
 }
 
 impl EndpointActor {
@@ -101,10 +103,39 @@ impl EndpointActor {
             answering: 0,
             handled: 0,
             idle_timer: None,
+            progress_timer: None,
         }
     }
 
+    /// Keeps queued deliveries alive while they wait for the running pass: without progress
+    /// acks JetStream would redeliver them after its ack wait, again and again, during a long
+    /// deploy.
+    fn arm_progress_timer(&mut self, ctx: &mut Context<Self>) {
+        if self.progress_timer.is_some() {
+            return;
+        }
+        let every = self.ctx.progress_every;
+        let handle = ctx.run_interval(every, |act, _ctx| {
+            let waiting: Vec<_> = act
+                .pending
+                .iter()
+                .filter_map(|d| d.message.clone())
+                .collect();
+            if !waiting.is_empty() {
+                tokio::spawn(async move {
+                    for message in waiting {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                });
+            }
+        });
+        self.progress_timer = Some(handle);
+    }
+
     fn start_pass(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.progress_timer.take() {
+            ctx.cancel_future(timer);
+        }
         self.busy = true;
         let batch = std::mem::take(&mut self.pending);
         let work = pass::run(self.ctx.clone(), self.endpoint_id, batch);
@@ -193,7 +224,9 @@ impl Handler<Deliver> for EndpointActor {
         if let Some(timer) = self.idle_timer.take() {
             ctx.cancel_future(timer);
         }
-        if !self.busy {
+        if self.busy {
+            self.arm_progress_timer(ctx);
+        } else {
             self.start_pass(ctx);
         }
     }

@@ -12,7 +12,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull, stream};
+use async_nats::jetstream::{
+    self,
+    consumer::{FromConsumer, PullConsumer, pull},
+    stream,
+};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -132,6 +136,21 @@ pub enum BindError {
         #[source]
         source: jetstream::stream::ConsumerError,
     },
+    /// An existing consumer has a setting the worker cannot run with.
+    #[error(
+        "durable consumer {name} exists with {setting} = {found}; the worker needs {needed}. \
+         Delete the consumer (the worker recreates it) or change that setting"
+    )]
+    Unusable {
+        /// The consumer's durable name.
+        name: &'static str,
+        /// The consumer setting.
+        setting: &'static str,
+        /// What the consumer has.
+        found: String,
+        /// What the worker needs, and why.
+        needed: &'static str,
+    },
     /// An existing consumer filters a different subject than the worker expects.
     #[error(
         "durable consumer {name} exists but filters {found:?}, not {expected}; delete it or fix its filter"
@@ -161,6 +180,9 @@ pub struct Consumers {
     pub deploy: PullConsumer,
     /// Consumer of [`DELETE_SUBJECT`].
     pub delete: PullConsumer,
+    /// The shorter of the two consumers' actual ack waits (an existing consumer keeps its
+    /// own): progress acks must come well within it.
+    pub ack_wait: Duration,
 }
 
 /// The stream configuration the platform uses, for creating it when missing.
@@ -183,9 +205,15 @@ pub async fn bind(
         .get_or_create_stream(stream_config())
         .await
         .map_err(BindError::Stream)?;
-    let deploy = bind_consumer(&stream, DEPLOY_CONSUMER, DEPLOY_SUBJECT, settings).await?;
-    let delete = bind_consumer(&stream, DELETE_CONSUMER, DELETE_SUBJECT, settings).await?;
-    Ok(Consumers { deploy, delete })
+    let (deploy, deploy_wait) =
+        bind_consumer(&stream, DEPLOY_CONSUMER, DEPLOY_SUBJECT, settings).await?;
+    let (delete, delete_wait) =
+        bind_consumer(&stream, DELETE_CONSUMER, DELETE_SUBJECT, settings).await?;
+    Ok(Consumers {
+        deploy,
+        delete,
+        ack_wait: deploy_wait.min(delete_wait),
+    })
 }
 
 async fn bind_consumer(
@@ -193,7 +221,7 @@ async fn bind_consumer(
     name: &'static str,
     subject: &'static str,
     settings: ConsumerSettings,
-) -> Result<PullConsumer, BindError> {
+) -> Result<(PullConsumer, Duration), BindError> {
     let config = pull::Config {
         durable_name: Some(name.to_owned()),
         filter_subject: subject.to_owned(),
@@ -209,19 +237,57 @@ async fn bind_consumer(
         .get_or_create_consumer(name, config)
         .await
         .map_err(|source| BindError::Consumer { name, source })?;
-    let found = consumer
-        .info()
-        .await
-        .map(|info| info.config.filter_subject.clone())
-        .unwrap_or_default();
-    if found != subject {
+    // A consumer created by someone else (the platform, the Python worker) is used as found
+    // only where its settings keep the worker's delivery guarantees.
+    let found = match consumer.info().await {
+        Ok(info) => info.config.clone(),
+        Err(_) => consumer.cached_info().config.clone(),
+    };
+    if found.filter_subject != subject {
         return Err(BindError::WrongFilter {
             name,
             expected: subject,
-            found,
+            found: found.filter_subject,
         });
     }
-    Ok(consumer)
+    if found.ack_policy != jetstream::consumer::AckPolicy::Explicit {
+        return Err(BindError::Unusable {
+            name,
+            setting: "ack_policy",
+            found: format!("{:?}", found.ack_policy),
+            needed: "explicit acks: each message is acked only once its outcome is committed",
+        });
+    }
+    if found.max_deliver > 0 {
+        // Finite deliveries would silently drop an event after a few transient failures.
+        // Raising the limit only ever delivers more, so it is safe to fix in place.
+        tracing::warn!(
+            consumer = name,
+            max_deliver = found.max_deliver,
+            "durable consumer limits deliveries; updating it to unlimited (max_deliver = -1)"
+        );
+        let mut updated = pull::Config::try_from_consumer_config(found.clone()).map_err(|err| {
+            BindError::Unusable {
+                name,
+                setting: "deliver_subject",
+                found: err.to_string(),
+                needed: "a pull consumer",
+            }
+        })?;
+        updated.max_deliver = -1;
+        // JetStream updates a durable consumer's editable settings when it is created again
+        // under the same name.
+        consumer = stream
+            .create_consumer(updated)
+            .await
+            .map_err(|source| BindError::Consumer { name, source })?;
+    }
+    if found.ack_wait != settings.ack_wait || found.max_ack_pending != settings.max_ack_pending {
+        tracing::info!(consumer = name, ack_wait = ?found.ack_wait,
+            max_ack_pending = found.max_ack_pending,
+            "using the durable consumer's own ack wait and ack-pending limit");
+    }
+    Ok((consumer, found.ack_wait))
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub mod retry {
     pub const DEPLOYER: &str = "deployer";
     /// The worker is shutting down.
     pub const SHUTDOWN: &str = "shutdown";
+    /// A pass panicked (a worker bug); its messages were handed back.
+    pub const PANIC: &str = "panic";
 }
 
 /// Label `operation` of `deploy_worker_database_errors_total`: a batched intent load.
@@ -239,7 +241,12 @@ impl Metrics {
                 let _ = events.get_or_create(&EventLabels { subject, outcome });
             }
         }
-        for reason in [retry::DATABASE, retry::DEPLOYER, retry::SHUTDOWN] {
+        for reason in [
+            retry::DATABASE,
+            retry::DEPLOYER,
+            retry::SHUTDOWN,
+            retry::PANIC,
+        ] {
             let _ = retries.get_or_create(&ReasonLabels { reason });
         }
         // The codes the worker handles apart: authorization, conflicts, throttling, server

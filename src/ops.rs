@@ -24,9 +24,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::events::{EventKind, MAX_EVENT_BYTES};
+use crate::events::EventKind;
 use crate::platform::{self, EventFields, ModelVersionRef};
-use crate::store::{PAUSED_REASON, REJECTED_PAYLOAD_MAX, outcome};
+use crate::store::{PAUSED_REASON, outcome};
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -231,16 +231,21 @@ pub struct RejectedRecord {
     pub endpoint_id: Option<Uuid>,
     /// Why it was refused.
     pub reason: String,
-    /// The recorded payload.
+    /// The payload rendered for people (cut, escaped).
     pub payload: String,
+    /// The payload's bytes as received (a bounded prefix); `NULL` in rows recorded before the
+    /// worker kept bytes.
+    pub payload_bytes: Option<Vec<u8>>,
+    /// The payload's full length (`NULL` in those older rows).
+    pub payload_size: Option<i32>,
     /// When it was refused.
     pub received_at: DateTime<Utc>,
     /// When it was last replayed.
     pub replayed_at: Option<DateTime<Utc>>,
 }
 
-const REJECTED_COLUMNS: &str =
-    "id, subject, stream_sequence, endpoint_id, reason, payload, received_at, replayed_at";
+const REJECTED_COLUMNS: &str = "id, subject, stream_sequence, endpoint_id, reason, payload, \
+     payload_bytes, payload_size, received_at, replayed_at";
 
 /// Rejected events received at or after `since` (all when `None`), oldest first.
 pub async fn list_rejected(
@@ -286,33 +291,42 @@ pub enum ReplayResult {
     },
 }
 
-/// Why a recorded event cannot be replayed as it was published, if so.
-fn unreplayable(record: &RejectedRecord) -> Option<String> {
-    if EventKind::from_subject(&record.subject).is_none() {
-        return Some(format!(
-            "subject {} is not one the worker consumes",
-            record.subject
-        ));
-    }
-    if record.payload.len() >= REJECTED_PAYLOAD_MAX.min(MAX_EVENT_BYTES) {
-        return Some(format!(
-            "the payload was recorded cut to {REJECTED_PAYLOAD_MAX} bytes; the original cannot \
-             be re-published"
-        ));
-    }
-    if record.payload.contains(char::REPLACEMENT_CHARACTER) {
-        return Some(
-            "the payload was not valid UTF-8 and was recorded lossily; the original cannot be \
-             re-published"
+/// The payload exactly as it was published, or why it cannot be re-published: from
+/// `payload_bytes` when the whole payload was kept there, else (rows recorded before the worker
+/// kept bytes) from the `payload` text when that is not cut or lossy.
+fn replayable_payload(record: &RejectedRecord) -> Result<(EventKind, Vec<u8>), String> {
+    let kind = EventKind::from_subject(&record.subject)
+        .ok_or_else(|| format!("subject {} is not one the worker consumes", record.subject))?;
+    match (&record.payload_bytes, record.payload_size) {
+        (Some(bytes), Some(size))
+            if usize::try_from(size).is_ok_and(|size| size == bytes.len()) =>
+        {
+            Ok((kind, bytes.clone()))
+        }
+        (Some(bytes), size) => Err(format!(
+            "only {} of the payload's {} bytes were recorded; the original cannot be re-published",
+            bytes.len(),
+            size.map_or_else(|| "unknown".to_owned(), |s| s.to_string())
+        )),
+        (None, _) if record.payload.len() >= LEGACY_TEXT_MAX => Err(format!(
+            "the payload was recorded as text cut to {LEGACY_TEXT_MAX} bytes; the original \
+             cannot be re-published"
+        )),
+        (None, _) if record.payload.contains(char::REPLACEMENT_CHARACTER) => Err(
+            "the payload was not valid UTF-8 and was recorded lossily as text; the original \
+             cannot be re-published"
                 .to_owned(),
-        );
+        ),
+        (None, _) => Ok((kind, record.payload.clone().into_bytes())),
     }
-    None
 }
 
-/// Re-publishes the selected rejected events to their subjects (payload as recorded, a fresh
-/// `Nats-Msg-Id`) and marks each `replayed_at`. Events whose payload was not recorded whole are
-/// skipped. A replayed event that is still wrong is refused and recorded again, as a new row.
+/// How much of a payload rows recorded before `payload_bytes` existed kept as text.
+const LEGACY_TEXT_MAX: usize = 4096;
+
+/// Re-publishes the selected rejected events to their subjects (the payload's bytes as
+/// published, a fresh `Nats-Msg-Id`) and marks each `replayed_at`. Events whose payload was not
+/// recorded whole are skipped. A replayed event that is still wrong is refused and recorded again, as a new row.
 pub async fn replay_rejected(
     db: &DatabaseConnection,
     js: &jetstream::Context,
@@ -342,23 +356,17 @@ pub async fn replay_rejected(
     };
     let mut results = Vec::with_capacity(records.len());
     for record in records {
-        let kind = EventKind::from_subject(&record.subject);
-        let (Some(kind), None) = (kind, unreplayable(&record)) else {
-            results.push(ReplayResult::Skipped {
-                id: record.id,
-                why: unreplayable(&record).unwrap_or_default(),
-            });
-            continue;
+        let (kind, payload) = match replayable_payload(&record) {
+            Ok(replayable) => replayable,
+            Err(why) => {
+                results.push(ReplayResult::Skipped { id: record.id, why });
+                continue;
+            }
         };
         let message_id = Uuid::new_v4().to_string();
-        platform::publish_raw(
-            js,
-            kind,
-            record.payload.clone().into_bytes(),
-            Some(&message_id),
-        )
-        .await
-        .map_err(|err| OpsError::Publish(err.to_string()))?;
+        platform::publish_raw(js, kind, payload, Some(&message_id))
+            .await
+            .map_err(|err| OpsError::Publish(err.to_string()))?;
         // Published first: should marking fail, a second replay publishes a duplicate, which
         // the worker treats like any repeated event (level-triggered), never a lost one.
         db.execute_raw(statement(
@@ -534,14 +542,21 @@ mod tests {
         }
     }
 
-    fn record(subject: &str, payload: &str) -> RejectedRecord {
+    fn record(
+        subject: &str,
+        text: &str,
+        bytes: Option<&[u8]>,
+        size: Option<i32>,
+    ) -> RejectedRecord {
         RejectedRecord {
             id: 1,
             subject: subject.into(),
             stream_sequence: Some(1),
             endpoint_id: None,
             reason: "r".into(),
-            payload: payload.into(),
+            payload: text.into(),
+            payload_bytes: bytes.map(<[u8]>::to_vec),
+            payload_size: size,
             received_at: Utc::now(),
             replayed_at: None,
         }
@@ -549,20 +564,33 @@ mod tests {
 
     #[test]
     fn only_whole_payloads_on_consumed_subjects_are_replayable() {
+        use crate::events::{DELETE_SUBJECT, DEPLOY_SUBJECT};
+        // The bytes as published, even when they are not text.
+        let raw: &[u8] = b"{\"endpoint_id\":\0\xff}";
         assert_eq!(
-            unreplayable(&record(crate::events::DEPLOY_SUBJECT, "{}")),
-            None
+            replayable_payload(&record(DEPLOY_SUBJECT, "escaped", Some(raw), Some(18))),
+            Ok((EventKind::Deploy, raw.to_vec()))
         );
+        let cut = replayable_payload(&record(DEPLOY_SUBJECT, "x", Some(raw), Some(70_000)));
+        assert!(
+            cut.unwrap_err()
+                .contains("only 18 of the payload's 70000 bytes")
+        );
+        let bare = replayable_payload(&record(DEPLOY_SUBJECT, "", Some(b""), Some(12)));
+        assert!(bare.unwrap_err().contains("only 0 of"));
+        // Older rows: the text, when whole.
         assert_eq!(
-            unreplayable(&record(crate::events::DELETE_SUBJECT, "{}")),
-            None
+            replayable_payload(&record(DELETE_SUBJECT, "{}", None, None)),
+            Ok((EventKind::Delete, b"{}".to_vec()))
         );
-        let other = unreplayable(&record("mlops.serving.other", "{}")).unwrap();
-        assert!(other.contains("not one the worker consumes"), "{other}");
-        let cut = "x".repeat(REJECTED_PAYLOAD_MAX);
-        let cut = unreplayable(&record(crate::events::DEPLOY_SUBJECT, &cut)).unwrap();
-        assert!(cut.contains("cut"), "{cut}");
-        let lossy = unreplayable(&record(crate::events::DEPLOY_SUBJECT, "{\u{FFFD}}")).unwrap();
+        let long = "x".repeat(LEGACY_TEXT_MAX);
+        let long = replayable_payload(&record(DEPLOY_SUBJECT, &long, None, None)).unwrap_err();
+        assert!(long.contains("cut"), "{long}");
+        let lossy =
+            replayable_payload(&record(DEPLOY_SUBJECT, "{\u{FFFD}}", None, None)).unwrap_err();
         assert!(lossy.contains("UTF-8"), "{lossy}");
+        let other =
+            replayable_payload(&record("mlops.serving.other", "{}", None, None)).unwrap_err();
+        assert!(other.contains("not one the worker consumes"), "{other}");
     }
 }

@@ -23,12 +23,15 @@
 //! its trace id goes into the history row. Outcomes, retries and durations are counted in
 //! [`Metrics`].
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
 use chrono::Utc;
+use dashmap::DashMap;
 use entity::status;
+use futures::FutureExt;
 use tokio::sync::watch;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
@@ -63,7 +66,41 @@ pub struct PassContext {
     pub phase: watch::Receiver<Phase>,
     /// The worker's metrics.
     pub metrics: Arc<Metrics>,
+    /// Endpoints whose passes panicked: the generation and how many times in a row.
+    pub panics: DashMap<Uuid, (i64, u32)>,
+    /// Fault injection for tests: passes that panic on purpose (empty in production).
+    pub failpoint_panic: Vec<PanicAt>,
 }
+
+/// A fault-injection point: a pass over `endpoint_id` at `generation` panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PanicAt {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// The spec generation.
+    pub generation: i64,
+}
+
+impl std::str::FromStr for PanicAt {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (id, generation) = text
+            .split_once('@')
+            .ok_or_else(|| format!("{text:?}: expected <endpoint id>@<generation>"))?;
+        Ok(Self {
+            endpoint_id: id.trim().parse().map_err(|e| format!("{id:?}: {e}"))?,
+            generation: generation
+                .trim()
+                .parse()
+                .map_err(|e| format!("{generation:?}: {e}"))?,
+        })
+    }
+}
+
+/// Panics in a row at one generation after which an endpoint ends `ERROR` instead of being
+/// retried again.
+pub const PANICS_BEFORE_ERROR: u32 = 3;
 
 /// The worker's shutdown phase, as passes see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -102,7 +139,12 @@ impl PassResult {
 /// Runs one pass over `endpoint_id` covering `batch` (never empty), in a `pass` span: a child
 /// of the newest delivery's `receive` span (the intent it converges to is at least that new),
 /// linked to the others'.
-pub async fn run(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>) -> PassResult {
+///
+/// A panic inside the pass (a worker bug) is caught here: the messages it had not answered are
+/// handed back, and the endpoint's actor lives on. When passes panic
+/// [`PANICS_BEFORE_ERROR`] times in a row at the same spec generation, the endpoint ends `ERROR`
+/// with the panic message and the messages are terminated, so a bug cannot redeliver forever.
+pub async fn run(ctx: Arc<PassContext>, endpoint_id: Uuid, mut batch: Vec<Delivery>) -> PassResult {
     let span = match batch.split_last() {
         Some((newest, others)) => telemetry::pass_span(
             &newest.span,
@@ -112,14 +154,130 @@ pub async fn run(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>)
         ),
         None => telemetry::pass_span(&Span::none(), [], endpoint_id, 0),
     };
-    let result = run_pass(ctx, endpoint_id, batch)
-        .instrument(span.clone())
-        .await;
+    let owner = OnceLock::new();
+    let work = AssertUnwindSafe(run_pass(&ctx, endpoint_id, &mut batch, &owner)).catch_unwind();
+    let result = match work.instrument(span.clone()).await {
+        Ok(result) => {
+            if !ctx.panics.is_empty() {
+                ctx.panics.remove(&endpoint_id);
+            }
+            result
+        }
+        Err(panic) => {
+            let owner = owner.get().copied();
+            recover(&ctx, endpoint_id, &batch, owner, panic.as_ref())
+                .instrument(span.clone())
+                .await
+        }
+    };
     telemetry::record_outcome(&span, result.label());
     result
 }
 
-async fn run_pass(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>) -> PassResult {
+/// Who owns the endpoint a pass works on, and at which generation: known once the row is read,
+/// kept outside the pass so a panic can still be attributed.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    tenant_id: Uuid,
+    project_id: Uuid,
+    generation: i64,
+}
+
+/// After a pass panicked: hand back what it had not answered, or after repeated panics at one
+/// generation end the endpoint in `ERROR` and terminate.
+async fn recover(
+    ctx: &PassContext,
+    endpoint_id: Uuid,
+    batch: &[Delivery],
+    owner: Option<Owner>,
+    panic: &(dyn std::any::Any + Send),
+) -> PassResult {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".to_owned());
+    let unanswered: Vec<&Delivery> = batch.iter().filter(|d| !d.is_answered()).collect();
+    let in_a_row = match owner {
+        Some(owner) => {
+            let mut entry = ctx
+                .panics
+                .entry(endpoint_id)
+                .or_insert((owner.generation, 0));
+            if entry.0 != owner.generation {
+                *entry = (owner.generation, 0);
+            }
+            entry.1 += 1;
+            entry.1
+        }
+        None => 1,
+    };
+    telemetry::record_error(&Span::current(), &message);
+    tracing::error!(%endpoint_id, panic = %message, in_a_row, "a pass panicked (a worker bug)");
+    if let Some(owner) = owner.filter(|_| in_a_row >= PANICS_BEFORE_ERROR) {
+        ctx.panics.remove(&endpoint_id);
+        let reason = format!(
+            "the worker failed {in_a_row} times in a row on spec generation {} ({message}); \
+             this is a deploy-worker bug: report it with this message. The endpoint is retried on \
+             its next change or on `deploy-worker reconcile`",
+            owner.generation
+        );
+        let action = if batch.iter().any(|d| d.kind == EventKind::Delete) {
+            EventKind::Delete
+        } else {
+            EventKind::Deploy
+        };
+        let now = Utc::now();
+        let history = HistoryEntry {
+            endpoint_id,
+            tenant_id: owner.tenant_id,
+            project_id: owner.project_id,
+            generation: owner.generation,
+            action: action.as_str(),
+            outcome: outcome::ERROR,
+            reason: Some(reason.clone()),
+            isvc_name: kserve::isvc_name(&ctx.render.name_prefix, endpoint_id),
+            url: None,
+            events: i32::try_from(batch.len()).unwrap_or(i32::MAX),
+            trace_id: telemetry::trace_id(&Span::current()),
+            event_published_at: batch.iter().filter_map(|d| d.published_at).min(),
+            started_at: now,
+            finished_at: now,
+        };
+        let write = StatusWrite {
+            endpoint_id,
+            status: status::ERROR,
+            url: UrlChange::Keep,
+            reason: Some(reason),
+            only_at_generation: Some(owner.generation),
+            ready_generation: None,
+            history: Some(history),
+        };
+        match ctx.store.write(Write::Status(write)).await {
+            Ok(_) => {
+                for delivery in unanswered {
+                    answered(ctx, delivery, outcome::ERROR);
+                    delivery.answer(AckKind::Term).await;
+                }
+                return PassResult::Done(outcome::ERROR);
+            }
+            Err(err) => {
+                tracing::warn!(%endpoint_id, error = %err, "cannot record the ERROR; handing events back");
+            }
+        }
+    }
+    for delivery in unanswered {
+        hand_back(ctx, std::slice::from_ref(delivery), retry::PANIC).await;
+    }
+    PassResult::HandedBack
+}
+
+async fn run_pass(
+    ctx: &PassContext,
+    endpoint_id: Uuid,
+    batch: &mut [Delivery],
+    owner: &OnceLock<Owner>,
+) -> PassResult {
     let started = Instant::now();
     let load = telemetry::step_span(Step::LoadIntent);
     load.record("endpoint_id", tracing::field::display(endpoint_id));
@@ -131,6 +289,21 @@ async fn run_pass(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>
             labels.record(&load);
             labels.record(&Span::current());
             telemetry::record_outcome(&load, "found");
+            let _ = owner.set(Owner {
+                tenant_id: record.tenant_id,
+                project_id: record.project_id,
+                generation: record.spec_generation,
+            });
+            let here = PanicAt {
+                endpoint_id,
+                generation: record.spec_generation,
+            };
+            if ctx.failpoint_panic.contains(&here) {
+                panic!(
+                    "failpoint DEPLOY_WORKER_FAILPOINT_PANIC={endpoint_id}@{}",
+                    here.generation
+                );
+            }
             (record, name)
         }
         Ok(None) => {
@@ -139,36 +312,38 @@ async fn run_pass(ctx: Arc<PassContext>, endpoint_id: Uuid, batch: Vec<Delivery>
                 "endpoint {endpoint_id} does not exist; the event names an endpoint the platform \
                  never created or already purged"
             );
-            refuse(&ctx, &batch, &reason).await;
+            refuse(ctx, batch, &reason).await;
             return PassResult::Refused;
         }
         Err(err) => {
             telemetry::record_error(&load, &err);
             telemetry::record_error(&Span::current(), &err);
             tracing::warn!(%endpoint_id, error = %err, "cannot load endpoint; handing events back");
-            hand_back(&ctx, &batch, retry::DATABASE).await;
+            hand_back(ctx, batch, retry::DATABASE).await;
             return PassResult::HandedBack;
         }
     };
     drop(load);
 
-    // the common case, every event from the endpoint's own tenant, keeps the batch as it is
-    let (batch, foreign): (Vec<Delivery>, Vec<Delivery>) =
-        if batch.iter().all(|d| owner_matches(d, &record)) {
-            (batch, Vec::new())
-        } else {
-            batch.into_iter().partition(|d| owner_matches(d, &record))
-        };
-    for delivery in &foreign {
+    // the common case, every event from the endpoint's own tenant, keeps the batch as it is;
+    // otherwise the endpoint's own events move to the front (a stable sort keeps their order)
+    let own = if batch.iter().all(|d| owner_matches(d, &record)) {
+        batch.len()
+    } else {
+        batch.sort_by_key(|d| !owner_matches(d, &record));
+        batch.iter().filter(|d| owner_matches(d, &record)).count()
+    };
+    let (batch, foreign) = batch.split_at(own);
+    for delivery in foreign {
         let reason = mismatch_reason(delivery, &record);
         tracing::warn!(%endpoint_id, %reason, "refusing event");
-        refuse(&ctx, std::slice::from_ref(delivery), &reason).await;
+        refuse(ctx, std::slice::from_ref(delivery), &reason).await;
     }
     if batch.is_empty() {
         return PassResult::Refused;
     }
 
-    let pass = Pass::new(&ctx, &record, &batch, name);
+    let pass = Pass::new(ctx, &record, batch, name);
     if batch.iter().any(|d| d.kind == EventKind::Delete) {
         pass.delete().await
     } else if record.is_deleted() {
@@ -221,12 +396,22 @@ async fn hand_back(ctx: &PassContext, batch: &[Delivery], reason: &'static str) 
     }
 }
 
-/// An event's tenant/project, when given, must be the row's.
+/// An event's tenant and project must be the row's. A deploy may leave them out (it only
+/// converges the row's own intent, so naming no owner is harmless); a delete removes what is
+/// running and must name both. Start-up resumes carry no event and always match.
 fn owner_matches(delivery: &Delivery, record: &EndpointRecord) -> bool {
-    delivery.event.as_ref().is_none_or(|event| {
-        event.tenant_id.is_none_or(|t| t == record.tenant_id)
-            && event.project_id.is_none_or(|p| p == record.project_id)
-    })
+    let Some(event) = delivery.event.as_ref() else {
+        return true;
+    };
+    match delivery.kind {
+        EventKind::Deploy => {
+            event.tenant_id.is_none_or(|t| t == record.tenant_id)
+                && event.project_id.is_none_or(|p| p == record.project_id)
+        }
+        EventKind::Delete => {
+            event.tenant_id == Some(record.tenant_id) && event.project_id == Some(record.project_id)
+        }
+    }
 }
 
 fn mismatch_reason(delivery: &Delivery, record: &EndpointRecord) -> String {
@@ -235,8 +420,13 @@ fn mismatch_reason(delivery: &Delivery, record: &EndpointRecord) -> String {
         .event
         .as_ref()
         .map_or((None, None), |e| (e.tenant_id, e.project_id));
+    let rule = if delivery.kind == EventKind::Delete {
+        " (a delete must name the endpoint's tenant_id and project_id)"
+    } else {
+        ""
+    };
     format!(
-        "event names tenant {} / project {} but endpoint {} belongs to tenant {} / project {}; \
+        "event names tenant {} / project {} but endpoint {} belongs to tenant {} / project {}{rule}; \
          refused without touching the endpoint",
         show(tenant),
         show(project),
@@ -259,8 +449,8 @@ pub async fn refuse(ctx: &PassContext, batch: &[Delivery], reason: &str) {
             reason.to_owned(),
             delivery.payload(),
         );
-        match ctx.store.write(Write::Rejected(record)).await {
-            Ok(_) => {
+        match ctx.store.record_rejected(record).await {
+            Ok(()) => {
                 answered(ctx, delivery, event_outcome::REFUSED);
                 telemetry::record_error(&delivery.span, &reason);
                 delivery.answer(AckKind::Term).await;

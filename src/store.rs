@@ -35,14 +35,53 @@ use uuid::Uuid;
 use crate::intent::Intent;
 use crate::metrics::Metrics;
 
-/// Postgres failed; the operation can be retried.
+/// A database operation failed. Cheap to clone: one failed group commit answers every write
+/// in it.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("database error: {0}; the event is handed back and retried once Postgres answers")]
-pub struct StoreError(String);
+pub enum StoreError {
+    /// Postgres failed or could not be reached; the operation can be retried later.
+    #[error("database error: {0}; the event is handed back and retried once Postgres answers")]
+    Unavailable(#[source] Arc<sea_orm::DbErr>),
+    /// Postgres refused this write's data (SQLSTATE class 22, data exception, or 23, integrity
+    /// constraint): retrying the same write cannot succeed. Other writes of its batch were
+    /// committed without it.
+    #[error("the database refused this write's data: {0}")]
+    Refused(#[source] Arc<sea_orm::DbErr>),
+    /// A query parameter could not be encoded.
+    #[error("cannot encode a database parameter: {0}")]
+    Encode(#[source] Arc<serde_json::Error>),
+    /// The store's background tasks have stopped (the worker is shutting down).
+    #[error("the database store has shut down; the event is handed back")]
+    ShutDown,
+}
 
 impl From<sea_orm::DbErr> for StoreError {
     fn from(err: sea_orm::DbErr) -> Self {
-        Self(err.to_string())
+        if sqlstate(&err).is_some_and(|code| code.starts_with("22") || code.starts_with("23")) {
+            Self::Refused(Arc::new(err))
+        } else {
+            Self::Unavailable(Arc::new(err))
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(err: serde_json::Error) -> Self {
+        Self::Encode(Arc::new(err))
+    }
+}
+
+/// The SQLSTATE of a Postgres error, when the server sent one.
+fn sqlstate(err: &sea_orm::DbErr) -> Option<String> {
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match &**e {
+                sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 
@@ -181,10 +220,12 @@ pub struct HistoryEntry {
     #[serde(skip)]
     pub outcome: &'static str,
     /// Reason for an error or a skip.
+    #[serde(serialize_with = "db_text_opt")]
     pub reason: Option<String>,
     /// InferenceService name.
     pub isvc_name: String,
     /// URL served, when Ready.
+    #[serde(serialize_with = "db_text_opt")]
     pub url: Option<String>,
     /// Events the pass covered.
     pub events: i32,
@@ -222,25 +263,40 @@ pub const PAUSED_REASON: &str =
     "tenant paused: the deploy waits until `deploy-worker tenant resume` for this tenant";
 
 /// A message the worker terminated, for `rejected_events`.
+///
+/// Whatever the payload holds (NUL bytes, invalid UTF-8, megabytes), the record can be stored:
+/// the bytes go in as hex, the text columns are made printable.
 #[derive(Debug, Clone, Serialize)]
 pub struct RejectedEvent {
     /// Subject it arrived on.
+    #[serde(serialize_with = "db_text")]
     pub subject: String,
     /// Its stream sequence, when known.
     pub stream_sequence: Option<i64>,
     /// The endpoint it named, when it could be decoded.
     pub endpoint_id: Option<Uuid>,
     /// Why it was refused.
+    #[serde(serialize_with = "db_text")]
     pub reason: String,
-    /// The payload (cut to [`REJECTED_PAYLOAD_MAX`] bytes, lossy UTF-8).
+    /// The payload for people: its first [`REJECTED_TEXT_MAX`] bytes, control characters and
+    /// invalid UTF-8 escaped.
     pub payload: String,
+    /// The payload's first [`REJECTED_PAYLOAD_MAX`] bytes, exactly, as lowercase hex.
+    #[serde(rename = "payload_hex")]
+    pub payload_bytes: String,
+    /// The payload's full length.
+    pub payload_size: i32,
+    /// SHA-256 of the whole payload, lowercase hex.
+    pub payload_sha256: String,
 }
 
-/// Most bytes of a refused payload kept in `rejected_events`.
-pub const REJECTED_PAYLOAD_MAX: usize = 4096;
+/// Most bytes of a refused payload kept exactly in `rejected_events.payload_bytes`.
+pub const REJECTED_PAYLOAD_MAX: usize = 64 * 1024;
+/// Most bytes of a refused payload rendered as text in `rejected_events.payload`.
+pub const REJECTED_TEXT_MAX: usize = 4096;
 
 impl RejectedEvent {
-    /// Builds a record, cutting the payload to a bounded length.
+    /// Builds a record, keeping a bounded prefix of the payload and its size and digest.
     pub fn new(
         subject: &str,
         stream_sequence: Option<u64>,
@@ -248,14 +304,70 @@ impl RejectedEvent {
         reason: String,
         payload: &[u8],
     ) -> Self {
-        let cut = &payload[..payload.len().min(REJECTED_PAYLOAD_MAX)];
+        use sha2::Digest;
+        use std::fmt::Write as _;
+        let kept = &payload[..payload.len().min(REJECTED_PAYLOAD_MAX)];
+        let mut payload_bytes = String::with_capacity(kept.len() * 2);
+        for byte in kept {
+            let _ = write!(payload_bytes, "{byte:02x}");
+        }
+        let payload_sha256 = sha2::Sha256::digest(payload).iter().fold(
+            String::with_capacity(64),
+            |mut hex, byte| {
+                let _ = write!(hex, "{byte:02x}");
+                hex
+            },
+        );
         Self {
             subject: subject.to_owned(),
             stream_sequence: stream_sequence.and_then(|s| i64::try_from(s).ok()),
             endpoint_id,
             reason,
-            payload: String::from_utf8_lossy(cut).into_owned(),
+            payload: printable(&payload[..payload.len().min(REJECTED_TEXT_MAX)]),
+            payload_bytes,
+            payload_size: i32::try_from(payload.len()).unwrap_or(i32::MAX),
+            payload_sha256,
         }
+    }
+}
+
+/// `bytes` as text a person can read and Postgres can store: valid UTF-8 stays as it is except
+/// control characters (NUL among them), which are escaped like invalid bytes (`\x00`).
+pub fn printable(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() && !matches!(c, '\n' | '\t') {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    out
+}
+
+/// Serializes text for a Postgres text column through jsonb, neither of which can hold NUL:
+/// a NUL becomes U+FFFD. Everything else is kept.
+fn db_text<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    if text.contains('\0') {
+        serializer.serialize_str(&text.replace('\0', "\u{fffd}"))
+    } else {
+        serializer.serialize_str(text)
+    }
+}
+
+fn db_text_opt<S: serde::Serializer>(
+    text: &Option<impl AsRef<str>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match text {
+        Some(text) => db_text(text.as_ref(), serializer),
+        None => serializer.serialize_none(),
     }
 }
 
@@ -333,9 +445,8 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.loads
             .send((endpoint_id, tx))
-            .map_err(|_| StoreError("store is shut down".into()))?;
-        rx.await
-            .map_err(|_| StoreError("store is shut down".into()))?
+            .map_err(|_| StoreError::ShutDown)?;
+        rx.await.map_err(|_| StoreError::ShutDown)?
     }
 
     /// Queues a write and waits until the transaction holding it has committed.
@@ -343,9 +454,30 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.writes
             .send((write, tx))
-            .map_err(|_| StoreError("store is shut down".into()))?;
-        rx.await
-            .map_err(|_| StoreError("store is shut down".into()))?
+            .map_err(|_| StoreError::ShutDown)?;
+        rx.await.map_err(|_| StoreError::ShutDown)?
+    }
+
+    /// Records a refused message. Should the database still refuse the record's data, a record
+    /// without the payload (its size and digest kept) is written instead: a poison message is
+    /// always recorded and never retried forever.
+    pub async fn record_rejected(&self, record: RejectedEvent) -> Result<(), StoreError> {
+        match self.write(Write::Rejected(record.clone())).await {
+            Err(StoreError::Refused(err)) => {
+                let reason = format!(
+                    "{} (payload not stored: the database refused it: {err})",
+                    record.reason
+                );
+                let bare = RejectedEvent {
+                    reason: printable(reason.as_bytes()),
+                    payload: String::new(),
+                    payload_bytes: String::new(),
+                    ..record
+                };
+                self.write(Write::Rejected(bare)).await.map(drop)
+            }
+            other => other.map(drop),
+        }
     }
 
     /// Ids of endpoints left `DEPLOYING` (by a crash or a stop), to resume at start-up.
@@ -434,7 +566,7 @@ async fn load_many(
     db: &DatabaseConnection,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, EndpointRecord>, StoreError> {
-    let ids = serde_json::to_value(ids).map_err(|err| StoreError(err.to_string()))?;
+    let ids = serde_json::to_value(ids)?;
     let rows = EndpointRecord::find_by_statement(Statement::from_sql_and_values(
         DbBackend::Postgres,
         LOAD_SQL,
@@ -485,7 +617,25 @@ async fn run_committer(
                     let _ = reply.send(Ok(applied));
                 }
             }
+            Err(err @ StoreError::Refused(_)) if writes.len() > 1 => {
+                // One write's data failed the whole transaction: commit them one by one, so
+                // the bad one fails alone and every other outcome still commits now.
+                metrics.database_error(crate::metrics::DB_COMMIT);
+                tracing::warn!(error = %err, writes = writes.len(),
+                    "group commit refused by a data error; committing its writes one by one");
+                for (write, reply) in writes.iter().zip(replies) {
+                    let result = commit(&db, std::slice::from_ref(write))
+                        .await
+                        .map(|applied| applied.first().copied().unwrap_or(Applied::Yes));
+                    if let Err(err) = &result {
+                        metrics.database_error(crate::metrics::DB_COMMIT);
+                        tracing::warn!(error = %err, "a single write failed");
+                    }
+                    let _ = reply.send(result);
+                }
+            }
             Err(err) => {
+                // An outage fails every write the same way: one batch retry, not one per write.
                 metrics.database_error(crate::metrics::DB_COMMIT);
                 tracing::warn!(error = %err, writes = writes.len(), "group commit failed");
                 for reply in replies {
@@ -510,7 +660,9 @@ struct StatusRow<'a> {
     id: Uuid,
     status: &'a str,
     set_url: bool,
+    #[serde(serialize_with = "db_text_opt")]
     url: Option<&'a str>,
+    #[serde(serialize_with = "db_text_opt")]
     reason: Option<&'a str>,
     only_gen: Option<i64>,
     ready_gen: Option<i64>,
@@ -540,15 +692,15 @@ FROM jsonb_to_recordset($1::jsonb) AS h(endpoint_id uuid, tenant_id uuid, projec
     finished_at timestamptz)"#;
 
 const REJECTED_SQL: &str = r#"
-INSERT INTO rejected_events (subject, stream_sequence, endpoint_id, reason, payload)
-SELECT subject, stream_sequence, endpoint_id, reason, payload
+INSERT INTO rejected_events (subject, stream_sequence, endpoint_id, reason, payload,
+    payload_bytes, payload_size, payload_sha256)
+SELECT subject, stream_sequence, endpoint_id, reason, payload,
+    decode(payload_hex, 'hex'), payload_size, payload_sha256
 FROM jsonb_to_recordset($1::jsonb) AS r(subject text, stream_sequence bigint, endpoint_id uuid,
-    reason text, payload text)"#;
+    reason text, payload text, payload_hex text, payload_size integer, payload_sha256 text)"#;
 
 fn json_param<T: Serialize>(value: &T) -> Result<sea_orm::Value, StoreError> {
-    serde_json::to_value(value)
-        .map(Into::into)
-        .map_err(|err| StoreError(err.to_string()))
+    Ok(serde_json::to_value(value)?.into())
 }
 
 /// Commits one batch; returns, per write, whether it applied.

@@ -29,7 +29,7 @@ use crate::events::{Consumers, EventKind, ServingEvent};
 use crate::kserve;
 use crate::metrics::{event_outcome, retry};
 use crate::pass::PassContext;
-use crate::store::{RejectedEvent, Write};
+use crate::store::RejectedEvent;
 use crate::telemetry;
 
 /// An endpoint actor as the supervisor knows it.
@@ -99,7 +99,7 @@ impl Supervisor {
 
     fn route(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
         let endpoint_id = delivery.endpoint_id;
-        let mut entry = self.registry.entry(endpoint_id).or_insert_with(|| {
+        let spawn = || {
             let reports = Reports {
                 idle: ctx.address().recipient(),
                 stopped: ctx.address().recipient(),
@@ -109,7 +109,13 @@ impl Supervisor {
                 addr: actor.start(),
                 routed: 0,
             }
-        });
+        };
+        let mut entry = self.registry.entry(endpoint_id).or_insert_with(spawn);
+        if !entry.addr.connected() {
+            // The actor died without the idle handshake (passes catch their own panics, so
+            // this is a last line of defence): never route into a dead mailbox.
+            *entry = spawn();
+        }
         entry.routed += 1;
         entry.addr.do_send(Deliver(delivery));
     }
@@ -181,7 +187,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some(Consumers { deploy, delete }) = self.consumers.take() {
+        if let Some(Consumers { deploy, delete, .. }) = self.consumers.take() {
             for consumer in [deploy, delete] {
                 let stop = self.stop_fetching.subscribe();
                 self.fetchers
@@ -232,6 +238,7 @@ impl Handler<Incoming> for Supervisor {
                     published_at,
                     received_at: Instant::now(),
                     span,
+                    answered: Default::default(),
                 };
                 self.route(delivery, ctx);
             }
@@ -253,8 +260,8 @@ impl Handler<Incoming> for Supervisor {
                         &message.payload,
                     );
                     let subject = message.subject.as_str();
-                    let answer = match store.write(Write::Rejected(record)).await {
-                        Ok(_) => {
+                    let answer = match store.record_rejected(record).await {
+                        Ok(()) => {
                             metrics.event(subject, event_outcome::REFUSED);
                             telemetry::record_outcome(&span, event_outcome::REFUSED);
                             AckKind::Term

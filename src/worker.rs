@@ -164,9 +164,12 @@ impl Worker {
             admission: admission.clone(),
             render,
             backoff: settings.backoff(),
-            progress_every: settings.ack_wait() / 2,
+            // follows the consumers' real ack wait, which an existing consumer may set shorter
+            progress_every: consumers.ack_wait / 2,
             phase: phase_rx,
             metrics: metrics.clone(),
+            panics: Default::default(),
+            failpoint_panic: settings.failpoint_panic.clone(),
         });
         let idle_after = Duration::from_secs(settings.endpoint_idle_seconds);
         let polled_consumers = vec![consumers.deploy.clone(), consumers.delete.clone()];

@@ -20,10 +20,6 @@ use uuid::Uuid;
 
 const NS: &str = "mlops-serving";
 const LONG: Duration = Duration::from_secs(60);
-const SCHEMA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/kserve/inferenceservice-v1beta1.schema.json"
-);
 
 /// Real Postgres and NATS, the stand-in, and a kubeconfig pointing at it.
 struct Cluster {
@@ -36,10 +32,12 @@ struct Cluster {
 impl Cluster {
     async fn start(tune: impl FnOnce(&mut SimConfig)) -> Cluster {
         let env = Env::start().await;
-        let mut config = SimConfig::with_schema(SCHEMA);
-        config.ready_delay = Duration::from_millis(200);
-        config.stale_status = Duration::from_millis(100);
-        config.delete_linger = Duration::from_millis(100);
+        let mut config = SimConfig {
+            ready_delay: Duration::from_millis(200),
+            stale_status: Duration::from_millis(100),
+            delete_linger: Duration::from_millis(100),
+            ..Default::default()
+        };
         tune(&mut config);
         let sim = KserveSim::start(config).await.expect("start the stand-in");
         let dir = tempfile::tempdir().unwrap();

@@ -21,11 +21,6 @@ use proptest::test_runner::TestCaseError;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-const CRD_SCHEMA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/kserve/inferenceservice-v1beta1.schema.json"
-);
-
 const EXAMPLES: [&str; 4] = [
     "canary-knative",
     "keda-standard",
@@ -44,9 +39,8 @@ struct Crd {
 fn crd() -> &'static Crd {
     static CRD: OnceLock<Crd> = OnceLock::new();
     CRD.get_or_init(|| {
-        let text =
-            fs::read_to_string(CRD_SCHEMA).unwrap_or_else(|e| panic!("reading {CRD_SCHEMA}: {e}"));
-        let schema: Value = serde_json::from_str(&text).expect("CRD schema is JSON");
+        let schema: Value =
+            serde_json::from_str(kserve_sim::schema::EMBEDDED_SCHEMA).expect("CRD schema is JSON");
         let validator = jsonschema::validator_for(&schema).expect("CRD schema compiles");
         Crd { schema, validator }
     })

@@ -17,6 +17,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
+const BAD_PAYLOAD: &[u8] = b"{not json\x00\xff";
 
 impl Env {
     fn urls(
@@ -177,7 +178,8 @@ async fn rejected_events_are_listed_and_replayed_after_the_fix() {
     // An event that overtook its endpoint's row (the platform committed the row later).
     let early = Uuid::new_v4();
     env.publish(EventKind::Deploy, &tenant, early).await;
-    env.publish_raw(EventKind::Delete, b"{not json").await;
+    // Not even UTF-8: replayed byte for byte all the same.
+    env.publish_raw(EventKind::Delete, BAD_PAYLOAD).await;
     wait_for("two refusals recorded", LONG, || async {
         env.rejected().await.len() == 2
     })
@@ -275,7 +277,7 @@ async fn rejected_events_are_listed_and_replayed_after_the_fix() {
     })
     .await;
     let rows = env.rejected().await;
-    assert_eq!(rows[2].payload, "{not json");
+    assert_eq!(rows[2].payload_bytes.as_deref(), Some(BAD_PAYLOAD));
     assert_eq!(rows[2].subject, "mlops.serving.delete_requested");
 
     // Mistakes are explained.

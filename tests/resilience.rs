@@ -6,8 +6,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use async_nats::jetstream;
 use common::{Env, wait_for};
-use deploy_worker::events::EventKind;
+use deploy_worker::events::{self, EventKind};
+use deploy_worker::pass::PanicAt;
 use deploy_worker::worker::Worker;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -228,4 +230,182 @@ async fn a_crash_mid_deploy_leaves_nothing_deploying_once_a_worker_runs_again() 
     .await;
     env.wait_all_answered(LONG).await;
     worker.shutdown().await.unwrap();
+}
+
+/// A pass that panics (a worker bug, injected through the hidden failpoint) hands its messages
+/// back and the endpoint's next delivery is served; three panics in a row at one generation end
+/// `ERROR` with the panic message and the message is terminated. Other endpoints never notice,
+/// and the endpoint deploys again once its intent moves on.
+#[actix_rt::test]
+async fn a_panicking_pass_is_isolated_and_ends_error_after_three_in_a_row() {
+    let env = Env::start().await;
+    let tenant = env.tenant().await;
+    let ids = env.endpoints(&tenant, 6).await;
+    let bad = ids[0];
+    let generation = env.endpoint(bad).await.spec_generation;
+    let mut settings = env.settings();
+    settings.failpoint_panic = vec![PanicAt {
+        endpoint_id: bad,
+        generation,
+    }];
+    let worker = Worker::start(&settings).await.unwrap();
+    for id in &ids {
+        env.publish(EventKind::Deploy, &tenant, *id).await;
+    }
+    wait_for("the healthy endpoints READY", LONG, || async {
+        env.count_status(&ids[1..], "READY").await == ids.len() - 1
+    })
+    .await;
+    wait_for("the panicking endpoint ERROR", LONG, || async {
+        env.endpoint(bad).await.status == "ERROR"
+    })
+    .await;
+    env.wait_all_answered(LONG).await;
+    let row = env.endpoint(bad).await;
+    let reason = row.status_reason.unwrap_or_default();
+    assert!(
+        reason.contains("failed 3 times in a row") && reason.contains("failpoint"),
+        "{reason}"
+    );
+    let history = env.history(bad).await;
+    assert_eq!(
+        history.len(),
+        1,
+        "one ERROR row, no outcome for the handed-back passes"
+    );
+    assert_eq!(history[0].outcome, "error");
+
+    // the intent moves on: the same actor machinery deploys it
+    env.sql(&format!(
+        "UPDATE endpoints SET runtime_config = '{{\"modelFormat\":\"xgboost\"}}' WHERE id = '{bad}'"
+    ))
+    .await;
+    env.publish(EventKind::Deploy, &tenant, bad).await;
+    wait_for("READY at the next generation", LONG, || async {
+        env.endpoint(bad).await.status == "READY"
+    })
+    .await;
+    assert!(env.endpoint(bad).await.spec_generation > generation);
+    worker.shutdown().await.unwrap();
+}
+
+/// Deliveries queued behind a long pass get progress acks: with a 1 s ack wait and a pass of
+/// 4 s, none of the four messages is redelivered.
+#[actix_rt::test]
+async fn deliveries_queued_behind_a_long_pass_are_kept_alive() {
+    let env = Env::start().await;
+    let tenant = env.tenant().await;
+    let id = env.endpoints(&tenant, 1).await[0];
+    let mut settings = env.settings();
+    settings.nats_ack_wait_seconds = 1;
+    settings.simulate_delay_ms = 4_000;
+    let worker = Worker::start(&settings).await.unwrap();
+    env.publish(EventKind::Deploy, &tenant, id).await;
+    wait_for("the first pass DEPLOYING", LONG, || async {
+        env.endpoint(id).await.status == "DEPLOYING"
+    })
+    .await;
+    for _ in 0..3 {
+        env.publish(EventKind::Deploy, &tenant, id).await;
+    }
+    wait_for("READY", LONG, || async {
+        env.endpoint(id).await.status == "READY"
+    })
+    .await;
+    env.wait_all_answered(LONG).await;
+    let stream = env.js.get_stream(events::STREAM).await.unwrap();
+    let mut consumer = stream
+        .get_consumer::<jetstream::consumer::pull::Config>(events::DEPLOY_CONSUMER)
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.num_redelivered, 0, "no message was redelivered");
+    assert_eq!(
+        info.delivered.consumer_sequence, 4,
+        "four deliveries for four messages"
+    );
+    let events: usize = env
+        .history(id)
+        .await
+        .iter()
+        .map(|h| h.events as usize)
+        .sum();
+    assert_eq!(events, 4, "the passes covered exactly the four messages");
+    worker.shutdown().await.unwrap();
+}
+
+/// An existing durable consumer is checked at start-up: finite `max_deliver` (as another
+/// worker may have left it) is raised to unlimited, the worker follows the consumer's own ack
+/// wait; a consumer without explicit acks is refused with the setting named. (A work-queue
+/// stream only admits explicit acks, so the stream here is one with limits retention, as a
+/// platform may have created it; the worker never changes an existing stream.)
+#[actix_rt::test]
+async fn existing_consumers_are_checked_and_fixed_where_safe() {
+    let env = Env::start().await;
+    env.js.delete_stream(events::STREAM).await.unwrap();
+    let stream = env
+        .js
+        .create_stream(jetstream::stream::Config {
+            retention: jetstream::stream::RetentionPolicy::Limits,
+            ..events::stream_config()
+        })
+        .await
+        .unwrap();
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(events::DEPLOY_CONSUMER.into()),
+            filter_subject: events::DEPLOY_SUBJECT.into(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(3),
+            max_deliver: 5,
+            max_ack_pending: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(events::DELETE_CONSUMER.into()),
+            filter_subject: events::DELETE_SUBJECT.into(),
+            ack_policy: jetstream::consumer::AckPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = Worker::start(&env.settings())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("deploy-worker-delete") && err.contains("ack_policy"),
+        "refused naming the consumer and setting: {err}"
+    );
+    let mut deploy = stream
+        .get_consumer::<jetstream::consumer::pull::Config>(events::DEPLOY_CONSUMER)
+        .await
+        .unwrap();
+    assert_eq!(
+        deploy.info().await.unwrap().config.max_deliver,
+        -1,
+        "finite deliveries raised to unlimited"
+    );
+
+    stream
+        .delete_consumer(events::DELETE_CONSUMER)
+        .await
+        .unwrap();
+    let consumers = events::bind(&env.js, env.settings().consumer_settings())
+        .await
+        .unwrap();
+    assert_eq!(
+        consumers.ack_wait,
+        Duration::from_secs(3),
+        "the consumer's own ack wait"
+    );
+    assert_eq!(
+        deploy.info().await.unwrap().config.max_ack_pending,
+        1_000,
+        "other settings kept as found"
+    );
 }

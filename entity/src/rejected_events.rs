@@ -14,8 +14,15 @@ pub struct Model {
     /// The endpoint named by the event, when it could be read.
     pub endpoint_id: Option<Uuid>,
     pub reason: String,
-    /// The payload as received, cut to a bounded length.
+    /// The payload as text for people: cut to a bounded length, control characters and
+    /// invalid UTF-8 escaped.
     pub payload: String,
+    /// The payload's first bytes exactly as received (64 KiB at most).
+    pub payload_bytes: Option<Vec<u8>>,
+    /// The payload's full length in bytes.
+    pub payload_size: Option<i32>,
+    /// SHA-256 of the whole payload, lowercase hex.
+    pub payload_sha256: Option<String>,
     pub received_at: DateTimeWithTimeZone,
 }
 

@@ -353,14 +353,9 @@ pub fn apply(
 mod tests {
     use super::*;
     use crate::schema::Schema;
-    use std::path::Path;
 
     fn schema() -> std::sync::Arc<Schema> {
-        Schema::load_shared(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/kserve/inferenceservice-v1beta1.schema.json"
-        )))
-        .unwrap_or_else(|e| panic!("{e}"))
+        Schema::embedded().unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn cfg(min: i64, canary: Option<i64>) -> Value {

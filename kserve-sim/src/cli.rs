@@ -2,7 +2,7 @@
 //! `deploy-worker kserve-sim ...`) and [`run`], which serves until Ctrl-C or SIGTERM.
 //! Every flag has a `KSERVE_SIM_*` environment variable.
 
-use crate::config::{DEFAULT_CRD_SCHEMA, SimConfig};
+use crate::config::SimConfig;
 use crate::faults::Faults;
 use crate::server::KserveSim;
 use std::net::SocketAddr;
@@ -21,9 +21,10 @@ pub struct SimArgs {
     /// Default namespace written into the kubeconfig context.
     #[arg(long, env = "KSERVE_SIM_NAMESPACE", default_value = "mlops-serving")]
     pub namespace: String,
-    /// The InferenceService CRD schema (inferenceservice-v1beta1.schema.json).
-    #[arg(long, env = "KSERVE_SIM_CRD_SCHEMA", default_value = DEFAULT_CRD_SCHEMA)]
-    pub crd_schema: PathBuf,
+    /// Another InferenceService CRD schema (inferenceservice-v1beta1.schema.json of another
+    /// KServe release); without it the stand-in uses the schema it embeds.
+    #[arg(long, env = "KSERVE_SIM_CRD_SCHEMA")]
+    pub crd_schema: Option<PathBuf>,
     /// Controller: milliseconds from "in progress" to Ready.
     #[arg(long, env = "KSERVE_SIM_READY_DELAY_MS", default_value_t = 1000)]
     pub ready_delay_ms: u64,

@@ -5,17 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Where the CRD schema is looked for when nothing else is said: next to the repository, as
-/// seen from the repository root.
-pub const DEFAULT_CRD_SCHEMA: &str = "../shared/kserve/inferenceservice-v1beta1.schema.json";
-
 /// Everything a stand-in instance needs to start.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
-    /// Path of `inferenceservice-v1beta1.schema.json`.
-    pub crd_schema: PathBuf,
+    /// Another `inferenceservice-v1beta1.schema.json` to validate against (another KServe
+    /// release); `None` uses the schema embedded in this crate.
+    pub crd_schema: Option<PathBuf>,
     /// Controller: from the in-progress status to Ready.
     pub ready_delay: Duration,
     /// Controller: how long the old status stays visible after a spec change.
@@ -42,7 +39,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            crd_schema: PathBuf::from(DEFAULT_CRD_SCHEMA),
+            crd_schema: None,
             ready_delay: Duration::from_millis(1000),
             stale_status: Duration::from_millis(300),
             delete_linger: Duration::from_millis(500),
@@ -58,10 +55,10 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
-    /// Defaults with the CRD schema at `path`.
+    /// Defaults, validating against the CRD schema at `path` instead of the embedded one.
     pub fn with_schema(path: impl Into<PathBuf>) -> Self {
         Self {
-            crd_schema: path.into(),
+            crd_schema: Some(path.into()),
             ..Self::default()
         }
     }

@@ -319,14 +319,9 @@ mod tests {
     use super::*;
     use crate::schema::Schema;
     use serde_json::json;
-    use std::path::Path;
 
     fn schema() -> std::sync::Arc<Schema> {
-        Schema::load_shared(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/kserve/inferenceservice-v1beta1.schema.json"
-        )))
-        .unwrap_or_else(|e| panic!("{e}"))
+        Schema::embedded().unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]

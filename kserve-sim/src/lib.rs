@@ -23,10 +23,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), kserve_sim::SimError> {
-//! let sim = kserve_sim::KserveSim::start(kserve_sim::SimConfig::with_schema(
-//!     "../shared/kserve/inferenceservice-v1beta1.schema.json",
-//! ))
-//! .await?;
+//! // validates against the embedded KServe schema; `SimConfig::with_schema` takes another
+//! let sim = kserve_sim::KserveSim::start(kserve_sim::SimConfig::default()).await?;
 //! sim.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig"), "mlops-serving")?;
 //! // ... point kube / kubectl at it ...
 //! sim.stop().await;

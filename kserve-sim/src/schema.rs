@@ -18,6 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
+/// The InferenceService v1beta1 structural schema this crate embeds (KServe, Apache-2.0; see
+/// `schema/PROVENANCE.md` for the release it comes from). Used unless another file is given.
+pub const EMBEDDED_SCHEMA: &str = include_str!("../schema/inferenceservice-v1beta1.schema.json");
+
+/// What [`Schema::path`] reports for the embedded schema.
+pub const EMBEDDED_SCHEMA_NAME: &str = "<embedded inferenceservice-v1beta1.schema.json>";
+
 /// The loaded CRD schema and its compiled validator.
 pub struct Schema {
     root: Value,
@@ -216,6 +223,30 @@ impl Schema {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, (modified, schema.clone()));
         Ok(schema)
+    }
+
+    /// The embedded schema ([`EMBEDDED_SCHEMA`]), compiled once per process.
+    pub fn embedded() -> Result<Arc<Self>, SimError> {
+        static EMBEDDED: OnceLock<Arc<Schema>> = OnceLock::new();
+        if let Some(schema) = EMBEDDED.get() {
+            return Ok(schema.clone());
+        }
+        let path = Path::new(EMBEDDED_SCHEMA_NAME);
+        let root: Value =
+            serde_json::from_str(EMBEDDED_SCHEMA).map_err(|source| SimError::SchemaParse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let schema = Arc::new(Self::from_value(root, path)?);
+        Ok(EMBEDDED.get_or_init(|| schema).clone())
+    }
+
+    /// The schema at `path`, or the embedded one when `path` is `None`.
+    pub fn resolve(path: Option<&Path>) -> Result<Arc<Self>, SimError> {
+        match path {
+            Some(path) => Self::load_shared(path),
+            None => Self::embedded(),
+        }
     }
 
     /// Compiles an already parsed schema.
@@ -487,11 +518,7 @@ mod tests {
     use super::*;
 
     fn schema() -> std::sync::Arc<Schema> {
-        let path = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/kserve/inferenceservice-v1beta1.schema.json"
-        ));
-        Schema::load_shared(path).unwrap_or_else(|e| panic!("{e}"))
+        Schema::embedded().unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn isvc(predictor: Value) -> Value {

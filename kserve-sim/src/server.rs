@@ -51,7 +51,7 @@ impl KserveSim {
     /// Loads the CRD schema, binds the listen address, and starts the API server and the
     /// controller on their own thread. Returns once the server accepts connections.
     pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
-        let schema = Schema::load_shared(&config.crd_schema)?;
+        let schema = Schema::resolve(config.crd_schema.as_deref())?;
         let listener = bind(config.listen).map_err(|source| SimError::Bind {
             addr: config.listen.to_string(),
             source,

@@ -1,6 +1,6 @@
 //! Schema migrations for deploy-worker.
 //!
-//! Three migrations, all safe on a database the platform already created:
+//! Four migrations, all safe on a database the platform already created:
 //!
 //! 1. [`m20260101_000001_platform_tables`] creates the platform tables the worker reads
 //!    (`models`, `model_versions`, `endpoints`), the `citext` extension and an `updated_at`
@@ -9,7 +9,9 @@
 //! 2. [`m20260101_000002_worker_columns`] adds what belongs to the worker: `status_reason`,
 //!    `spec_generation` (bumped by a trigger only when a serving field changes),
 //!    `ready_generation`, and the `deployment_history` and `rejected_events` tables.
-//! 3. [`m20261201_000101_operator_tables`] adds what the operator commands need:
+//! 3. [`m20261201_000003_rejected_payload_bytes`] keeps a refused payload as bytes with its
+//!    size and SHA-256, so no payload (NUL bytes, invalid UTF-8) can fail the record.
+//! 4. [`m20261201_000101_operator_tables`] adds what the operator commands need:
 //!    `rejected_events.replayed_at` and the `tenant_pauses` table.
 //!
 //! Every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`), so running the
@@ -19,6 +21,7 @@ pub use sea_orm_migration::prelude::*;
 
 pub mod m20260101_000001_platform_tables;
 pub mod m20260101_000002_worker_columns;
+pub mod m20261201_000003_rejected_payload_bytes;
 pub mod m20261201_000101_operator_tables;
 
 /// The ordered list of migrations.
@@ -30,6 +33,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20260101_000001_platform_tables::Migration),
             Box::new(m20260101_000002_worker_columns::Migration),
+            Box::new(m20261201_000003_rejected_payload_bytes::Migration),
             Box::new(m20261201_000101_operator_tables::Migration),
         ]
     }

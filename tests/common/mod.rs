@@ -205,7 +205,8 @@ impl Env {
     pub async fn rejected(&self) -> Vec<RejectedRow> {
         RejectedRow::find_by_statement(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT subject, endpoint_id, reason, payload FROM rejected_events ORDER BY id",
+            "SELECT subject, endpoint_id, reason, payload, payload_bytes, payload_size, \
+             payload_sha256 FROM rejected_events ORDER BY id",
         ))
         .all(&self.db)
         .await
@@ -311,6 +312,9 @@ pub struct RejectedRow {
     pub endpoint_id: Option<Uuid>,
     pub reason: String,
     pub payload: String,
+    pub payload_bytes: Option<Vec<u8>>,
+    pub payload_size: Option<i32>,
+    pub payload_sha256: Option<String>,
 }
 
 /// Polls `check` until it returns true or `timeout` passes (then panics with `what`).

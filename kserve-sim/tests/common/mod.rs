@@ -12,20 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const NS: &str = "mlops-serving";
 
-pub fn schema_path() -> &'static str {
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/kserve/inferenceservice-v1beta1.schema.json"
-    )
-}
-
 /// Short timings so the controller sequence completes quickly.
 pub fn fast_config() -> SimConfig {
     SimConfig {
         ready_delay: Duration::from_millis(150),
         stale_status: Duration::from_millis(100),
         delete_linger: Duration::from_millis(100),
-        ..SimConfig::with_schema(schema_path())
+        ..SimConfig::default()
     }
 }
 
