@@ -381,6 +381,9 @@ fn lock(polled: &Mutex<Polled>) -> MutexGuard<'_, Polled> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A per-consumer gauge: name, help and how to read its value.
+type ConsumerGauge = (&'static str, &'static str, fn(&ConsumerState) -> u64);
+
 /// Gauges of the state [`crate::poller`] read last.
 struct PolledState {
     polled: Arc<Mutex<Polled>>,
@@ -406,7 +409,7 @@ impl Collector for PolledState {
             )
         };
         let gauge_type = ConstGauge::new(0i64).metric_type();
-        let per_consumer: [(&str, &str, fn(&ConsumerState) -> u64); 3] = [
+        let per_consumer: [ConsumerGauge; 3] = [
             (
                 "consumer_pending_messages",
                 "Messages on a durable consumer not yet delivered to any worker (JetStream \
