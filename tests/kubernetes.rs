@@ -678,3 +678,50 @@ async fn the_same_event_delivered_twice_applies_once_and_only_granted_verbs_are_
     );
     worker.shutdown().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn a_403_is_counted_apart_and_the_deploy_converges_once_rbac_allows_it() {
+    // RBAC denies the first requests, as before a missing Role is applied.
+    let cluster = Cluster::start(|c| {
+        c.faults = Faults {
+            forbid_next: 3,
+            ..Faults::default()
+        };
+    })
+    .await;
+    let worker = cluster.worker().await;
+    let tenant = cluster.env.tenant().await;
+    let id = cluster.env.endpoints(&tenant, 1).await[0];
+    cluster.deploy_and_wait(&tenant, id, 1).await;
+    let forbidden = cluster
+        .sim
+        .request_log()
+        .iter()
+        .filter(|r| r.injected && r.status == 403)
+        .count();
+    assert_eq!(forbidden, 3, "the stand-in answered 403 three times");
+
+    let response = common::http_get(worker.http_addr(), "/metrics")
+        .await
+        .expect("scrape");
+    let metrics = common::openmetrics::parse_openmetrics(&response.body);
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        common::openmetrics::value(&metrics, name, labels).unwrap_or(0.0)
+    };
+    let counted = value("deploy_worker_kube_api_forbidden_total", &[]);
+    assert!(
+        (1.0..=3.0).contains(&counted),
+        "403s the worker saw: {counted}"
+    );
+    assert_eq!(
+        value("deploy_worker_kube_api_errors_total", &[("code", "403")]),
+        counted,
+        "a 403 is also an API error by code"
+    );
+    assert_eq!(
+        value("deploy_worker_kube_api_errors_total", &[("code", "500")]),
+        0.0
+    );
+    cluster.env.wait_all_answered(LONG).await;
+    worker.shutdown().await.unwrap();
+}

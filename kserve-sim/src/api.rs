@@ -730,6 +730,10 @@ pub async fn middleware(
             let e = match fault {
                 Injected::InternalError => ApiError::internal("injected fault (kserve-sim)"),
                 Injected::Throttled(s) => ApiError::too_many_requests(s),
+                Injected::Forbidden => ApiError::forbidden(
+                    "inferenceservices.serving.kserve.io is forbidden: injected RBAC denial \
+                     (kserve-sim)",
+                ),
             };
             record.status = e.code;
             record.injected = true;

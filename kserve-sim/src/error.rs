@@ -158,6 +158,11 @@ impl ApiError {
         e
     }
 
+    /// 403 when the client may not do what it asks (injected RBAC denial).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, "Forbidden", message)
+    }
+
     /// 400 for a malformed request.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
