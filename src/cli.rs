@@ -457,8 +457,9 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     }
 }
 
-fn time(at: &chrono::DateTime<chrono::Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+fn time<Tz: chrono::TimeZone>(at: &chrono::DateTime<Tz>) -> String {
+    at.with_timezone(&chrono::Utc)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn rejected(command: RejectedCommand, secrets: Secrets) -> Result<(), String> {

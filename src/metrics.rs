@@ -464,6 +464,25 @@ impl Collector for PolledState {
     }
 }
 
+/// Encodes gauge `name` with one sample per tenant in `counts`, in tenant order.
+fn encode_per_tenant(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    counts: std::collections::HashMap<uuid::Uuid, usize>,
+) -> Result<(), std::fmt::Error> {
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort();
+    let mut family =
+        encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    for (tenant, count) in counts {
+        let labels = [("tenant_id", tenant.to_string())];
+        let value = i64::try_from(count).unwrap_or(i64::MAX);
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 /// Scrape-time gauges.
 struct LiveState {
     admission: Admission,
@@ -479,20 +498,13 @@ impl std::fmt::Debug for LiveState {
 impl Collector for LiveState {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = self.admission.snapshot();
-        let mut tenants: Vec<_> = snapshot.per_tenant.into_iter().collect();
-        tenants.sort();
-        let gauge = ConstGauge::new(0i64);
-        let mut family = encoder.encode_descriptor(
+        encode_per_tenant(
+            &mut encoder,
             "deploys_in_flight",
             "Deploys holding an admission permit, by tenant (tenants with none are absent)",
-            None,
-            gauge.metric_type(),
+            snapshot.per_tenant,
         )?;
-        for (tenant, in_flight) in tenants {
-            let labels = [("tenant_id", tenant.to_string())];
-            let value = i64::try_from(in_flight).unwrap_or(i64::MAX);
-            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-        }
+        let gauge = ConstGauge::new(0i64);
         let waiting = i64::try_from(snapshot.waiting).unwrap_or(i64::MAX);
         ConstGauge::new(waiting).encode(encoder.encode_descriptor(
             "deploys_waiting",
@@ -500,20 +512,13 @@ impl Collector for LiveState {
             None,
             gauge.metric_type(),
         )?)?;
-        let mut waiting: Vec<_> = snapshot.waiting_per_tenant.into_iter().collect();
-        waiting.sort();
-        let mut family = encoder.encode_descriptor(
+        encode_per_tenant(
+            &mut encoder,
             "endpoints_waiting",
             "Endpoints queued in the worker for an admission permit, by tenant (tenants with \
              none are absent); JetStream's consumer lag does not include them",
-            None,
-            gauge.metric_type(),
+            snapshot.waiting_per_tenant,
         )?;
-        for (tenant, queued) in waiting {
-            let labels = [("tenant_id", tenant.to_string())];
-            let value = i64::try_from(queued).unwrap_or(i64::MAX);
-            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-        }
         let actors = i64::try_from(self.actors.len()).unwrap_or(i64::MAX);
         ConstGauge::new(actors).encode(encoder.encode_descriptor(
             "endpoint_actors",

@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
+use entity::rejected_events::{Column, Entity as Rejected};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement, Value,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, QueryFilter, QueryOrder, Statement, Value,
 };
 use uuid::Uuid;
 
@@ -219,48 +221,18 @@ pub async fn wait_outcome(
 }
 
 /// One row of `rejected_events`.
-#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
-pub struct RejectedRecord {
-    /// Row id (for `rejected replay --id`).
-    pub id: i64,
-    /// Subject the message arrived on.
-    pub subject: String,
-    /// Its stream sequence.
-    pub stream_sequence: Option<i64>,
-    /// The endpoint it named, when it could be decoded.
-    pub endpoint_id: Option<Uuid>,
-    /// Why it was refused.
-    pub reason: String,
-    /// The payload rendered for people (cut, escaped).
-    pub payload: String,
-    /// The payload's bytes as received (a bounded prefix); `NULL` in rows recorded before the
-    /// worker kept bytes.
-    pub payload_bytes: Option<Vec<u8>>,
-    /// The payload's full length (`NULL` in those older rows).
-    pub payload_size: Option<i32>,
-    /// When it was refused.
-    pub received_at: DateTime<Utc>,
-    /// When it was last replayed.
-    pub replayed_at: Option<DateTime<Utc>>,
-}
-
-const REJECTED_COLUMNS: &str = "id, subject, stream_sequence, endpoint_id, reason, payload, \
-     payload_bytes, payload_size, received_at, replayed_at";
+pub type RejectedRecord = entity::rejected_events::Model;
 
 /// Rejected events received at or after `since` (all when `None`), oldest first.
 pub async fn list_rejected(
     db: &DatabaseConnection,
     since: Option<DateTime<Utc>>,
 ) -> Result<Vec<RejectedRecord>, OpsError> {
-    Ok(RejectedRecord::find_by_statement(statement(
-        &format!(
-            "SELECT {REJECTED_COLUMNS} FROM rejected_events \
-             WHERE $1::timestamptz IS NULL OR received_at >= $1 ORDER BY id"
-        ),
-        [since.into()],
-    ))
-    .all(db)
-    .await?)
+    let mut query = Rejected::find().order_by_asc(Column::Id);
+    if let Some(since) = since {
+        query = query.filter(Column::ReceivedAt.gte(since.fixed_offset()));
+    }
+    Ok(query.all(db).await?)
 }
 
 /// Which rejected events to replay.
@@ -333,25 +305,19 @@ pub async fn replay_rejected(
     selection: ReplaySelection,
 ) -> Result<Vec<ReplayResult>, OpsError> {
     let records = match selection {
-        ReplaySelection::Id(id) => {
-            let found = RejectedRecord::find_by_statement(statement(
-                &format!("SELECT {REJECTED_COLUMNS} FROM rejected_events WHERE id = $1"),
-                [id.into()],
-            ))
-            .one(db)
-            .await?;
-            vec![found.ok_or(OpsError::UnknownRejected(id))?]
-        }
+        ReplaySelection::Id(id) => vec![
+            Rejected::find_by_id(id)
+                .one(db)
+                .await?
+                .ok_or(OpsError::UnknownRejected(id))?,
+        ],
         ReplaySelection::Since(since) => {
-            RejectedRecord::find_by_statement(statement(
-                &format!(
-                    "SELECT {REJECTED_COLUMNS} FROM rejected_events \
-                     WHERE received_at >= $1 AND replayed_at IS NULL ORDER BY id"
-                ),
-                [since.into()],
-            ))
-            .all(db)
-            .await?
+            Rejected::find()
+                .filter(Column::ReceivedAt.gte(since.fixed_offset()))
+                .filter(Column::ReplayedAt.is_null())
+                .order_by_asc(Column::Id)
+                .all(db)
+                .await?
         }
     };
     let mut results = Vec::with_capacity(records.len());
@@ -557,7 +523,8 @@ mod tests {
             payload: text.into(),
             payload_bytes: bytes.map(<[u8]>::to_vec),
             payload_size: size,
-            received_at: Utc::now(),
+            payload_sha256: None,
+            received_at: Utc::now().fixed_offset(),
             replayed_at: None,
         }
     }

@@ -23,8 +23,17 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// PromQL words that are never metric names: operators, modifiers, literals and aggregations
-/// (which may be followed by `by (…)` rather than `(`).
+/// Keywords followed by a parenthesized list of label names.
+const LABEL_LISTS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+/// Other PromQL words that are never metric names: operators, modifiers, literals and
+/// aggregations (which may be followed by `by (…)` rather than `(`).
 const KEYWORDS: &[&str] = &[
     "and",
     "or",
@@ -33,12 +42,6 @@ const KEYWORDS: &[&str] = &[
     "offset",
     "inf",
     "nan",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
     "sum",
     "min",
     "max",
@@ -51,15 +54,6 @@ const KEYWORDS: &[&str] = &[
     "bottomk",
     "topk",
     "quantile",
-];
-/// Keywords followed by a parenthesized list of label names.
-const LABEL_LISTS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
 ];
 
 /// Skips from an opening `open` at `chars[i]` to just after its matching `close`, stepping over
@@ -146,7 +140,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             let called = chars.get(next) == Some(&'(');
             if LABEL_LISTS.contains(&word.as_str()) && called {
                 i = skip_group(&chars, next, '(', ')');
-            } else if !called && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
+            } else if !called
+                && !KEYWORDS.contains(&word.to_lowercase().as_str())
+                && !LABEL_LISTS.contains(&word.as_str())
+            {
                 names.insert(word);
             }
         } else {

@@ -24,6 +24,15 @@ pub mod m20260101_000002_worker_columns;
 pub mod m20261201_000003_rejected_payload_bytes;
 pub mod m20261201_000101_operator_tables;
 
+/// Runs idempotent `statements` in order: the body of a migration that is only DDL.
+async fn execute_all(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    for sql in statements {
+        db.execute_unprepared(sql).await?;
+    }
+    Ok(())
+}
+
 /// The ordered list of migrations.
 pub struct Migrator;
 

@@ -83,10 +83,6 @@ CREATE TABLE IF NOT EXISTS rejected_events (
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        for sql in STATEMENTS {
-            db.execute_unprepared(sql).await?;
-        }
-        Ok(())
+        crate::execute_all(manager, STATEMENTS).await
     }
 }
