@@ -44,6 +44,7 @@ fn help_lists_every_setting_with_its_environment_variable() {
         "DATABASE_BATCH_MAX",
         "DATABASE_MIGRATE",
         "SHUTDOWN_GRACE_SECONDS",
+        "METRICS_POLL_SECONDS",
     ] {
         assert!(
             help.contains(&format!("[env: {var}")),
