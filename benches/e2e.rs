@@ -8,6 +8,9 @@
 //! - **throughput**: events/s from a JetStream backlog to committed `READY` rows, against a
 //!   bare pull + ack loop on the same NATS server and a bare batched `UPDATE` (the worker's own
 //!   statement shape, one commit per batch) on the same database;
+//! - **rollback during a stuck canary** (k8s mode): endpoints whose canary never becomes Ready
+//!   get a rollback; its event→READY time against the controller's own readiness time (the
+//!   floor), with the deploy timeout far longer than either;
 //! - **memory**: the worker's resident set with 10,000 deploys in flight (simulate mode with a
 //!   long delay) and again once they are done and the endpoint actors have gone idle.
 //!
@@ -36,6 +39,7 @@ struct Scale {
     throughput_events: usize,
     in_flight: usize,
     k8s_endpoints: usize,
+    rollback_endpoints: usize,
     durable: bool,
 }
 
@@ -46,6 +50,7 @@ fn main() {
             throughput_events: 20_000,
             in_flight: 10_000,
             k8s_endpoints: 1_000,
+            rollback_endpoints: 20,
             durable: true,
         }
     } else {
@@ -53,6 +58,7 @@ fn main() {
             throughput_events: 300,
             in_flight: 200,
             k8s_endpoints: 20,
+            rollback_endpoints: 3,
             durable: false,
         }
     };
@@ -66,6 +72,9 @@ fn main() {
     if let Some(n) = env_number("E2E_K8S_ENDPOINTS") {
         scale.k8s_endpoints = n;
     }
+    if let Some(n) = env_number("E2E_ROLLBACK_ENDPOINTS") {
+        scale.rollback_endpoints = n;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,6 +82,7 @@ fn main() {
     runtime.block_on(async {
         throughput(&scale).await;
         kubernetes(&scale).await;
+        rollback(&scale).await;
         memory(&scale).await;
     });
 }
@@ -467,6 +477,120 @@ async fn kubernetes(scale: &Scale) {
     println!(
         "  worker CPU                                 {:>8.0} µs per deploy",
         cpu * 1e6 / n as f64
+    );
+}
+
+/// Rollbacks published while canaries are stuck: each endpoint is Ready, gets a canary the
+/// controller never makes Ready, and 3 s later a rollback (canary traffic back to 0). Reports
+/// event→READY of the rollbacks against the controller's readiness time.
+async fn rollback(scale: &Scale) {
+    let n = scale.rollback_endpoints;
+    let setup = setup(scale, n, true).await;
+    let db = &setup.env.db;
+    let config = kserve_sim::SimConfig {
+        ready_delay: KSERVE_READY_DELAY,
+        stale_status: Duration::ZERO,
+        ..Default::default()
+    };
+    let sim = kserve_sim::KserveSim::start(config)
+        .await
+        .expect("stand-in");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let options = RenderOptions::default();
+    sim.write_kubeconfig(&kubeconfig, &options.namespace)
+        .expect("kubeconfig");
+    let timeout = 600;
+    let worker = spawn_worker(
+        &setup,
+        &[
+            ("DEPLOY_MODE", "k8s".into()),
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("DEPLOY_TIMEOUT_SECONDS", timeout.to_string()),
+        ],
+    );
+    wait_count(db, "READY", n, Duration::from_secs(600)).await;
+
+    let change = |percent: i64| deploy_worker::platform::ServingPatch {
+        traffic: Some(Some(json!({ "canaryTrafficPercent": percent }))),
+        ..Default::default()
+    };
+    let events = |ids: &[Uuid]| {
+        ids.iter()
+            .zip(&setup.endpoints)
+            .map(|(id, e)| {
+                let fields = EventFields {
+                    tenant_id: e.tenant_id,
+                    project_id: e.project_id,
+                    endpoint_id: *id,
+                    name: &e.name,
+                    model: e.model,
+                };
+                (EventKind::Deploy, fields)
+            })
+            .collect::<Vec<_>>()
+    };
+    for id in &setup.ids {
+        let name = deploy_worker::kserve::isvc_name(&options.name_prefix, *id);
+        sim.never_ready(&options.namespace, &name);
+        platform::patch_endpoint(db, *id, change(10))
+            .await
+            .expect("canary");
+    }
+    platform::publish_all(&setup.env.js, events(&setup.ids))
+        .await
+        .expect("publish canaries");
+    wait_count(db, "DEPLOYING", n, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in &setup.ids {
+        let name = deploy_worker::kserve::isvc_name(&options.name_prefix, *id);
+        sim.clear_behaviour(&options.namespace, &name);
+        platform::patch_endpoint(db, *id, change(0))
+            .await
+            .expect("rollback");
+    }
+    let published = Instant::now();
+    platform::publish_all(&setup.env.js, events(&setup.ids))
+        .await
+        .expect("publish rollbacks");
+    let mut latencies = Vec::with_capacity(n);
+    let mut pending: std::collections::HashSet<Uuid> = setup.ids.iter().copied().collect();
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "rollbacks not READY before the timeout"
+        );
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT id FROM endpoints WHERE status = 'READY' AND ready_generation = spec_generation \
+                 AND spec_generation >= 3",
+            ))
+            .await
+            .expect("ready rows");
+        for row in rows {
+            let id: Uuid = row.try_get("", "id").expect("id");
+            if pending.remove(&id) {
+                latencies.push(published.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop(worker);
+    sim.stop().await;
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    let ready = KSERVE_READY_DELAY.as_secs_f64();
+    println!(
+        "rollback during a stuck canary, k8s mode ({n} endpoints, controller Ready after {ready:.1} s, \
+         deploy timeout {timeout} s)"
+    );
+    println!(
+        "  rollback event → READY                      p50 {:.2} s, p99 {:.2} s (floor {ready:.1} s, target ≤ {:.1} s)",
+        at(0.5),
+        at(0.99),
+        ready + 2.0
     );
 }
 

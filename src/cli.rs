@@ -185,6 +185,10 @@ struct MigrateArgs {
     /// Postgres URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    /// After migrating, grant this existing role what the worker needs and nothing more
+    /// (`deploy/sql/worker-role.sql`); run the worker as that role with DATABASE_MIGRATE=false.
+    #[arg(long, env = "DATABASE_GRANT_TO")]
+    grant_to: Option<String>,
     #[command(flatten)]
     logging: LogArgs,
 }
@@ -314,6 +318,12 @@ fn migrate(args: MigrateArgs, secrets: Secrets) -> Result<(), String> {
             .await
             .map_err(|err| err.to_string())?;
         eprintln!("migrations applied");
+        if let Some(role) = &args.grant_to {
+            crate::grants::grant(store.db(), role)
+                .await
+                .map_err(|err| err.to_string())?;
+            eprintln!("worker grants given to {role}");
+        }
         Ok(())
     })
 }

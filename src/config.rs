@@ -176,6 +176,14 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub failpoint_panic: Vec<PanicAt>,
+
+    /// TLS and authentication towards NATS.
+    #[command(flatten)]
+    pub nats_security: crate::tls::NatsSecurityArgs,
+
+    /// Pruning of old history and rejected events.
+    #[command(flatten)]
+    pub retention: crate::retention::RetentionArgs,
 }
 
 impl Settings {

@@ -208,7 +208,12 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         tenants.len()
     );
 
-    let client = async_nats::connect(settings.nats_url.as_deref().unwrap_or_default())
+    let client = settings
+        .nats_security
+        .connect_options()
+        .await
+        .map_err(|err| DemoError::Publish(err.to_string()))?
+        .connect(settings.nats_url.as_deref().unwrap_or_default())
         .await
         .map_err(|err| DemoError::Publish(err.to_string()))?;
     let js = async_nats::jetstream::new(client);

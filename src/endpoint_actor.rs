@@ -22,7 +22,9 @@ use uuid::Uuid;
 use async_nats::jetstream::AckKind;
 
 use crate::delivery::{Delivery, answer_all};
-use crate::pass::{self, PassContext};
+use crate::events::EventKind;
+use crate::pass::{self, Newer, PassContext};
+use tokio::sync::watch;
 
 /// A delivery for this actor's endpoint.
 #[derive(Message)]
@@ -82,6 +84,8 @@ pub struct EndpointActor {
     idle_timer: Option<SpawnHandle>,
     /// Sends progress acks for `pending` while it waits behind a running pass.
     progress_timer: Option<SpawnHandle>,
+    /// Tells the running pass what arrived since it started (see [`pass::Newer`]).
+    newer: Option<watch::Sender<Newer>>,
 }
 
 impl EndpointActor {
@@ -104,6 +108,7 @@ impl EndpointActor {
             handled: 0,
             idle_timer: None,
             progress_timer: None,
+            newer: None,
         }
     }
 
@@ -138,9 +143,12 @@ impl EndpointActor {
         }
         self.busy = true;
         let batch = std::mem::take(&mut self.pending);
-        let work = pass::run(self.ctx.clone(), self.endpoint_id, batch);
+        let (newer, newer_rx) = watch::channel(Newer::default());
+        self.newer = Some(newer);
+        let work = pass::run(self.ctx.clone(), self.endpoint_id, batch, newer_rx);
         ctx.spawn(work.into_actor(self).map(|_result, act, ctx| {
             act.busy = false;
+            act.newer = None;
             if act.draining {
                 act.stop_when_settled(ctx);
             } else if !act.pending.is_empty() {
@@ -210,6 +218,7 @@ impl Handler<Deliver> for EndpointActor {
 
     fn handle(&mut self, Deliver(delivery): Deliver, ctx: &mut Self::Context) {
         self.handled += 1;
+        let kind = delivery.kind;
         if self.draining {
             self.hand_back(vec![delivery], ctx);
             return;
@@ -225,6 +234,13 @@ impl Handler<Deliver> for EndpointActor {
             ctx.cancel_future(timer);
         }
         if self.busy {
+            if let Some(newer) = &self.newer {
+                let delete = kind == EventKind::Delete;
+                newer.send_modify(|newer| {
+                    newer.events += 1;
+                    newer.delete |= delete;
+                });
+            }
             self.arm_progress_timer(ctx);
         } else {
             self.start_pass(ctx);

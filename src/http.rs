@@ -12,6 +12,7 @@
 //! connection, so their I/O never runs on a foreign reactor. Every check is bounded by a
 //! timeout so a probe answers even while Postgres or NATS hang.
 
+use crate::deployer::Alarm;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +57,7 @@ struct ReadinessInner {
     nats: async_nats::Client,
     consumers: Vec<PullConsumer>,
     draining: AtomicBool,
+    cluster: Alarm,
     runtime: tokio::runtime::Handle,
 }
 
@@ -70,20 +72,29 @@ pub struct ReadinessReport {
     pub nats: String,
     /// `ok`, or which consumer could not be found.
     pub consumers: String,
+    /// `ok`, or why the Kubernetes API refuses the worker (RBAC, credentials, namespace),
+    /// until a deploy gets through again.
+    pub kubernetes: String,
     /// True once shutdown has begun.
     pub draining: bool,
 }
 
 impl Readiness {
-    /// Checks `store`, `nats` and `consumers` (the bound durable consumers). Call inside the
-    /// tokio runtime that owns them.
-    pub fn new(store: Store, nats: async_nats::Client, consumers: Vec<PullConsumer>) -> Self {
+    /// Checks `store`, `nats`, `consumers` (the bound durable consumers) and the deployer's
+    /// `cluster` alarm. Call inside the tokio runtime that owns them.
+    pub fn new(
+        store: Store,
+        nats: async_nats::Client,
+        consumers: Vec<PullConsumer>,
+        cluster: Alarm,
+    ) -> Self {
         Self {
             inner: Arc::new(ReadinessInner {
                 store,
                 nats,
                 consumers,
                 draining: AtomicBool::new(false),
+                cluster,
                 runtime: tokio::runtime::Handle::current(),
             }),
         }
@@ -127,11 +138,17 @@ impl Readiness {
             other => format!("{other:?}").to_lowercase(),
         };
         let draining = inner.draining.load(Ordering::SeqCst);
+        let kubernetes = inner.cluster.get().unwrap_or_else(|| "ok".to_owned());
         ReadinessReport {
-            ready: !draining && database == "ok" && nats == "ok" && consumers == "ok",
+            ready: !draining
+                && database == "ok"
+                && nats == "ok"
+                && consumers == "ok"
+                && kubernetes == "ok",
             database,
             nats,
             consumers,
+            kubernetes,
             draining,
         }
     }

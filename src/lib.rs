@@ -17,6 +17,8 @@
 //! - [`intent`] and [`kserve`]: the pure intent → InferenceService mapping;
 //! - [`deployer`]: simulate mode and k8s mode;
 //! - [`store`]: Postgres with batched reads and group commit; [`admission`]: tenant fairness;
+//!   [`retention`]: pruning old history; [`grants`]: the least-privilege database role;
+//! - [`tls`]: encrypted, authenticated connections to NATS and the OTLP collector;
 //! - [`config`], [`worker`], [`cli`]: settings, wiring, commands; [`demo`] and [`sandbox`]:
 //!   the self-contained demo and the throw-away servers it and the tests use;
 //! - [`telemetry`] (logs, traces, trace-context propagation), [`metrics`] (Prometheus),
@@ -33,6 +35,7 @@ pub mod demo;
 pub mod deployer;
 pub mod endpoint_actor;
 pub mod events;
+pub mod grants;
 pub mod http;
 pub mod intent;
 pub mod kserve;
@@ -41,8 +44,10 @@ pub mod ops;
 pub mod pass;
 pub mod platform;
 pub mod poller;
+pub mod retention;
 pub mod sandbox;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

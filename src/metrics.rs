@@ -55,6 +55,8 @@ pub mod retry {
     pub const SHUTDOWN: &str = "shutdown";
     /// A pass panicked (a worker bug); its messages were handed back.
     pub const PANIC: &str = "panic";
+    /// The cluster refuses the worker (RBAC, credentials, a missing namespace).
+    pub const MISCONFIGURED: &str = "misconfigured";
 }
 
 /// Label `operation` of `deploy_worker_database_errors_total`: a batched intent load.
@@ -246,6 +248,7 @@ impl Metrics {
             retry::DEPLOYER,
             retry::SHUTDOWN,
             retry::PANIC,
+            retry::MISCONFIGURED,
         ] {
             let _ = retries.get_or_create(&ReasonLabels { reason });
         }

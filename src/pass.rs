@@ -38,9 +38,11 @@ use uuid::Uuid;
 
 use crate::admission::Admission;
 use crate::delivery::{Backoff, Delivery, answer_all, hand_back_all, keep_alive};
-use crate::deployer::{DeleteOutcome, DeployOutcome, DeployRequest, Deployer};
+use crate::deployer::{
+    DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Deployer, Interrupt,
+};
 use crate::events::EventKind;
-use crate::kserve::{self, RenderOptions};
+use crate::kserve::{self, InferenceService, RenderOptions};
 use crate::metrics::{Metrics, event_outcome, retry};
 use crate::store::{
     Applied, EndpointRecord, HistoryEntry, PAUSED_REASON, RejectedEvent, StatusWrite, Store,
@@ -70,6 +72,16 @@ pub struct PassContext {
     pub panics: DashMap<Uuid, (i64, u32)>,
     /// Fault injection for tests: passes that panic on purpose (empty in production).
     pub failpoint_panic: Vec<PanicAt>,
+}
+
+/// What arrived for the endpoint while its pass runs, as the actor tells the pass: enough to
+/// decide whether the pass still converges to the newest intent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Newer {
+    /// Deliveries that arrived since the pass started.
+    pub events: u64,
+    /// Whether one of them asks for a delete.
+    pub delete: bool,
 }
 
 /// A fault-injection point: a pass over `endpoint_id` at `generation` panics.
@@ -144,7 +156,16 @@ impl PassResult {
 /// handed back, and the endpoint's actor lives on. When passes panic
 /// [`PANICS_BEFORE_ERROR`] times in a row at the same spec generation, the endpoint ends `ERROR`
 /// with the panic message and the messages are terminated, so a bug cannot redeliver forever.
-pub async fn run(ctx: Arc<PassContext>, endpoint_id: Uuid, mut batch: Vec<Delivery>) -> PassResult {
+///
+/// `newer` tells the pass what arrives for the endpoint meanwhile: a deploy that is waiting —
+/// for a permit, between retries, for Ready — stops waiting once a delete or a newer spec
+/// generation shows up, and records `superseded` so the next pass starts at once.
+pub async fn run(
+    ctx: Arc<PassContext>,
+    endpoint_id: Uuid,
+    mut batch: Vec<Delivery>,
+    newer: watch::Receiver<Newer>,
+) -> PassResult {
     let span = match batch.split_last() {
         Some((newest, others)) => telemetry::pass_span(
             &newest.span,
@@ -155,7 +176,8 @@ pub async fn run(ctx: Arc<PassContext>, endpoint_id: Uuid, mut batch: Vec<Delive
         None => telemetry::pass_span(&Span::none(), [], endpoint_id, 0),
     };
     let owner = OnceLock::new();
-    let work = AssertUnwindSafe(run_pass(&ctx, endpoint_id, &mut batch, &owner)).catch_unwind();
+    let work =
+        AssertUnwindSafe(run_pass(&ctx, endpoint_id, &mut batch, &owner, newer)).catch_unwind();
     let result = match work.instrument(span.clone()).await {
         Ok(result) => {
             if !ctx.panics.is_empty() {
@@ -277,6 +299,7 @@ async fn run_pass(
     endpoint_id: Uuid,
     batch: &mut [Delivery],
     owner: &OnceLock<Owner>,
+    newer: watch::Receiver<Newer>,
 ) -> PassResult {
     let started = Instant::now();
     let load = telemetry::step_span(Step::LoadIntent);
@@ -343,7 +366,7 @@ async fn run_pass(
         return PassResult::Refused;
     }
 
-    let pass = Pass::new(ctx, &record, batch, name);
+    let pass = Pass::new(ctx, &record, batch, name, newer);
     if batch.iter().any(|d| d.kind == EventKind::Delete) {
         pass.delete().await
     } else if record.is_deleted() {
@@ -473,6 +496,8 @@ struct Pass<'a> {
     /// The pass span (current when the pass is built) and its trace id.
     span: Span,
     trace_id: Option<String>,
+    /// What arrived for the endpoint since the pass started.
+    newer: watch::Receiver<Newer>,
 }
 
 impl<'a> Pass<'a> {
@@ -481,12 +506,14 @@ impl<'a> Pass<'a> {
         record: &'a EndpointRecord,
         batch: &'a [Delivery],
         name: String,
+        newer: watch::Receiver<Newer>,
     ) -> Self {
         Self {
             ctx,
             record,
             batch,
             name,
+            newer,
             started_at: Utc::now(),
             span: Span::current(),
             trace_id: telemetry::trace_id(&Span::current()),
@@ -543,6 +570,10 @@ impl<'a> Pass<'a> {
             | Write::History(h) => h.outcome,
             _ => outcome::ERROR,
         };
+        let write_kind = match &write {
+            Write::Status(s) => Some(s.status),
+            _ => None,
+        };
         let (persist, applied) = match self.persist(write, "the outcome").await {
             Ok(written) => written,
             Err(handed_back) => return handed_back,
@@ -566,6 +597,9 @@ impl<'a> Pass<'a> {
             }
             Applied::Superseded => {
                 self.log_committed(outcome::SUPERSEDED);
+                if matches!(&write_kind, Some(s) if *s != status::DELETED) {
+                    self.remove_if_deleted().await;
+                }
                 self.superseded(&persist).await
             }
         }
@@ -711,14 +745,110 @@ impl<'a> Pass<'a> {
             }
         };
         drop(render);
-        let Some(_permit) = self
-            .guarded(
-                Phase::Draining,
-                self.ctx.admission.acquire(self.record.tenant_id),
-            )
-            .await
-        else {
-            return self.hand_back(retry::SHUTDOWN).await;
+        let (fire, interrupt) = Interrupt::new();
+        // Runs beside the deploy for as long as it waits, and fires the interrupt once the
+        // intent has moved on; it never finishes by itself.
+        let watching = self.watch_for_newer(fire);
+        tokio::select! {
+            result = self.deploy_rendered(&manifest, &interrupt) => result,
+            never = watching => match never {},
+        }
+    }
+
+    /// Resolves (firing `fire`) only once the intent this pass converges to has moved on: a
+    /// delete arrived, or the row's spec generation is newer than the pass's (a re-read tells,
+    /// so events of the same generation — a retry, a duplicate — change nothing).
+    async fn watch_for_newer(&self, fire: watch::Sender<bool>) -> std::convert::Infallible {
+        let mut newer = self.newer.clone();
+        loop {
+            if newer.changed().await.is_err() {
+                // the actor is gone: nothing more can arrive
+                return std::future::pending().await;
+            }
+            let seen = *newer.borrow_and_update();
+            let moved_on = seen.delete
+                || match self.ctx.store.load(self.record.id).await {
+                    Ok(Some(row)) => {
+                        row.is_deleted() || row.spec_generation > self.record.spec_generation
+                    }
+                    Ok(None) => true,
+                    // cannot tell: keep converging to what we have
+                    Err(_) => false,
+                };
+            if moved_on {
+                let _ = fire.send(true);
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// The cluster refuses the worker itself: the endpoint stays `DEPLOYING` with the reason
+    /// an operator acts on, and the messages come back after the longest retry delay — no
+    /// permit is held meanwhile, and once the cause is fixed they converge with no new event.
+    async fn misconfigured(&self, reason: String) -> PassResult {
+        tracing::warn!(endpoint_id = %self.record.id, %reason, "the cluster refuses the worker");
+        telemetry::record_error(&self.span, &reason);
+        let write = self.status_write(status::DEPLOYING, UrlChange::Keep, Some(reason), None);
+        if let Err(handed_back) = self.persist(Write::Status(write), "the reason").await {
+            return handed_back;
+        }
+        self.ctx
+            .metrics
+            .retries(retry::MISCONFIGURED, self.batch.len());
+        for delivery in self.batch {
+            answered(self.ctx, delivery, event_outcome::HANDED_BACK);
+            delivery
+                .answer(AckKind::Nak(Some(self.ctx.backoff.max)))
+                .await;
+        }
+        PassResult::HandedBack
+    }
+
+    /// After a deploy's outcome was refused: if the endpoint was deleted meanwhile (by another
+    /// replica's delete pass, say), whatever this pass applied is an orphan — remove it before
+    /// answering, so nothing keeps running for a deleted endpoint.
+    async fn remove_if_deleted(&self) {
+        match self.ctx.store.load(self.record.id).await {
+            Ok(Some(row)) if row.is_deleted() => {
+                tracing::info!(endpoint_id = %self.record.id,
+                    "the endpoint was deleted during the deploy; removing what it applied");
+                let removed = Box::pin(self.ctx.deployer.delete(self.record.id, &self.name)).await;
+                if let Err(err) = removed {
+                    tracing::warn!(endpoint_id = %self.record.id, error = %err,
+                        "cannot remove the deleted endpoint's InferenceService yet");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(endpoint_id = %self.record.id, error = %err,
+                "cannot tell whether the endpoint was deleted meanwhile"),
+        }
+    }
+
+    /// Records that a newer intent interrupted this pass while it waited for `what`.
+    async fn interrupted(&self, what: &str) -> PassResult {
+        let reason = format!(
+            "a newer intent arrived while waiting for {what}; the next pass converges to it"
+        );
+        self.record_only(outcome::SUPERSEDED, Some(&reason)).await
+    }
+
+    async fn deploy_rendered(
+        &self,
+        manifest: &InferenceService,
+        interrupt: &Interrupt,
+    ) -> PassResult {
+        let acquired = self
+            .guarded(Phase::Draining, async {
+                tokio::select! {
+                    permit = self.ctx.admission.acquire(self.record.tenant_id) => Some(permit),
+                    () = interrupt.fired() => None,
+                }
+            })
+            .await;
+        let _permit = match acquired {
+            Some(Some(permit)) => permit,
+            Some(None) => return self.interrupted("an admission permit").await,
+            None => return self.hand_back(retry::SHUTDOWN).await,
         };
         let deploying = self.status_write(status::DEPLOYING, UrlChange::Keep, None, None);
         match self.persist(Write::Status(deploying), "DEPLOYING").await {
@@ -726,27 +856,59 @@ impl<'a> Pass<'a> {
             Ok((persist, Applied::Superseded)) => return self.superseded(&persist).await,
             Err(handed_back) => return handed_back,
         }
-        let request = DeployRequest {
-            endpoint_id: self.record.id,
-            tenant_id: self.record.tenant_id,
-            project_id: self.record.project_id,
-            generation: self.record.spec_generation,
-            manifest: &manifest,
-            name: &self.name,
-        };
         let deploy = self.step(Step::Deploy);
-        let deployed = self
-            .guarded(
-                Phase::Aborting,
-                // boxed: a Kubernetes deploy future is several KiB, and every pass future
-                // (one per in-flight deploy) would otherwise carry it inline, several times over
-                Box::pin(self.ctx.deployer.deploy(request).instrument(deploy.clone())),
-            )
-            .await;
+        let mut overwrite_newer = false;
+        let deployed = loop {
+            let request = DeployRequest {
+                endpoint_id: self.record.id,
+                tenant_id: self.record.tenant_id,
+                project_id: self.record.project_id,
+                generation: self.record.spec_generation,
+                manifest,
+                name: &self.name,
+                interrupt,
+                overwrite_newer,
+            };
+            let deployed = self
+                .guarded(
+                    Phase::Aborting,
+                    // boxed: a Kubernetes deploy future is several KiB, and every pass future
+                    // (one per in-flight deploy) would otherwise carry it inline, several
+                    // times over
+                    Box::pin(self.ctx.deployer.deploy(request).instrument(deploy.clone())),
+                )
+                .await;
+            if overwrite_newer || !matches!(deployed, Some(Ok(DeployOutcome::Superseded))) {
+                break deployed;
+            }
+            // The object records a newer generation than this pass's. Normally another
+            // replica applied a newer intent, and the database says so; if the database holds
+            // nothing newer (it was restored from a backup), it is the source of truth.
+            match self.ctx.store.load(self.record.id).await {
+                Ok(Some(row))
+                    if !row.is_deleted() && row.spec_generation <= self.record.spec_generation =>
+                {
+                    tracing::warn!(endpoint_id = %self.record.id,
+                        generation = self.record.spec_generation,
+                        "the InferenceService records a newer spec generation than the database \
+                         holds; the database is the source of truth, applying its intent");
+                    overwrite_newer = true;
+                }
+                Ok(_) => break deployed,
+                Err(err) => {
+                    tracing::warn!(endpoint_id = %self.record.id, error = %err,
+                        "cannot re-read the endpoint; handing events back");
+                    return self.hand_back(retry::DATABASE).await;
+                }
+            }
+        };
         match &deployed {
             Some(Ok(DeployOutcome::Ready { .. })) => telemetry::record_outcome(&deploy, "ready"),
             Some(Ok(DeployOutcome::Superseded)) => {
                 telemetry::record_outcome(&deploy, outcome::SUPERSEDED)
+            }
+            Some(Ok(DeployOutcome::Interrupted)) => {
+                telemetry::record_outcome(&deploy, "interrupted")
             }
             Some(Ok(DeployOutcome::Failed { reason })) => {
                 telemetry::record_outcome(&deploy, "failed");
@@ -777,6 +939,8 @@ impl<'a> Pass<'a> {
                 let reason = "the InferenceService already records a newer spec generation";
                 self.record_only(outcome::SUPERSEDED, Some(reason)).await
             }
+            Some(Ok(DeployOutcome::Interrupted)) => self.interrupted("the deploy").await,
+            Some(Err(DeployError::Misconfigured(reason))) => self.misconfigured(reason).await,
             Some(Err(err)) => {
                 tracing::warn!(endpoint_id = %self.record.id, error = %err, "deploy failed transiently; handing events back");
                 self.hand_back(retry::DEPLOYER).await

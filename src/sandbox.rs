@@ -314,6 +314,33 @@ impl LocalPostgres {
         Err(SandboxError::Timeout("postgres"))
     }
 
+    /// Restarts the server with TLS on (the PEM certificate chain and key given) and every
+    /// TCP connection required to use it (`hostssl` only in `pg_hba.conf`).
+    pub fn enable_tls(&mut self, cert_pem: &str, key_pem: &str) -> Result<(), SandboxError> {
+        self.stop()?;
+        let data = self.dir.path().join("data");
+        for (name, text) in [
+            ("server.crt", cert_pem),
+            ("server.key", key_pem),
+            (
+                "pg_hba.conf",
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            ),
+        ] {
+            let path = data.join(name);
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        std::io::Write::write_all(&mut conf, b"\nssl = on\n")?;
+        self.start_again()
+    }
+
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
@@ -342,11 +369,22 @@ pub struct LocalNats {
     dir: TempDir,
     binary: PathBuf,
     port: u16,
+    config: Option<PathBuf>,
 }
 
 impl LocalNats {
     /// Starts `nats-server -js` with a temporary store on a free port.
     pub fn start() -> Result<Self, SandboxError> {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start), with a `nats-server` configuration file holding `config`
+    /// (TLS, authorization, …); the port, address and store still come from the command line.
+    pub fn start_with_config(config: &str) -> Result<Self, SandboxError> {
+        Self::start_with(Some(config))
+    }
+
+    fn start_with(config: Option<&str>) -> Result<Self, SandboxError> {
         let binary = find_in_path("nats-server").ok_or(SandboxError::Missing {
             what: "nats-server",
             package: "nats-server",
@@ -354,11 +392,20 @@ impl LocalNats {
         let dir = tempfile::Builder::new()
             .prefix("deploy-worker-nats-")
             .tempdir()?;
+        let config = match config {
+            Some(text) => {
+                let path = dir.path().join("nats.conf");
+                std::fs::write(&path, text)?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut server = Self {
             dir,
             binary,
             port: free_port()?,
             process: Process::default(),
+            config,
         };
         server.start_again()?;
         Ok(server)
@@ -370,7 +417,11 @@ impl LocalNats {
             return Ok(());
         }
         let log = std::fs::File::create(self.dir.path().join("nats.log"))?;
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let mut child = command
             .args([
                 "-js",
                 "-a",

@@ -115,6 +115,8 @@ pub struct ExportConfig {
     pub protocol: Option<OtlpProtocol>,
     /// `service.name` of the resource.
     pub service_name: String,
+    /// The OTLP/HTTP client: CA file for an `https://` collector, timeout.
+    pub http: crate::tls::OtlpHttp,
 }
 
 impl ExportConfig {
@@ -146,6 +148,7 @@ impl ExportConfig {
                 return Ok(Self {
                     protocol: None,
                     service_name,
+                    http: crate::tls::OtlpHttp::default(),
                 });
             }
             Some(other) => {
@@ -162,6 +165,7 @@ impl ExportConfig {
             return Ok(Self {
                 protocol: None,
                 service_name,
+                http: crate::tls::OtlpHttp::default(),
             });
         }
         let (variable, value) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
@@ -182,9 +186,18 @@ impl ExportConfig {
                 });
             }
         };
+        let http = crate::tls::OtlpHttp::from_lookup(&get);
+        if http.certificate.is_some() && protocol == OtlpProtocol::Grpc {
+            return Err(TelemetryError::Unsupported {
+                variable: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                value: "(set, with grpc)".to_owned(),
+                hint: "TLS to the collector is supported over `http/protobuf`; use that protocol",
+            });
+        }
         Ok(Self {
             protocol: Some(protocol),
             service_name,
+            http,
         })
     }
 
@@ -208,8 +221,14 @@ impl ExportConfig {
         let exporter = match protocol {
             OtlpProtocol::HttpProtobuf => {
                 use opentelemetry_otlp::WithExportConfig;
+                use opentelemetry_otlp::WithHttpConfig;
+                let client = self
+                    .http
+                    .client()
+                    .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
+                    .with_http_client(client)
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                     .build()
             }
@@ -975,6 +994,7 @@ mod tests {
             let config = ExportConfig {
                 protocol: Some(protocol),
                 service_name: "t".into(),
+                http: crate::tls::OtlpHttp::default(),
             };
             let provider = config.provider().unwrap();
             tokio::task::spawn_blocking(move || {

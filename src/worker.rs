@@ -71,21 +71,26 @@ pub struct Worker {
     readiness: Readiness,
     http: HttpServer,
     poller: tokio::task::JoinHandle<()>,
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Applies pending migrations, or refuses when `apply` is false and some are pending.
+///
+/// It first only reads the migrations table, so with nothing pending a role without DDL
+/// rights (see `deploy/sql/worker-role.sql`) starts whatever `apply` says. Applying holds the
+/// migration advisory lock ([`migration::up_locked`]), so replicas starting together migrate
+/// one after the other.
 pub async fn migrate(store: &Store, apply: bool) -> Result<(), WorkerError> {
     let db = store.db();
-    if apply {
-        return migration::Migrator::up(db, None)
-            .await
-            .map_err(|err| WorkerError::Schema(err.to_string()));
-    }
-    let pending = migration::Migrator::get_pending_migrations(db)
+    let pending = migration::Migrator::get_pending_migrations_read_only(db)
         .await
         .map_err(|err| WorkerError::Schema(err.to_string()))?;
     if pending.is_empty() {
         Ok(())
+    } else if apply {
+        migration::up_locked(db)
+            .await
+            .map_err(|err| WorkerError::Schema(err.to_string()))
     } else {
         Err(WorkerError::Schema(format!(
             "{} migration(s) pending; run `deploy-worker migrate` or set DATABASE_MIGRATE=true",
@@ -136,7 +141,11 @@ impl Worker {
             Store::connect_with_metrics(database_url, settings.store_settings(), metrics.clone())
                 .await?;
         migrate(&store, settings.database_migrate).await?;
-        let nats = async_nats::ConnectOptions::new()
+        let nats = settings
+            .nats_security
+            .connect_options()
+            .await
+            .map_err(|err| WorkerError::Invalid(err.to_string()))?
             .name("deploy-worker")
             .retry_on_initial_connect()
             .connect(nats_url)
@@ -148,6 +157,7 @@ impl Worker {
             store.clone(),
             nats.clone(),
             vec![consumers.deploy.clone(), consumers.delete.clone()],
+            deployer.alarm(),
         );
         // the last fallible step before anything is started: a failure here leaves no server
         // bound and no consumer pulling behind it
@@ -156,6 +166,7 @@ impl Worker {
             .await
             .map_err(|err| WorkerError::Schema(err.to_string()))?;
         let http = HttpServer::start(&settings.http_listen, metrics.clone(), readiness.clone())?;
+        let retention = crate::retention::spawn(store.db().clone(), settings.retention.settings());
 
         let (phase, phase_rx) = watch::channel(Phase::Running);
         let ctx = Arc::new(PassContext {
@@ -195,6 +206,7 @@ impl Worker {
             readiness,
             http,
             poller,
+            retention,
         })
     }
 
@@ -221,6 +233,11 @@ impl Worker {
     /// Graceful stop (see the module docs).
     pub async fn shutdown(self) -> Result<(), WorkerError> {
         self.readiness.set_draining();
+        if let Some(retention) = &self.retention {
+            retention.abort();
+        }
+        // no more released holds to resume while draining
+        self.poller.abort();
         // Stop pulling first and wait until our last pull requests have run out: a message
         // handed back while one is still open could be redelivered straight to this stopping
         // worker and sit unacknowledged until the ack wait.
@@ -256,7 +273,6 @@ impl Worker {
             tracing::warn!(error = %err, "could not flush NATS on shutdown");
         }
         self.supervisor.do_send(Terminate);
-        self.poller.abort();
         self.http.stop().await;
         tracing::info!("deploy-worker stopped");
         Ok(())

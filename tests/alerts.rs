@@ -156,14 +156,14 @@ fn a_rule_that_never_fires_or_always_fires_fails_its_unit_tests() {
 #[test]
 fn the_prometheus_rule_carries_the_same_groups_as_the_rules_file() {
     let rules = yaml(&repo(RULES));
-    let resource = yaml(&repo("deploy/k8s/prometheusrule.yaml"));
+    let resource = yaml(&repo("deploy/prometheus/prometheusrule.yaml"));
     assert_eq!(resource["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(resource["kind"], "PrometheusRule");
     assert_eq!(resource["metadata"]["namespace"], "mlops-platform");
     assert!(!rules["groups"].is_null());
     assert_eq!(
         resource["spec"]["groups"], rules["groups"],
-        "deploy/k8s/prometheusrule.yaml and {RULES} differ"
+        "deploy/prometheus/prometheusrule.yaml and {RULES} differ"
     );
     assert_eq!(alert_names(&rules).len(), 6);
 }

@@ -45,6 +45,14 @@ fn help_lists_every_setting_with_its_environment_variable() {
         "DATABASE_MIGRATE",
         "SHUTDOWN_GRACE_SECONDS",
         "METRICS_POLL_SECONDS",
+        "NATS_CA_FILE",
+        "NATS_CLIENT_CERT",
+        "NATS_CLIENT_KEY",
+        "NATS_CREDS_FILE",
+        "NATS_NKEY_FILE",
+        "HISTORY_RETENTION_DAYS",
+        "HISTORY_PRUNE_BATCH",
+        "HISTORY_PRUNE_INTERVAL_SECONDS",
     ] {
         assert!(
             help.contains(&format!("[env: {var}")),

@@ -1,6 +1,7 @@
 //! `deploy/`: every YAML file parses (all documents), the Role grants exactly the verbs the
 //! code uses on InferenceServices, and the Deployment, RoleBinding and Service fit together
-//! (probes, non-root, read-only root filesystem, Secret-sourced URLs, k8s mode).
+//! (probes, non-root, read-only root filesystem, Secret-sourced URLs, k8s mode); the
+//! NetworkPolicy admits only the metrics/probe port and lets out only what the worker uses.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -145,6 +146,11 @@ fn deployment_binding_and_service_fit_together() {
     let env = container["env"].as_sequence().expect("env");
     let var = |name: &str| env.iter().find(|e| e["name"] == name).cloned();
     assert_eq!(var("DEPLOY_MODE").expect("DEPLOY_MODE")["value"], "k8s");
+    assert_eq!(
+        var("DATABASE_MIGRATE").expect("DATABASE_MIGRATE")["value"],
+        "false",
+        "the worker's role cannot migrate; an owner runs `deploy-worker migrate`"
+    );
     for name in ["DATABASE_URL", "NATS_URL"] {
         let entry = var(name).unwrap_or_else(|| panic!("{name} is set"));
         assert!(entry["value"].is_null(), "{name} must not be inline");
@@ -218,4 +224,144 @@ fn compose_runs_the_worker_against_jaeger() {
     for name in ["DATABASE_URL", "NATS_URL"] {
         assert!(env[name].is_string(), "{name}");
     }
+}
+
+/// `(protocol, port)` pairs of a NetworkPolicy rule.
+fn rule_ports(rule: &Value) -> BTreeSet<(String, u64)> {
+    rule["ports"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("every rule names its ports: {rule:?}"))
+        .iter()
+        .map(|p| {
+            (
+                p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                p["port"].as_u64().expect("numeric port"),
+            )
+        })
+        .collect()
+}
+
+fn tcp(ports: &[u64]) -> BTreeSet<(String, u64)> {
+    ports.iter().map(|p| ("TCP".to_owned(), *p)).collect()
+}
+
+/// The egress rule whose destination has `label` = `value` in a pod selector.
+fn egress_to<'a>(egress: &'a [Value], label: &str, value: &str) -> &'a Value {
+    egress
+        .iter()
+        .find(|rule| {
+            rule["to"].as_sequence().is_some_and(|to| {
+                to.iter()
+                    .any(|peer| peer["podSelector"]["matchLabels"][label] == value)
+            })
+        })
+        .unwrap_or_else(|| panic!("no egress rule to pods with {label}={value}"))
+}
+
+#[test]
+fn the_network_policy_admits_the_probe_port_and_lets_out_only_what_the_worker_uses() {
+    let objects = k8s_objects();
+    let policies = of_kind(&objects, "NetworkPolicy");
+    assert_eq!(policies.len(), 1, "one NetworkPolicy");
+    let policy = policies[0];
+    assert_eq!(policy["apiVersion"], "networking.k8s.io/v1");
+    let deployment = of_kind(&objects, "Deployment")[0];
+    assert_eq!(
+        policy["metadata"]["namespace"],
+        deployment["metadata"]["namespace"]
+    );
+    // It selects the worker's pods.
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let selector = policy["spec"]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .expect("pod selector");
+    assert!(!selector.is_empty());
+    for (key, value) in selector {
+        assert_eq!(&labels[key], value, "selector {key:?}");
+    }
+    let types: BTreeSet<String> = strings(&policy["spec"]["policyTypes"])
+        .into_iter()
+        .collect();
+    assert_eq!(types, ["Egress", "Ingress"].map(str::to_owned).into());
+
+    // Ingress: the container's HTTP port only.
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let http_port = container["ports"][0]["containerPort"]
+        .as_u64()
+        .expect("port");
+    let ingress = policy["spec"]["ingress"].as_sequence().expect("ingress");
+    assert_eq!(ingress.len(), 1, "{ingress:?}");
+    assert_eq!(rule_ports(&ingress[0]), tcp(&[http_port]));
+
+    // Egress: Postgres, NATS, the API server, DNS, the collector — every rule to a named
+    // destination on named ports; nothing open to everywhere.
+    let egress = policy["spec"]["egress"].as_sequence().expect("egress");
+    assert_eq!(egress.len(), 5, "{egress:?}");
+    for rule in egress {
+        let to = rule["to"]
+            .as_sequence()
+            .expect("every rule names its peers");
+        assert!(!to.is_empty());
+        for peer in to {
+            if let Some(cidr) = peer["ipBlock"]["cidr"].as_str() {
+                assert!(
+                    !cidr.ends_with("/0"),
+                    "no rule to the whole internet: {cidr}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        rule_ports(egress_to(egress, "app.kubernetes.io/name", "postgres")),
+        tcp(&[5432])
+    );
+    assert_eq!(
+        rule_ports(egress_to(egress, "app.kubernetes.io/name", "nats")),
+        tcp(&[4222])
+    );
+    let dns = egress_to(egress, "k8s-app", "kube-dns");
+    assert_eq!(
+        rule_ports(dns),
+        [("TCP".to_owned(), 53), ("UDP".to_owned(), 53)].into()
+    );
+    let api = egress
+        .iter()
+        .find(|rule| rule["to"][0]["ipBlock"]["cidr"].is_string())
+        .expect("a rule to the API server's addresses");
+    assert_eq!(rule_ports(api), tcp(&[443, 6443]));
+    // The collector rule covers the port the Deployment exports to.
+    let env = container["env"].as_sequence().expect("env");
+    let endpoint = env
+        .iter()
+        .find(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
+        .and_then(|e| e["value"].as_str())
+        .expect("OTLP endpoint");
+    let otlp_port: u64 = endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("endpoint with a port");
+    let collector = egress_to(egress, "app.kubernetes.io/name", "otel-collector");
+    assert!(
+        rule_ports(collector).contains(&("TCP".to_owned(), otlp_port)),
+        "collector rule lacks port {otlp_port}"
+    );
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let dir = deploy_dir().join("k8s");
+    let kustomization: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(dir.join("kustomization.yaml")).expect("kustomization"),
+    )
+    .expect("parses");
+    let listed: BTreeSet<String> = strings(&kustomization["resources"]).into_iter().collect();
+    let mut files = Vec::new();
+    yaml_files(&dir, &mut files);
+    let present: BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| f.file_name()?.to_str().map(str::to_owned))
+        .filter(|name| name != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present);
 }

@@ -191,6 +191,7 @@ async fn readiness_follows_postgres_and_nats() {
             database: "ok".into(),
             nats: "ok".into(),
             consumers: "ok".into(),
+            kubernetes: "ok".into(),
             draining: false,
         }
     );

@@ -62,7 +62,7 @@ fn a_clone_with_nothing_beside_it_passes_the_kubernetes_tests() {
     }
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(Command::new(cargo)
+    let output = Command::new(cargo)
         .current_dir(&clone)
         .env("CARGO_TARGET_DIR", clone.join("target"))
         .args([
@@ -74,5 +74,21 @@ fn a_clone_with_nothing_beside_it_passes_the_kubernetes_tests() {
             "kubernetes",
             "--test",
             "crud",
-        ]));
+        ])
+        .output()
+        .expect("run cargo test in the clone");
+    if !output.status.success() {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let tail: Vec<&str> = text.lines().rev().take(120).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "the clone's k8s tests failed ({}):\n{}",
+            output.status,
+            tail.join("\n")
+        );
+    }
 }

@@ -721,6 +721,16 @@ pub async fn middleware(
     let mut record = classify(&req);
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let is_resource = !matches!(record.verb, Verb::Discovery | Verb::Other);
+    if let (Some(state), Some(verb)) = (&state, record.verb.rbac())
+        && state.faults.forbids(verb)
+    {
+        let e = ApiError::forbidden(verb, record.name.as_deref(), record.namespace.as_deref());
+        record.status = e.code;
+        record.injected = true;
+        state.log.push(record);
+        let (http_req, _) = req.into_parts();
+        return Ok(ServiceResponse::new(http_req, error_response(&e)));
+    }
     if let (Some(state), true) = (&state, is_resource) {
         let (latency, injected) = state.faults.decide();
         if !latency.is_zero() {
@@ -730,10 +740,6 @@ pub async fn middleware(
             let e = match fault {
                 Injected::InternalError => ApiError::internal("injected fault (kserve-sim)"),
                 Injected::Throttled(s) => ApiError::too_many_requests(s),
-                Injected::Forbidden => ApiError::forbidden(
-                    "inferenceservices.serving.kserve.io is forbidden: injected RBAC denial \
-                     (kserve-sim)",
-                ),
             };
             record.status = e.code;
             record.injected = true;

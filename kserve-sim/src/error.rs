@@ -158,11 +158,6 @@ impl ApiError {
         e
     }
 
-    /// 403 when the client may not do what it asks (injected RBAC denial).
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(403, "Forbidden", message)
-    }
-
     /// 400 for a malformed request.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
@@ -213,6 +208,26 @@ impl ApiError {
         );
         e.retry_after_seconds = Some(retry_after_seconds);
         e
+    }
+
+    /// 403 as RBAC answers it: `verb` on InferenceServices (`name`, when one) in `namespace`.
+    pub fn forbidden(verb: &str, name: Option<&str>, namespace: Option<&str>) -> Self {
+        let what = name.map_or_else(
+            || format!("{PLURAL}.{GROUP}"),
+            |n| format!("{PLURAL}.{GROUP} \"{n}\""),
+        );
+        let scope = namespace.map_or_else(
+            || "at the cluster scope".to_owned(),
+            |ns| format!("in the namespace \"{ns}\""),
+        );
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{what} is forbidden: User \"system:serviceaccount:kserve-sim:client\" cannot \
+                 {verb} resource \"{PLURAL}\" in API group \"{GROUP}\" {scope}"
+            ),
+        )
     }
 
     /// 500 (injected faults and unexpected internal states).

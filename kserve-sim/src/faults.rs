@@ -5,8 +5,7 @@
 //! InferenceService resource paths only (discovery stays healthy, as it is served from a
 //! different cache in a real cluster): added latency first, then either a 500 `InternalError`
 //! or a 429 `TooManyRequests` with `Retry-After`, chosen at random by rate or deterministically
-//! for the next N requests, or a 403 `Forbidden` for the next N requests (RBAC denying the
-//! client until someone fixes it). Watches can be cut — the connection is closed mid-stream without
+//! for the next N requests. Watches can be cut — the connection is closed mid-stream without
 //! the terminating chunk — after N events or after a time, which clients see as an unexpected
 //! EOF and must resume from their last resourceVersion.
 
@@ -25,9 +24,6 @@ pub struct Faults {
     pub fail_next: u32,
     /// The next N resource requests are answered 429 (counts down, after `fail_next`).
     pub throttle_next: u32,
-    /// The next N resource requests are answered 403 `Forbidden`, as when RBAC denies the
-    /// client (counts down, before the others).
-    pub forbid_next: u32,
     /// `Retry-After` seconds sent with 429.
     pub retry_after_seconds: u32,
     /// Latency added to every resource request before it is handled.
@@ -36,6 +32,10 @@ pub struct Faults {
     pub cut_watches_after_events: Option<u32>,
     /// Cut every watch after it has been open this long.
     pub cut_watches_after: Option<Duration>,
+    /// RBAC as a misconfigured cluster has it: requests with these verbs (`get`, `list`,
+    /// `watch`, `create`, `update`, `patch`, `delete`; server-side apply is a `patch`) are
+    /// answered 403 `Forbidden`, worded like the real API server's.
+    pub forbidden_verbs: Vec<String>,
 }
 
 impl Default for Faults {
@@ -45,11 +45,11 @@ impl Default for Faults {
             throttle_rate: 0.0,
             fail_next: 0,
             throttle_next: 0,
-            forbid_next: 0,
             retry_after_seconds: 1,
             latency: Duration::ZERO,
             cut_watches_after_events: None,
             cut_watches_after: None,
+            forbidden_verbs: Vec::new(),
         }
     }
 }
@@ -61,8 +61,6 @@ pub enum Injected {
     InternalError,
     /// Answer 429 with this `Retry-After`.
     Throttled(u32),
-    /// Answer 403.
-    Forbidden,
 }
 
 /// Run-time fault state.
@@ -92,13 +90,20 @@ impl FaultState {
         *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
     }
 
+    /// Whether RBAC forbids `verb` (an RBAC verb name).
+    pub fn forbids(&self, verb: &str) -> bool {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forbidden_verbs
+            .iter()
+            .any(|v| v == verb)
+    }
+
     /// Decides the fate of one resource request: latency to add and fault to inject.
     pub fn decide(&self) -> (Duration, Option<Injected>) {
         let mut f = self.faults.lock().unwrap_or_else(|e| e.into_inner());
-        let injected = if f.forbid_next > 0 {
-            f.forbid_next -= 1;
-            Some(Injected::Forbidden)
-        } else if f.fail_next > 0 {
+        let injected = if f.fail_next > 0 {
             f.fail_next -= 1;
             Some(Injected::InternalError)
         } else if f.throttle_next > 0 {
@@ -127,11 +132,9 @@ mod tests {
         let s = FaultState::new(Faults {
             fail_next: 1,
             throttle_next: 1,
-            forbid_next: 1,
             retry_after_seconds: 3,
             ..Faults::default()
         });
-        assert_eq!(s.decide().1, Some(Injected::Forbidden));
         assert_eq!(s.decide().1, Some(Injected::InternalError));
         assert_eq!(s.decide().1, Some(Injected::Throttled(3)));
         assert_eq!(s.decide().1, None);

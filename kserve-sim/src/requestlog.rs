@@ -33,6 +33,21 @@ pub enum Verb {
 }
 
 impl Verb {
+    /// The RBAC verb a request of this kind needs (`None` for discovery and other paths).
+    pub fn rbac(self) -> Option<&'static str> {
+        Some(match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Watch => "watch",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Patch | Verb::Apply => "patch",
+            Verb::Delete => "delete",
+            Verb::DeleteCollection => "deletecollection",
+            Verb::Discovery | Verb::Other => return None,
+        })
+    }
+
     /// Whether the verb writes.
     pub fn is_write(self) -> bool {
         matches!(

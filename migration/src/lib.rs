@@ -1,6 +1,6 @@
 //! Schema migrations for deploy-worker.
 //!
-//! Four migrations, all safe on a database the platform already created:
+//! Five migrations, all safe on a database the platform already created:
 //!
 //! 1. [`m20260101_000001_platform_tables`] creates the platform tables the worker reads
 //!    (`models`, `model_versions`, `endpoints`), the `citext` extension and an `updated_at`
@@ -13,24 +13,74 @@
 //!    size and SHA-256, so no payload (NUL bytes, invalid UTF-8) can fail the record.
 //! 4. [`m20261201_000101_operator_tables`] adds what the operator commands need:
 //!    `rejected_events.replayed_at` and the `tenant_pauses` table.
+//! 5. [`m20261201_000201_retention_indexes`] indexes the time columns that retention prunes by.
 //!
 //! Every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`), so running the
 //! migrations twice, or against a half-migrated database, changes nothing that is there.
+//!
+//! **Concurrent starts.** Whoever migrates holds the Postgres advisory lock
+//! [`MIGRATION_LOCK_KEY`] while doing so: [`up_locked`] (used by `deploy-worker migrate` and by
+//! the worker at start-up) takes it for its transaction, and this crate's CLI takes it for its
+//! session ([`connect_locked`]). Two replicas or two `migrate` commands started at once on a
+//! fresh database therefore run one after the other; the second finds nothing pending.
 
 pub use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DbBackend, Statement, TransactionTrait,
+};
 
 pub mod m20260101_000001_platform_tables;
 pub mod m20260101_000002_worker_columns;
 pub mod m20261201_000003_rejected_payload_bytes;
 pub mod m20261201_000101_operator_tables;
+pub mod m20261201_000201_retention_indexes;
 
-/// Runs idempotent `statements` in order: the body of a migration that is only DDL.
-async fn execute_all(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+/// Runs `statements` in order on the migration's connection (every migration here is a
+/// list of idempotent SQL statements).
+pub(crate) async fn execute_all(
+    manager: &SchemaManager<'_>,
+    statements: &[&str],
+) -> Result<(), DbErr> {
     let db = manager.get_connection();
     for sql in statements {
         db.execute_unprepared(sql).await?;
     }
     Ok(())
+}
+
+/// Key of the Postgres advisory lock held while migrating (the ASCII bytes of `dwmigrat`).
+pub const MIGRATION_LOCK_KEY: i64 = 0x6477_6d69_6772_6174;
+
+/// Applies every pending migration inside one transaction that first takes the advisory lock
+/// [`MIGRATION_LOCK_KEY`]; a concurrent migrator waits for it, then finds nothing pending.
+pub async fn up_locked(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [MIGRATION_LOCK_KEY.into()],
+    ))
+    .await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
+}
+
+/// Opens a single-connection pool whose session holds the advisory lock
+/// [`MIGRATION_LOCK_KEY`] until the process ends (for this crate's CLI, which runs every
+/// command on that one connection).
+pub async fn connect_locked(mut options: ConnectOptions) -> Result<DatabaseConnection, DbErr> {
+    options
+        .max_connections(1)
+        .min_connections(1)
+        .sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_lock($1)",
+        [MIGRATION_LOCK_KEY.into()],
+    ))
+    .await?;
+    Ok(db)
 }
 
 /// The ordered list of migrations.
@@ -44,6 +94,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260101_000002_worker_columns::Migration),
             Box::new(m20261201_000003_rejected_payload_bytes::Migration),
             Box::new(m20261201_000101_operator_tables::Migration),
+            Box::new(m20261201_000201_retention_indexes::Migration),
         ]
     }
 }

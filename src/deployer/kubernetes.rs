@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{DeleteOutcome, DeployError, DeployOutcome, DeployRequest};
+use super::{Alarm, DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Interrupt};
 use crate::delivery::Backoff;
 use crate::intent::DeploymentMode;
 use crate::kserve::{ANNOTATION_DEPLOYMENT_MODE, FIELD_MANAGER, InferenceService};
@@ -118,6 +118,7 @@ pub struct KubernetesDeployer {
     namespace: String,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    alarm: Alarm,
 }
 
 /// What one read-check-apply round decided.
@@ -128,6 +129,17 @@ enum Applied {
     Refused(String),
     /// The object records a newer spec generation.
     Superseded,
+}
+
+/// Why a retried operation stopped without an answer.
+enum Halt {
+    /// The time budget ran out: a transient failure, handed back.
+    Budget(DeployError),
+    /// A newer intent fired the interrupt between two attempts.
+    Interrupted,
+    /// The cluster refuses the worker itself (401/403, no such namespace); the reason says
+    /// what an operator must fix.
+    Misconfigured(String),
 }
 
 /// How an observed object relates to the deploy being waited for.
@@ -181,7 +193,39 @@ impl KubernetesDeployer {
             namespace: namespace.to_owned(),
             timeout,
             metrics,
+            alarm: Alarm::default(),
         }
+    }
+
+    /// The misconfiguration alarm (see [`Alarm`]).
+    pub fn alarm(&self) -> Alarm {
+        self.alarm.clone()
+    }
+
+    /// When `err` says the cluster refuses the worker itself, what an operator must fix.
+    fn misconfiguration(&self, err: &kube::Error, what: &str) -> Option<String> {
+        let kube::Error::Api(status) = err else {
+            return None;
+        };
+        let fix = match status.code {
+            401 => {
+                "the Kubernetes API does not accept the worker's credentials; check the \
+                    service-account token or the KUBECONFIG the worker runs with"
+            }
+            403 => {
+                "grant the worker's service account this verb on inferenceservices \
+                    (group serving.kserve.io) in the namespace: see deploy/k8s/rbac.yaml"
+            }
+            404 if status.message.starts_with("namespaces ") => {
+                "create the namespace, or set KSERVE_NAMESPACE to the one KServe serves from"
+            }
+            _ => return None,
+        };
+        Some(format!(
+            "cannot {what}: {} ({} {}); {fix}. Deploys are retried and converge by themselves \
+             once this is fixed",
+            status.message, status.code, status.reason
+        ))
     }
 
     /// Counts an API error and says whether retrying can help.
@@ -205,52 +249,94 @@ impl KubernetesDeployer {
         request: DeployRequest<'_>,
     ) -> Result<DeployOutcome, DeployError> {
         let deadline = Instant::now() + self.timeout;
-        let apply = telemetry::deploy_step_span(DeployStep::Apply, &request);
-        let applied = self
-            .apply(&request, deadline)
-            .instrument(apply.clone())
-            .await;
-        match &applied {
-            Ok(Applied::Written(_)) => telemetry::record_outcome(&apply, "applied"),
-            Ok(Applied::Refused(reason)) => {
-                telemetry::record_outcome(&apply, "refused");
-                telemetry::record_error(&apply, reason);
+        // An object that vanishes during the wait (deleted out of band, an API server restored
+        // empty) is applied again within the same budget.
+        loop {
+            let object = match self.apply_step(&request, deadline).await {
+                Ok(object) => object,
+                Err(outcome) => return outcome,
+            };
+            let wait = telemetry::deploy_step_span(DeployStep::WaitReady, &request);
+            let waited = self
+                .wait_ready(&request, &object, deadline)
+                .instrument(wait.clone())
+                .await;
+            match &waited {
+                Ok(Some(DeployOutcome::Ready { .. })) => telemetry::record_outcome(&wait, "ready"),
+                Ok(Some(DeployOutcome::Failed { reason })) => {
+                    telemetry::record_outcome(&wait, "failed");
+                    telemetry::record_error(&wait, reason);
+                }
+                Ok(Some(DeployOutcome::Superseded)) => {
+                    telemetry::record_outcome(&wait, "superseded")
+                }
+                Ok(Some(DeployOutcome::Interrupted)) => {
+                    telemetry::record_outcome(&wait, "interrupted")
+                }
+                Ok(None) => telemetry::record_outcome(&wait, "vanished"),
+                Err(err) => telemetry::record_error(&wait, err),
             }
-            Ok(Applied::Superseded) => telemetry::record_outcome(&apply, "superseded"),
-            Err(err) => telemetry::record_error(&apply, err),
-        }
-        drop(apply);
-        let object = match applied? {
-            Applied::Written(object) => object,
-            Applied::Refused(reason) => return Ok(DeployOutcome::Failed { reason }),
-            Applied::Superseded => return Ok(DeployOutcome::Superseded),
-        };
-        let wait = telemetry::deploy_step_span(DeployStep::WaitReady, &request);
-        let outcome = self
-            .wait_ready(&request, &object, deadline)
-            .instrument(wait.clone())
-            .await;
-        match &outcome {
-            Ok(DeployOutcome::Ready { .. }) => telemetry::record_outcome(&wait, "ready"),
-            Ok(DeployOutcome::Failed { reason }) => {
-                telemetry::record_outcome(&wait, "failed");
-                telemetry::record_error(&wait, reason);
+            match waited {
+                Ok(Some(outcome)) => return Ok(outcome),
+                Ok(None) => {
+                    tracing::info!(
+                        name = request.name,
+                        "InferenceService vanished while waiting for Ready; applying it again"
+                    );
+                }
+                Err(err) => return Err(err),
             }
-            Ok(DeployOutcome::Superseded) => telemetry::record_outcome(&wait, "superseded"),
-            Err(err) => telemetry::record_error(&wait, err),
         }
-        outcome
     }
 
-    /// Read, check, apply — repeated after conflicts and transient errors until `deadline`.
-    async fn apply(
+    /// One traced apply: the object written, or the deploy's result when there is nothing to
+    /// wait for.
+    async fn apply_step(
         &self,
         request: &DeployRequest<'_>,
         deadline: Instant,
-    ) -> Result<Applied, DeployError> {
+    ) -> Result<Box<InferenceService>, Result<DeployOutcome, DeployError>> {
+        let apply = telemetry::deploy_step_span(DeployStep::Apply, request);
+        let applied = self
+            .apply(request, deadline)
+            .instrument(apply.clone())
+            .await;
+        match applied {
+            Ok(Applied::Written(object)) => {
+                telemetry::record_outcome(&apply, "applied");
+                Ok(object)
+            }
+            Ok(Applied::Refused(reason)) => {
+                telemetry::record_outcome(&apply, "refused");
+                telemetry::record_error(&apply, &reason);
+                Err(Ok(DeployOutcome::Failed { reason }))
+            }
+            Ok(Applied::Superseded) => {
+                telemetry::record_outcome(&apply, "superseded");
+                Err(Ok(DeployOutcome::Superseded))
+            }
+            Err(Halt::Interrupted) => {
+                telemetry::record_outcome(&apply, "interrupted");
+                Err(Ok(DeployOutcome::Interrupted))
+            }
+            Err(Halt::Budget(err)) => {
+                telemetry::record_error(&apply, &err);
+                Err(Err(err))
+            }
+            Err(Halt::Misconfigured(reason)) => {
+                telemetry::record_error(&apply, &reason);
+                Err(Err(DeployError::Misconfigured(reason)))
+            }
+        }
+    }
+
+    /// Read, check, apply — repeated after conflicts and transient errors until `deadline`.
+    async fn apply(&self, request: &DeployRequest<'_>, deadline: Instant) -> Result<Applied, Halt> {
         let what = format!("apply InferenceService {}/{}", self.namespace, request.name);
         match self
-            .with_retries(deadline, &what, || self.apply_once(request))
+            .with_retries(deadline, &what, Some(request.interrupt), || {
+                self.apply_once(request)
+            })
             .await?
         {
             Ok(applied) => Ok(applied),
@@ -264,29 +350,52 @@ impl KubernetesDeployer {
     }
 
     /// Runs `op` until it succeeds or fails for good (`Ok`; the caller words a final error),
-    /// backing off between transient errors; `Err` when the next retry would pass `deadline`.
+    /// backing off between transient errors; `Err` when the next retry would pass `deadline`
+    /// or `interrupt` fires while backing off (never during `op` itself: a write is never cut
+    /// off half-way).
     async fn with_retries<T, Fut>(
         &self,
         deadline: Instant,
         what: &str,
+        interrupt: Option<&Interrupt>,
         mut op: impl FnMut() -> Fut,
-    ) -> Result<Result<T, kube::Error>, DeployError>
+    ) -> Result<Result<T, kube::Error>, Halt>
     where
         Fut: Future<Output = Result<T, kube::Error>>,
     {
         let mut attempt = 0;
         loop {
             let err = match op().await {
-                Err(err) if self.retryable(&err) => err,
-                done => return Ok(done),
+                Err(err) => {
+                    if let Some(reason) = self.misconfiguration(&err, what) {
+                        self.retryable(&err);
+                        self.alarm.raise(&reason);
+                        return Err(Halt::Misconfigured(reason));
+                    }
+                    if !self.retryable(&err) {
+                        return Ok(Err(err));
+                    }
+                    err
+                }
+                Ok(done) => {
+                    self.alarm.clear();
+                    return Ok(Ok(done));
+                }
             };
             attempt += 1;
             let delay = API_BACKOFF.delay(attempt);
             if Instant::now() + delay >= deadline {
-                return Err(DeployError(format!("cannot {what}: {}", describe(&err))));
+                return Err(Halt::Budget(DeployError::Transient(format!(
+                    "cannot {what}: {}",
+                    describe(&err)
+                ))));
             }
             tracing::debug!(error = %describe(&err), ?delay, "{what} failed; retrying");
-            tokio::time::sleep(delay).await;
+            let never = Interrupt::never();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = interrupt.unwrap_or(&never).fired() => return Err(Halt::Interrupted),
+            }
         }
     }
 
@@ -302,9 +411,10 @@ impl KubernetesDeployer {
         if let Some(reason) = self.refusal(request, &existing) {
             return Ok(Applied::Refused(reason));
         }
-        if existing
-            .spec_generation()
-            .is_some_and(|theirs| theirs > request.generation)
+        if !request.overwrite_newer
+            && existing
+                .spec_generation()
+                .is_some_and(|theirs| theirs > request.generation)
         {
             return Ok(Applied::Superseded);
         }
@@ -369,36 +479,57 @@ impl KubernetesDeployer {
         })
     }
 
-    /// Watches the object until this generation is Ready, fails for good, or `deadline`.
+    /// Watches the object until this generation is Ready, fails for good, or `deadline`;
+    /// `None` when the object vanished (deleted, or missing from a relist) and must be applied
+    /// again. A deadline reached while the API server could not be watched is a transient
+    /// failure, never a timeout the endpoint is blamed for.
     async fn wait_ready(
         &self,
         request: &DeployRequest<'_>,
         applied: &InferenceService,
         deadline: Instant,
-    ) -> Result<DeployOutcome, DeployError> {
+    ) -> Result<Option<DeployOutcome>, DeployError> {
         let target = applied.metadata.generation.unwrap_or(1);
         let mut last = match classify(request, applied, target).settled() {
-            Ok(outcome) => return Ok(outcome),
+            Ok(outcome) => return Ok(Some(outcome)),
             Err(state) => state,
         };
         let config = watcher::Config::default().fields(&format!("metadata.name={}", request.name));
         let mut events = watcher::watcher(self.api.clone(), config)
             .backoff(WatchBackoff::default())
             .boxed();
+        // The watch error since the last event, if the API server is not answering now.
+        let mut trouble: Option<String> = None;
+        // Whether the (re)list under way has shown the object.
+        let mut listed = false;
         loop {
-            let next = tokio::time::timeout_at(deadline, events.next()).await;
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, events.next()) => next,
+                () = request.interrupt.fired() => return Ok(Some(DeployOutcome::Interrupted)),
+            };
             let event = match next {
                 Err(_elapsed) => {
-                    return Ok(DeployOutcome::Failed {
+                    if let Some(trouble) = trouble {
+                        return Err(DeployError::Transient(format!(
+                            "the Kubernetes API could not be watched for InferenceService \
+                             {}/{} ({trouble}); handed back to retry",
+                            self.namespace, request.name
+                        )));
+                    }
+                    return Ok(Some(DeployOutcome::Failed {
                         reason: format!(
                             "InferenceService {}/{} was not Ready within {} s (DEPLOY_TIMEOUT_SECONDS); last seen: {last}",
                             self.namespace,
                             request.name,
                             self.timeout.as_secs()
                         ),
-                    });
+                    }));
                 }
-                Ok(None) => return Err(DeployError("the watch ended unexpectedly".into())),
+                Ok(None) => {
+                    return Err(DeployError::Transient(
+                        "the watch ended unexpectedly".into(),
+                    ));
+                }
                 Ok(Some(Err(err))) => {
                     // The watcher backs off and reconnects by itself; count and go on.
                     if let watcher::Error::WatchFailed(kube::Error::Api(status))
@@ -408,24 +539,35 @@ impl KubernetesDeployer {
                         self.metrics.kube_error(status.code);
                     }
                     tracing::debug!(name = request.name, error = %err, "watch error; the watcher retries");
+                    trouble = Some(err.to_string());
                     continue;
                 }
                 Ok(Some(Ok(event))) => event,
             };
-            match event {
-                Event::Apply(object) | Event::InitApply(object) => {
-                    match classify(request, &object, target).settled() {
-                        Ok(outcome) => return Ok(outcome),
-                        Err(state) => last = state,
-                    }
+            trouble = None;
+            let object = match event {
+                Event::Init => {
+                    listed = false;
+                    continue;
                 }
-                Event::Delete(_) => {
-                    return Err(DeployError(format!(
-                        "InferenceService {}/{} was deleted while deploying",
-                        self.namespace, request.name
-                    )));
+                Event::InitDone if !listed => return Ok(None),
+                Event::InitDone => continue,
+                Event::Delete(_) => return Ok(None),
+                Event::InitApply(object) => {
+                    listed = true;
+                    object
                 }
-                Event::Init | Event::InitDone => {}
+                Event::Apply(object) => object,
+            };
+            if object.metadata.uid != applied.metadata.uid
+                && object.metadata.generation.unwrap_or(0) < target
+            {
+                // a new object of the same name (re-created from scratch): ours is gone
+                return Ok(None);
+            }
+            match classify(request, &object, target).settled() {
+                Ok(outcome) => return Ok(Some(outcome)),
+                Err(state) => last = state,
             }
         }
     }
@@ -437,9 +579,19 @@ impl KubernetesDeployer {
     ) -> Result<DeleteOutcome, DeployError> {
         let deadline = Instant::now() + self.timeout;
         let what = format!("delete InferenceService {}/{name}", self.namespace);
-        let deleted = self
-            .with_retries(deadline, &what, || self.delete_once(endpoint_id, name))
-            .await?;
+        let deleted = match self
+            .with_retries(deadline, &what, None, || {
+                self.delete_once(endpoint_id, name)
+            })
+            .await
+        {
+            Ok(deleted) => deleted,
+            Err(Halt::Budget(err)) => return Err(err),
+            Err(Halt::Misconfigured(reason)) => return Err(DeployError::Misconfigured(reason)),
+            Err(Halt::Interrupted) => {
+                return Err(DeployError::Transient(format!("{what}: interrupted")));
+            }
+        };
         let uid = match deleted {
             Ok(Ok(uid)) => uid,
             Ok(Err(outcome)) => return Ok(outcome),
@@ -532,7 +684,11 @@ impl KubernetesDeployer {
                     return Ok(DeleteOutcome::Deleted);
                 }
                 Ok(Some(_)) => {}
-                Ok(None) => return Err(DeployError("the watch ended unexpectedly".into())),
+                Ok(None) => {
+                    return Err(DeployError::Transient(
+                        "the watch ended unexpectedly".into(),
+                    ));
+                }
                 Err(err) => {
                     tracing::debug!(name, error = %err, "watch error; the watcher retries");
                 }
@@ -555,9 +711,10 @@ impl Observed {
 
 /// Decides what `object` says about the deploy that produced generation `target`.
 fn classify(request: &DeployRequest<'_>, object: &InferenceService, target: i64) -> Observed {
-    if object
-        .spec_generation()
-        .is_some_and(|theirs| theirs > request.generation)
+    if !request.overwrite_newer
+        && object
+            .spec_generation()
+            .is_some_and(|theirs| theirs > request.generation)
     {
         return Observed::Superseded;
     }

@@ -20,6 +20,9 @@
 pub mod kubernetes;
 pub mod simulate;
 
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::kserve::InferenceService;
@@ -46,6 +49,42 @@ pub enum DeployOutcome {
     /// The cluster already holds a newer spec generation (applied by another replica); this
     /// pass records nothing, the newer intent's own pass does.
     Superseded,
+    /// A newer intent (or a delete) arrived while the deploy waited — for Ready or between
+    /// retries — and the [`Interrupt`] fired: the wait stopped, the next pass converges to
+    /// the newer intent.
+    Interrupted,
+}
+
+/// Fires when a newer intent makes the running deploy moot. Deployers stop *waiting* when it
+/// fires (for Ready, between retries), never in the middle of a write, so the writes of two
+/// passes over one object never interleave.
+#[derive(Debug, Clone)]
+pub struct Interrupt(watch::Receiver<bool>);
+
+impl Interrupt {
+    /// An interrupt and the switch that fires it.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (fire, fired) = watch::channel(false);
+        (fire, Self(fired))
+    }
+
+    /// An interrupt that never fires.
+    pub fn never() -> Self {
+        Self::new().1
+    }
+
+    /// Resolves once it has fired; never, if it cannot fire any more.
+    pub async fn fired(&self) {
+        let mut fired = self.0.clone();
+        if fired.wait_for(|fired| *fired).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Whether it has fired.
+    pub fn is_fired(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
 /// The final result of a delete.
@@ -60,10 +99,44 @@ pub enum DeleteOutcome {
     },
 }
 
-/// A transient failure: retry later.
+/// A failure that is not the endpoint's fault: the deploy is retried later, never `ERROR`.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct DeployError(pub String);
+pub enum DeployError {
+    /// The cluster could not be reached or answered with a passing error (5xx, 429,
+    /// conflicts, a cut watch): retry with backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// The cluster refuses the worker itself (401/403, a missing namespace): nothing an
+    /// endpoint's owner can fix. The reason says what an operator must grant or create; it is
+    /// shown as the endpoint's `status_reason` and on `/readyz` until a deploy gets through.
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+/// The last misconfiguration a deployer met, until a later write succeeds; cheap to clone.
+/// `/readyz` reports it so a broken RBAC rule is loud, not a silent retry loop.
+#[derive(Debug, Clone, Default)]
+pub struct Alarm(Arc<Mutex<Option<String>>>);
+
+impl Alarm {
+    /// The current alarm, if any.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Raises the alarm with `reason`.
+    pub fn raise(&self, reason: &str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+    }
+
+    /// Clears the alarm (a write went through).
+    pub fn clear(&self) {
+        let mut alarm = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if alarm.is_some() {
+            *alarm = None;
+        }
+    }
+}
 
 /// What a deploy is asked to do.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +153,11 @@ pub struct DeployRequest<'a> {
     pub manifest: &'a InferenceService,
     /// The InferenceService name.
     pub name: &'a str,
+    /// Fires when a newer intent makes this deploy moot.
+    pub interrupt: &'a Interrupt,
+    /// Apply even over an object that records a newer spec generation: set once the database
+    /// (the source of truth) confirmed it holds no newer intent, e.g. after a restore.
+    pub overwrite_newer: bool,
 }
 
 /// The deployer the worker runs with.
@@ -99,6 +177,14 @@ impl Deployer {
             // boxed: the Kubernetes future is ~4 KiB, and inline it would size every deploy
             // future, simulate mode's included
             Self::Kubernetes(d) => Box::pin(d.deploy(request)).await,
+        }
+    }
+
+    /// The deployer's misconfiguration alarm (simulate mode never raises one).
+    pub fn alarm(&self) -> Alarm {
+        match self {
+            Self::Simulate(_) => Alarm::default(),
+            Self::Kubernetes(d) => d.alarm(),
         }
     }
 

@@ -38,9 +38,13 @@ impl SimulateDeployer {
         drop(apply);
         let wait = telemetry::deploy_step_span(DeployStep::WaitReady, &request);
         if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay)
-                .instrument(wait.clone())
-                .await;
+            tokio::select! {
+                () = tokio::time::sleep(self.delay).instrument(wait.clone()) => {}
+                () = request.interrupt.fired() => {
+                    telemetry::record_outcome(&wait, "interrupted");
+                    return Ok(DeployOutcome::Interrupted);
+                }
+            }
         }
         telemetry::record_outcome(&wait, "ready");
         Ok(DeployOutcome::Ready {

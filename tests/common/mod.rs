@@ -60,6 +60,18 @@ impl Env {
     /// Like [`Env::start`] on a Postgres the caller started (a durable one, say).
     pub async fn with_postgres(pg: LocalPostgres) -> Env {
         let nats = LocalNats::start().expect("start nats");
+        let url = nats.url();
+        Env::with_servers(pg, nats, async_nats::ConnectOptions::new(), &url).await
+    }
+
+    /// Like [`Env::start`] on servers the caller started, reaching NATS at `nats_url` with
+    /// `options` (TLS, credentials).
+    pub async fn with_servers(
+        pg: LocalPostgres,
+        nats: LocalNats,
+        options: async_nats::ConnectOptions,
+        nats_url: &str,
+    ) -> Env {
         let store = Store::connect(
             &pg.url(),
             StoreSettings {
@@ -72,9 +84,9 @@ impl Env {
         deploy_worker::worker::migrate(&store, true)
             .await
             .expect("migrate");
-        let client = async_nats::ConnectOptions::new()
+        let client = options
             .retry_on_initial_connect()
-            .connect(nats.url())
+            .connect(nats_url)
             .await
             .expect("connect nats");
         let js = jetstream::new(client);
