@@ -69,6 +69,9 @@ struct OpsConnection {
     /// NATS URL (for commands that publish events).
     #[arg(long, env = "NATS_URL", hide_env_values = true)]
     nats_url: Option<String>,
+    /// NATS TLS and authentication, as the worker's.
+    #[command(flatten)]
+    nats_security: crate::tls::NatsSecurityArgs,
     #[command(flatten)]
     logging: LogArgs,
 }
@@ -83,7 +86,13 @@ impl OpsConnection {
             .nats_url
             .as_deref()
             .ok_or("this command publishes events: set NATS_URL (or --nats-url)")?;
-        let client = async_nats::connect(url)
+        let client = self
+            .nats_security
+            .connect_options()
+            .await
+            .map_err(|err| err.to_string())?
+            .name("deploy-worker-ops")
+            .connect(url)
             .await
             .map_err(|err| format!("cannot connect to NATS: {err}; check NATS_URL"))?;
         Ok(async_nats::jetstream::new(client))
