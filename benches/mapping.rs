@@ -15,7 +15,7 @@ use deploy_worker::intent::Intent;
 use deploy_worker::kserve::{InferenceService, RenderOptions, render, render_json};
 
 /// The realistic intent: Triton on a GPU with resources, batcher, replicas and a timeout.
-const INTENT: &[u8] = include_bytes!("../examples/triton-gpu-batcher.json");
+const INTENT: &[u8] = include_bytes!("../examples/intents/triton-gpu-batcher.json");
 
 fn fixture() -> (Intent, RenderOptions, InferenceService) {
     let intent = Intent::from_json(INTENT).expect("the example intent parses");

@@ -71,6 +71,9 @@ pub struct Snapshot {
     pub per_tenant: HashMap<Uuid, usize>,
     /// Callers waiting for a permit.
     pub waiting: usize,
+    /// Callers waiting for a permit per tenant (tenants with none are absent): the endpoints
+    /// queued in the worker itself, which JetStream's consumer lag does not show.
+    pub waiting_per_tenant: HashMap<Uuid, usize>,
 }
 
 impl Admission {
@@ -141,6 +144,12 @@ impl Admission {
                 .map(|(id, t)| (*id, t.in_flight))
                 .collect(),
             waiting: state.tenants.values().map(|t| t.waiters.len()).sum(),
+            waiting_per_tenant: state
+                .tenants
+                .iter()
+                .filter(|(_, t)| !t.waiters.is_empty())
+                .map(|(id, t)| (*id, t.waiters.len()))
+                .collect(),
         }
     }
 
@@ -271,7 +280,9 @@ mod tests {
             }));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(admission.snapshot().waiting, 4);
+        let snapshot = admission.snapshot();
+        assert_eq!(snapshot.waiting, 4);
+        assert_eq!(snapshot.waiting_per_tenant, HashMap::from([(a, 3), (b, 1)]));
         drop(first);
         for task in tasks {
             task.await.unwrap();

@@ -153,6 +153,11 @@ pub struct Settings {
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
 
+    /// How often consumer lag (JetStream) and the oldest DEPLOYING endpoint (Postgres) are read
+    /// for the metrics.
+    #[arg(long, env = "METRICS_POLL_SECONDS", default_value_t = 10)]
+    pub metrics_poll_seconds: u64,
+
     /// Address of the HTTP port serving /metrics, /healthz and /readyz (port 0: any free port).
     #[arg(long, env = "HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: String,
@@ -224,6 +229,11 @@ impl Settings {
     /// Consumer ack wait.
     pub fn ack_wait(&self) -> Duration {
         Duration::from_secs(self.nats_ack_wait_seconds.max(1))
+    }
+
+    /// Interval of the metrics' periodic reads.
+    pub fn metrics_poll(&self) -> Duration {
+        Duration::from_secs(self.metrics_poll_seconds.max(1))
     }
 
     /// Pool and batch settings.

@@ -21,8 +21,11 @@
 //! - [`tls`]: encrypted, authenticated connections to NATS and the OTLP collector;
 //! - [`config`], [`worker`], [`cli`]: settings, wiring, commands; [`demo`] and [`sandbox`]:
 //!   the self-contained demo and the throw-away servers it and the tests use;
-//! - [`telemetry`] (logs, traces, trace-context propagation), [`metrics`] (Prometheus) and
-//!   [`http`] (`/metrics`, `/healthz`, `/readyz`): observability.
+//! - [`telemetry`] (logs, traces, trace-context propagation), [`metrics`] (Prometheus),
+//!   [`poller`] (consumer lag and stuck deploys, read periodically) and [`http`] (`/metrics`,
+//!   `/healthz`, `/readyz`): observability;
+//! - [`ops`]: the operator commands (`reconcile`, `rejected list|replay`,
+//!   `tenant pause|resume|list`).
 
 pub mod admission;
 pub mod cli;
@@ -37,8 +40,10 @@ pub mod http;
 pub mod intent;
 pub mod kserve;
 pub mod metrics;
+pub mod ops;
 pub mod pass;
 pub mod platform;
+pub mod poller;
 pub mod retention;
 pub mod sandbox;
 pub mod store;

@@ -7,15 +7,23 @@
 //!
 //! Counters and histograms are updated where things happen (a pass answering its messages, the
 //! committer finishing a transaction, a deployer getting an error from the Kubernetes API).
-//! Gauges that describe current state — deploys in flight per tenant, endpoint actors alive —
-//! are sampled at scrape time from the [`Admission`] and the supervisor's registry by a
-//! [`Collector`], so they cannot drift from the truth, and a tenant with nothing in flight is
-//! simply absent: label sets do not grow with every tenant ever seen.
+//! Gauges that describe current state — deploys in flight and endpoints waiting per tenant,
+//! endpoint actors alive — are sampled at scrape time from the [`Admission`] and the
+//! supervisor's registry by a [`Collector`], so they cannot drift from the truth, and a tenant
+//! with nothing in flight is simply absent: label sets do not grow with every tenant ever seen.
+//!
+//! State that lives outside the worker — the lag of the durable consumers in JetStream, the
+//! oldest endpoint in `DEPLOYING` in Postgres — costs a request to read, so it is not read per
+//! scrape: [`crate::poller`] reads it periodically and hands it over with
+//! [`Metrics::consumers_polled`] and [`Metrics::deploying_polled`]; a failed read makes those
+//! gauges absent (unknown) rather than stale. The age of the oldest `DEPLOYING` endpoint keeps
+//! growing between polls (it is computed at scrape time from the polled value).
 //!
 //! Every label has a bounded set of values: subjects the worker consumes, outcomes, reasons,
 //! HTTP status codes, and tenant ids only while they have deploys in flight.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -55,6 +63,43 @@ pub mod retry {
 pub const DB_LOAD: &str = "load";
 /// Label `operation` of `deploy_worker_database_errors_total`: a group commit.
 pub const DB_COMMIT: &str = "commit";
+/// Label `operation` of `deploy_worker_database_errors_total`: the periodic state read of
+/// [`crate::poller`].
+pub const DB_POLL: &str = "poll";
+
+/// HTTP status of an authorization failure from the Kubernetes API, counted apart in
+/// `deploy_worker_kube_api_forbidden_total`.
+pub const FORBIDDEN: u16 = 403;
+
+/// One durable consumer as JetStream last described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerState {
+    /// Durable name.
+    pub name: String,
+    /// Messages matching its filter not yet delivered (`num_pending`).
+    pub pending: u64,
+    /// Messages delivered and not yet acknowledged (`num_ack_pending`).
+    pub ack_pending: u64,
+    /// Stream sequence of the last message delivered (moves while it consumes).
+    pub delivered_sequence: u64,
+}
+
+/// Endpoints in `DEPLOYING` as Postgres last described them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeployingState {
+    /// Seconds since the oldest `DEPLOYING` endpoint of a tenant that is not paused was last
+    /// updated (0 when there is none).
+    pub oldest_age_seconds: f64,
+    /// `DEPLOYING` endpoints held by a tenant pause.
+    pub paused: u64,
+}
+
+/// What [`crate::poller`] read last, and when.
+#[derive(Debug, Default)]
+struct Polled {
+    consumers: Option<Vec<ConsumerState>>,
+    deploying: Option<(DeployingState, Instant)>,
+}
 
 /// Label `outcome` of `deploy_worker_events_total` for answers that are not a pass outcome.
 pub mod event_outcome {
@@ -105,8 +150,10 @@ pub struct Metrics {
     deploy_duration: HistogramFamily<OutcomeLabels>,
     retries: Family<ReasonLabels, Counter>,
     kube_errors: Family<CodeLabels, Counter>,
+    kube_forbidden: Counter,
     database_errors: Family<OperationLabels, Counter>,
     commit_batch: Histogram,
+    polled: Arc<Mutex<Polled>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -130,7 +177,7 @@ impl Metrics {
         registry.register(
             "events",
             "JetStream messages answered, by subject and outcome (ready, error, deleted, \
-             unchanged, superseded, skipped, refused, handed_back)",
+             unchanged, superseded, skipped, paused, refused, handed_back)",
             events.clone(),
         );
         let event_to_ready = seconds_histogram();
@@ -160,10 +207,17 @@ impl Metrics {
             "Error responses from the Kubernetes API, by HTTP status code",
             kube_errors.clone(),
         );
+        let kube_forbidden = Counter::default();
+        registry.register(
+            "kube_api_forbidden",
+            "Authorization failures (403 Forbidden) from the Kubernetes API: RBAC does not \
+             allow what the worker needs",
+            kube_forbidden.clone(),
+        );
         let database_errors = Family::<OperationLabels, Counter>::default();
         registry.register(
             "database_errors",
-            "Failed Postgres operations, by operation (load, commit)",
+            "Failed Postgres operations, by operation (load, commit, poll)",
             database_errors.clone(),
         );
         let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
@@ -173,7 +227,7 @@ impl Metrics {
             commit_batch.clone(),
         );
         // Known label values start at zero, so `rate()` and alerts work before the first
-        // occurrence (Kubernetes status codes are only known when they happen).
+        // occurrence.
         for subject in [DEPLOY_SUBJECT, DELETE_SUBJECT] {
             for outcome in [
                 outcome::READY,
@@ -182,6 +236,7 @@ impl Metrics {
                 outcome::UNCHANGED,
                 outcome::SUPERSEDED,
                 outcome::SKIPPED,
+                outcome::PAUSED,
                 event_outcome::REFUSED,
                 event_outcome::HANDED_BACK,
             ] {
@@ -197,9 +252,20 @@ impl Metrics {
         ] {
             let _ = retries.get_or_create(&ReasonLabels { reason });
         }
-        for operation in [DB_LOAD, DB_COMMIT] {
+        // The codes the worker handles apart: authorization, conflicts, throttling, server
+        // trouble (others appear when they first happen).
+        for code in [FORBIDDEN, 409, 429, 500] {
+            let _ = kube_errors.get_or_create(&CodeLabels {
+                code: code.to_string(),
+            });
+        }
+        for operation in [DB_LOAD, DB_COMMIT, DB_POLL] {
             let _ = database_errors.get_or_create(&OperationLabels { operation });
         }
+        let polled = Arc::new(Mutex::new(Polled::default()));
+        registry.register_collector(Box::new(PolledState {
+            polled: polled.clone(),
+        }));
         Self {
             registry,
             events,
@@ -207,13 +273,16 @@ impl Metrics {
             deploy_duration,
             retries,
             kube_errors,
+            kube_forbidden,
             database_errors,
             commit_batch,
+            polled,
         }
     }
 
     /// Adds the gauges sampled at scrape time: deploys in flight per tenant and waiting for a
-    /// permit (from `admission`), and endpoint actors alive (the size of `actors`).
+    /// permit, in total and per tenant (from `admission`), and endpoint actors alive (the size
+    /// of `actors`).
     pub fn register_live_state(&mut self, admission: Admission, actors: Arc<supervisor::Registry>) {
         self.registry
             .register_collector(Box::new(LiveState { admission, actors }));
@@ -256,13 +325,32 @@ impl Metrics {
     }
 
     /// The Kubernetes API answered with HTTP status `code` (for the k8s deployer to call on
-    /// every error response, retried or not).
+    /// every error response, retried or not). A 403 also counts as an authorization failure.
     pub fn kube_error(&self, code: u16) {
         self.kube_errors
             .get_or_create(&CodeLabels {
                 code: code.to_string(),
             })
             .inc();
+        if code == FORBIDDEN {
+            self.kube_forbidden.inc();
+        }
+    }
+
+    fn polled(&self) -> MutexGuard<'_, Polled> {
+        lock(&self.polled)
+    }
+
+    /// The durable consumers as JetStream just described them; `None` when they could not be
+    /// read (the consumer gauges are then absent until the next successful read).
+    pub fn consumers_polled(&self, consumers: Option<Vec<ConsumerState>>) {
+        self.polled().consumers = consumers;
+    }
+
+    /// The `DEPLOYING` endpoints as Postgres just described them; `None` when they could not
+    /// be read.
+    pub fn deploying_polled(&self, deploying: Option<DeployingState>) {
+        self.polled().deploying = deploying.map(|state| (state, Instant::now()));
     }
 
     /// A Postgres `operation` failed.
@@ -289,6 +377,115 @@ fn subject_label(subject: &str) -> &'static str {
     }
 }
 
+/// The polled state stays usable even if a writer panicked: every update replaces a value.
+fn lock(polled: &Mutex<Polled>) -> MutexGuard<'_, Polled> {
+    polled
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A per-consumer gauge: name, help and how to read its value.
+type ConsumerGauge = (&'static str, &'static str, fn(&ConsumerState) -> u64);
+
+/// Gauges of the state [`crate::poller`] read last.
+struct PolledState {
+    polled: Arc<Mutex<Polled>>,
+}
+
+impl std::fmt::Debug for PolledState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolledState").finish_non_exhaustive()
+    }
+}
+
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Collector for PolledState {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (consumers, deploying) = {
+            let polled = lock(&self.polled);
+            (
+                polled.consumers.clone().unwrap_or_default(),
+                polled.deploying,
+            )
+        };
+        let gauge_type = ConstGauge::new(0i64).metric_type();
+        let per_consumer: [ConsumerGauge; 3] = [
+            (
+                "consumer_pending_messages",
+                "Messages on a durable consumer not yet delivered to any worker (JetStream \
+                 num_pending, read periodically)",
+                |c| c.pending,
+            ),
+            (
+                "consumer_ack_pending_messages",
+                "Messages delivered on a durable consumer and not yet acknowledged (JetStream \
+                 num_ack_pending, read periodically)",
+                |c| c.ack_pending,
+            ),
+            (
+                "consumer_delivered_sequence",
+                "Stream sequence of the last message a durable consumer delivered (moves while \
+                 it consumes; read periodically)",
+                |c| c.delivered_sequence,
+            ),
+        ];
+        for (name, help, value) in per_consumer {
+            let mut family = encoder.encode_descriptor(name, help, None, gauge_type)?;
+            for consumer in &consumers {
+                let labels = [("consumer", consumer.name.as_str())];
+                ConstGauge::new(clamp(value(consumer))).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let age = encoder.encode_descriptor(
+            "oldest_deploying_age",
+            "Age of the oldest endpoint in DEPLOYING whose tenant is not paused (0 when none; \
+             read periodically, growing between reads)",
+            Some(&Unit::Seconds),
+            gauge_type,
+        )?;
+        if let Some((state, at)) = deploying {
+            let age_seconds = if state.oldest_age_seconds > 0.0 {
+                state.oldest_age_seconds + at.elapsed().as_secs_f64()
+            } else {
+                0.0
+            };
+            ConstGauge::new(age_seconds).encode(age)?;
+        }
+        let paused = encoder.encode_descriptor(
+            "paused_deploying_endpoints",
+            "Endpoints in DEPLOYING held by a tenant pause (read periodically)",
+            None,
+            gauge_type,
+        )?;
+        if let Some((state, _)) = deploying {
+            ConstGauge::new(clamp(state.paused)).encode(paused)?;
+        }
+        Ok(())
+    }
+}
+
+/// Encodes gauge `name` with one sample per tenant in `counts`, in tenant order.
+fn encode_per_tenant(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    counts: std::collections::HashMap<uuid::Uuid, usize>,
+) -> Result<(), std::fmt::Error> {
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort();
+    let mut family =
+        encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    for (tenant, count) in counts {
+        let labels = [("tenant_id", tenant.to_string())];
+        let value = i64::try_from(count).unwrap_or(i64::MAX);
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 /// Scrape-time gauges.
 struct LiveState {
     admission: Admission,
@@ -304,20 +501,13 @@ impl std::fmt::Debug for LiveState {
 impl Collector for LiveState {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = self.admission.snapshot();
-        let mut tenants: Vec<_> = snapshot.per_tenant.into_iter().collect();
-        tenants.sort();
-        let gauge = ConstGauge::new(0i64);
-        let mut family = encoder.encode_descriptor(
+        encode_per_tenant(
+            &mut encoder,
             "deploys_in_flight",
             "Deploys holding an admission permit, by tenant (tenants with none are absent)",
-            None,
-            gauge.metric_type(),
+            snapshot.per_tenant,
         )?;
-        for (tenant, in_flight) in tenants {
-            let labels = [("tenant_id", tenant.to_string())];
-            let value = i64::try_from(in_flight).unwrap_or(i64::MAX);
-            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-        }
+        let gauge = ConstGauge::new(0i64);
         let waiting = i64::try_from(snapshot.waiting).unwrap_or(i64::MAX);
         ConstGauge::new(waiting).encode(encoder.encode_descriptor(
             "deploys_waiting",
@@ -325,6 +515,13 @@ impl Collector for LiveState {
             None,
             gauge.metric_type(),
         )?)?;
+        encode_per_tenant(
+            &mut encoder,
+            "endpoints_waiting",
+            "Endpoints queued in the worker for an admission permit, by tenant (tenants with \
+             none are absent); JetStream's consumer lag does not include them",
+            snapshot.waiting_per_tenant,
+        )?;
         let actors = i64::try_from(self.actors.len()).unwrap_or(i64::MAX);
         ConstGauge::new(actors).encode(encoder.encode_descriptor(
             "endpoint_actors",
@@ -379,5 +576,85 @@ mod tests {
             !text.contains(&tenant.to_string()),
             "a tenant with nothing in flight must disappear:\n{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn counts_403s_apart_and_exposes_polled_state_and_waiting_tenants() {
+        let admission = Admission::new(Caps {
+            global: 1,
+            per_tenant: 1,
+        });
+        let mut metrics = Metrics::new();
+        metrics.register_live_state(admission.clone(), Arc::new(supervisor::Registry::new()));
+        let text = metrics.encode().unwrap();
+        for needle in [
+            "deploy_worker_kube_api_forbidden_total 0",
+            "# TYPE deploy_worker_consumer_pending_messages gauge",
+            "# TYPE deploy_worker_oldest_deploying_age_seconds gauge",
+            "# UNIT deploy_worker_oldest_deploying_age_seconds seconds",
+            "# TYPE deploy_worker_endpoints_waiting gauge",
+            "deploy_worker_database_errors_total{operation=\"poll\"} 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("deploy_worker_oldest_deploying_age_seconds ")),
+            "no value before the first poll:\n{text}"
+        );
+
+        metrics.kube_error(403);
+        metrics.kube_error(500);
+        metrics.consumers_polled(Some(vec![ConsumerState {
+            name: "deploy-worker".into(),
+            pending: 12,
+            ack_pending: 3,
+            delivered_sequence: 40,
+        }]));
+        metrics.deploying_polled(Some(DeployingState {
+            oldest_age_seconds: 90.0,
+            paused: 2,
+        }));
+        let (busy, queued) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let _held = admission.acquire(busy).await;
+        let waiter = {
+            let admission = admission.clone();
+            tokio::spawn(async move { admission.acquire(queued).await })
+        };
+        while admission.snapshot().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        let text = metrics.encode().unwrap();
+        for needle in [
+            "deploy_worker_kube_api_forbidden_total 1".to_owned(),
+            "deploy_worker_kube_api_errors_total{code=\"403\"} 1".to_owned(),
+            "deploy_worker_kube_api_errors_total{code=\"500\"} 1".to_owned(),
+            "deploy_worker_consumer_pending_messages{consumer=\"deploy-worker\"} 12".to_owned(),
+            "deploy_worker_consumer_ack_pending_messages{consumer=\"deploy-worker\"} 3".to_owned(),
+            "deploy_worker_consumer_delivered_sequence{consumer=\"deploy-worker\"} 40".to_owned(),
+            "deploy_worker_paused_deploying_endpoints 2".to_owned(),
+            format!("deploy_worker_endpoints_waiting{{tenant_id=\"{queued}\"}} 1"),
+        ] {
+            assert!(text.contains(&needle), "missing {needle} in\n{text}");
+        }
+        let age: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("deploy_worker_oldest_deploying_age_seconds "))
+            .expect("age sample")
+            .parse()
+            .unwrap();
+        assert!((90.0..100.0).contains(&age), "{age}");
+
+        // A failed read makes the state unknown, not stale.
+        metrics.consumers_polled(None);
+        metrics.deploying_polled(None);
+        let text = metrics.encode().unwrap();
+        assert!(!text.contains("consumer=\"deploy-worker\""), "{text}");
+        assert!(
+            !text.contains("deploy_worker_paused_deploying_endpoints 2"),
+            "{text}"
+        );
+        waiter.abort();
     }
 }

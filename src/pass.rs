@@ -8,7 +8,9 @@
 //! 2. refuses deliveries whose tenant/project do not match the row (terminated, recorded; the
 //!    endpoint is left alone so a forged event cannot disturb another tenant's endpoint);
 //! 3. decides: delete if asked; nothing if the endpoint is deleted (`skipped`) or already Ready
-//!    at its current spec generation (`unchanged`); otherwise deploy;
+//!    at its current spec generation (`unchanged`); hold it if its tenant is paused (`paused`:
+//!    recorded `DEPLOYING` with [`PAUSED_REASON`] and acked; `deploy-worker tenant resume`
+//!    publishes a deploy event for every endpoint so held); otherwise deploy;
 //! 4. for a deploy: validates and renders the manifest (an invalid intent ends `ERROR` with the
 //!    validation message), waits for a fair-share [`Permit`](crate::admission::Permit), records
 //!    `DEPLOYING`, runs the deployer, records `READY`/`ERROR` guarded by the spec generation;
@@ -43,8 +45,8 @@ use crate::events::EventKind;
 use crate::kserve::{self, InferenceService, RenderOptions};
 use crate::metrics::{Metrics, event_outcome, retry};
 use crate::store::{
-    Applied, EndpointRecord, HistoryEntry, RejectedEvent, StatusWrite, Store, UrlChange, Write,
-    outcome,
+    Applied, EndpointRecord, HistoryEntry, PAUSED_REASON, RejectedEvent, StatusWrite, Store,
+    UrlChange, Write, outcome,
 };
 use crate::telemetry::{self, SpanLabels, Step};
 
@@ -375,6 +377,8 @@ async fn run_pass(
         .await
     } else if record.is_converged() {
         pass.record_only(outcome::UNCHANGED, None).await
+    } else if record.tenant_paused {
+        pass.hold_for_pause().await
     } else {
         let result = pass.deploy().await;
         ctx.metrics
@@ -675,6 +679,28 @@ impl<'a> Pass<'a> {
             ready_generation: None,
             history,
         }
+    }
+
+    /// The tenant is paused: records the endpoint `DEPLOYING` with [`PAUSED_REASON`] (the
+    /// durable intent to deploy it, which the resume re-publishes) and acks.
+    async fn hold_for_pause(&self) -> PassResult {
+        tracing::info!(endpoint_id = %self.record.id, tenant_id = %self.record.tenant_id,
+            "tenant paused; deploy held until it is resumed");
+        let reason = PAUSED_REASON.to_owned();
+        let history = self.history(
+            EventKind::Deploy,
+            outcome::PAUSED,
+            Some(reason.clone()),
+            self.record.url.clone(),
+        );
+        let write = self.status_write(
+            status::DEPLOYING,
+            UrlChange::Keep,
+            Some(reason),
+            Some(history),
+        );
+        self.commit_then_answer(Write::Status(write), AckKind::Ack)
+            .await
     }
 
     async fn fail(&self, action: EventKind, reason: String) -> PassResult {

@@ -242,13 +242,6 @@ pub async fn publish_all<'a>(
     Ok(published)
 }
 
-fn subject(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Deploy => DEPLOY_SUBJECT,
-        EventKind::Delete => DELETE_SUBJECT,
-    }
-}
-
 /// Publishes an event inside the caller's trace: `cx` becomes the W3C `traceparent` and
 /// `tracestate` headers, as the platform's API does from its request span.
 pub async fn publish_traced(
@@ -261,6 +254,42 @@ pub async fn publish_traced(
     let mut headers = async_nats::HeaderMap::new();
     crate::telemetry::inject_context(cx, &mut headers);
     publish_with_headers(js, kind, payload(fields), Some(message_id), headers).await
+}
+
+/// A fresh, sampled trace context with random ids, as the platform's API has for the request
+/// that publishes an event: publish with [`publish_traced`] and look the trace up by
+/// [`traceparent`]'s trace id.
+pub fn publisher_context() -> opentelemetry::Context {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    // rand never yields the all-zero ids W3C calls invalid after `max(1)`
+    let context = SpanContext::new(
+        TraceId::from(rand::random::<u128>().max(1)),
+        SpanId::from(rand::random::<u64>().max(1)),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    opentelemetry::Context::new().with_remote_span_context(context)
+}
+
+/// The W3C `traceparent` header value [`publish_traced`] sends for `cx`
+/// (`00-<trace id>-<span id>-<flags>`); `None` when `cx` carries no valid span.
+pub fn traceparent(cx: &opentelemetry::Context) -> Option<String> {
+    let mut headers = async_nats::HeaderMap::new();
+    crate::telemetry::inject_context(cx, &mut headers);
+    headers
+        .get("traceparent")
+        .map(|value| value.as_str().to_owned())
+}
+
+/// The subject events of `kind` are published on.
+pub fn subject(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Deploy => DEPLOY_SUBJECT,
+        EventKind::Delete => DELETE_SUBJECT,
+    }
 }
 
 /// Publishes raw bytes on the subject for `kind` (for malformed-payload tests).

@@ -134,6 +134,8 @@ pub struct EndpointRecord {
     pub model_version_found: bool,
     /// That version's `artifact_uri`.
     pub artifact_uri: Option<String>,
+    /// Whether the endpoint's tenant is paused (a row in `tenant_pauses`).
+    pub tenant_paused: bool,
 }
 
 impl EndpointRecord {
@@ -251,7 +253,14 @@ pub mod outcome {
     pub const SUPERSEDED: &str = "superseded";
     /// The endpoint was deleted; a deploy request for it does nothing.
     pub const SKIPPED: &str = "skipped";
+    /// The endpoint's tenant is paused: the endpoint is recorded `DEPLOYING` with
+    /// [`PAUSED_REASON`](super::PAUSED_REASON) and deployed when the tenant is resumed.
+    pub const PAUSED: &str = "paused";
 }
+
+/// `endpoints.status_reason` of an endpoint held `DEPLOYING` by a tenant pause.
+pub const PAUSED_REASON: &str =
+    "tenant paused: the deploy waits until `deploy-worker tenant resume` for this tenant";
 
 /// A message the worker terminated, for `rejected_events`.
 ///
@@ -496,7 +505,8 @@ const LOAD_SQL: &str = r#"
 SELECT e.id, e.tenant_id, e.project_id, e.name::text AS name, e.status, e.url, e.runtime,
        e.model_id, e.model_version_id, e.traffic, e.autoscaling, e.runtime_config,
        e.spec_generation, e.ready_generation,
-       (mv.id IS NOT NULL) AS model_version_found, mv.artifact_uri
+       (mv.id IS NOT NULL) AS model_version_found, mv.artifact_uri,
+       EXISTS (SELECT 1 FROM tenant_pauses p WHERE p.tenant_id = e.tenant_id) AS tenant_paused
 FROM endpoints e
 LEFT JOIN model_versions mv ON mv.id = e.model_version_id AND mv.tenant_id = e.tenant_id
 WHERE e.id IN (SELECT value::uuid FROM jsonb_array_elements_text($1::jsonb))"#;

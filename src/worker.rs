@@ -24,6 +24,7 @@ use crate::events;
 use crate::http::{HttpError, HttpServer, Readiness};
 use crate::metrics::Metrics;
 use crate::pass::{PassContext, Phase};
+use crate::poller;
 use crate::store::{ConnectError, Store};
 use crate::supervisor::{Registry, Resume, Shutdown, StopFetching, Supervisor, Terminate};
 
@@ -69,6 +70,7 @@ pub struct Worker {
     grace: Duration,
     readiness: Readiness,
     http: HttpServer,
+    poller: tokio::task::JoinHandle<()>,
     retention: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -181,8 +183,17 @@ impl Worker {
             failpoint_panic: settings.failpoint_panic.clone(),
         });
         let idle_after = Duration::from_secs(settings.endpoint_idle_seconds);
+        let polled_consumers = vec![consumers.deploy.clone(), consumers.delete.clone()];
         let supervisor = Supervisor::new(ctx, consumers, registry.clone(), idle_after).start();
         supervisor.do_send(Resume(resume));
+        let released = supervisor.clone();
+        let poller = poller::spawn(
+            store.clone(),
+            polled_consumers,
+            metrics.clone(),
+            settings.metrics_poll(),
+            Box::new(move |ids| released.do_send(Resume(ids))),
+        );
         tracing::info!(mode = ?settings.deploy_mode, "deploy-worker started");
         Ok(Self {
             supervisor,
@@ -194,6 +205,7 @@ impl Worker {
             grace: Duration::from_secs(settings.shutdown_grace_seconds),
             readiness,
             http,
+            poller,
             retention,
         })
     }
@@ -224,6 +236,8 @@ impl Worker {
         if let Some(retention) = &self.retention {
             retention.abort();
         }
+        // no more released holds to resume while draining
+        self.poller.abort();
         // Stop pulling first and wait until our last pull requests have run out: a message
         // handed back while one is still open could be redelivered straight to this stopping
         // worker and sit unacknowledged until the ack wait.

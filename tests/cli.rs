@@ -44,6 +44,7 @@ fn help_lists_every_setting_with_its_environment_variable() {
         "DATABASE_BATCH_MAX",
         "DATABASE_MIGRATE",
         "SHUTDOWN_GRACE_SECONDS",
+        "METRICS_POLL_SECONDS",
         "NATS_CA_FILE",
         "NATS_CLIENT_CERT",
         "NATS_CLIENT_KEY",
@@ -107,7 +108,7 @@ fn repo(path: &str) -> String {
 #[test]
 fn render_prints_the_golden_manifest_of_every_example_in_both_formats() {
     for example in EXAMPLES {
-        let intent = repo(&format!("examples/{example}.json"));
+        let intent = repo(&format!("examples/intents/{example}.json"));
         for (output, ext) in [("yaml", "yaml"), ("json", "json")] {
             let (ok, stdout, stderr) =
                 deploy_worker(&["render", "--intent", &intent, "--output", output], &[]);
@@ -127,7 +128,7 @@ fn render_prints_the_golden_manifest_of_every_example_in_both_formats() {
 fn render_refuses_an_invalid_intent_with_the_validation_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut intent: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo("examples/canary-knative.json")).unwrap(),
+        &std::fs::read_to_string(repo("examples/intents/canary-knative.json")).unwrap(),
     )
     .unwrap();
     intent["traffic"]["canaryTrafficPercent"] = serde_json::json!(150);

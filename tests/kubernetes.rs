@@ -848,9 +848,16 @@ async fn forbidden_by_rbac_is_loud_and_heals_without_a_new_event() {
     let readyz = common::wait_http(addr, "/readyz", LONG, |r| r.status == 503).await;
     assert!(readyz.body.contains("forbidden"), "{}", readyz.body);
     let metrics = common::http_get(addr, "/metrics").await.unwrap().body;
-    assert!(
-        metrics.contains("deploy_worker_kube_api_errors_total{code=\"403\"}"),
-        "403s counted"
+    let metrics = common::openmetrics::parse_openmetrics(&metrics);
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        common::openmetrics::value(&metrics, name, labels).unwrap_or(0.0)
+    };
+    let forbidden = value("deploy_worker_kube_api_errors_total", &[("code", "403")]);
+    assert!(forbidden >= 1.0, "403s counted");
+    assert_eq!(
+        value("deploy_worker_kube_api_forbidden_total", &[]),
+        forbidden,
+        "and counted apart, for the alert"
     );
     assert!(
         cluster.env.history(ids[0]).await.is_empty(),

@@ -100,7 +100,7 @@ fn crate_path(rel: &str) -> PathBuf {
 }
 
 fn example(name: &str) -> Intent {
-    let path = crate_path(&format!("examples/{name}.json"));
+    let path = crate_path(&format!("examples/intents/{name}.json"));
     let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     Intent::from_json(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -159,8 +159,8 @@ fn is_dns1035_label(s: &str) -> bool {
 
 #[test]
 fn every_example_has_a_golden() {
-    let found: BTreeSet<String> = fs::read_dir(crate_path("examples"))
-        .expect("examples/ exists")
+    let found: BTreeSet<String> = fs::read_dir(crate_path("examples/intents"))
+        .expect("examples/intents/ exists")
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
             name.strip_suffix(".json").map(str::to_owned)

@@ -1,7 +1,7 @@
 -- Least privilege for deploy-worker's database role.
 --
 -- The worker reads the platform's tables, writes only endpoints.status, endpoints.url and its
--- own columns, and inserts into (and prunes) its own two tables. It needs no ownership and no
+-- own columns, inserts into (and prunes) its own two tables and reads the tenant pauses. It needs no ownership and no
 -- DDL: an owner role runs the migrations (`deploy-worker migrate`) and the worker runs with
 -- DATABASE_MIGRATE=false.
 --
@@ -24,6 +24,11 @@ GRANT UPDATE (status, url, status_reason, ready_generation) ON endpoints TO :"wo
 -- The worker's own tables: one row per pass and per refused message; DELETE for retention.
 GRANT SELECT, INSERT, DELETE ON deployment_history, rejected_events TO :"worker_role";
 GRANT USAGE ON SEQUENCE deployment_history_id_seq, rejected_events_id_seq TO :"worker_role";
+
+-- Tenant pauses: read with every endpoint a pass loads and by the periodic metrics reads.
+-- The operator commands that write them (`deploy-worker tenant pause|resume`, and
+-- `rejected replay`, which sets rejected_events.replayed_at) run with the owner's URL.
+GRANT SELECT ON tenant_pauses TO :"worker_role";
 
 -- Start-up checks that no migration is pending (read only; DATABASE_MIGRATE=false).
 GRANT SELECT ON seaql_migrations TO :"worker_role";

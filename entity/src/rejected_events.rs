@@ -24,6 +24,8 @@ pub struct Model {
     /// SHA-256 of the whole payload, lowercase hex.
     pub payload_sha256: Option<String>,
     pub received_at: DateTimeWithTimeZone,
+    /// When `deploy-worker rejected replay` last re-published it (`None`: never).
+    pub replayed_at: Option<DateTimeWithTimeZone>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -1,6 +1,6 @@
 //! Schema migrations for deploy-worker.
 //!
-//! Three migrations, all safe on a database the platform already created:
+//! Five migrations, all safe on a database the platform already created:
 //!
 //! 1. [`m20260101_000001_platform_tables`] creates the platform tables the worker reads
 //!    (`models`, `model_versions`, `endpoints`), the `citext` extension and an `updated_at`
@@ -11,7 +11,9 @@
 //!    `ready_generation`, and the `deployment_history` and `rejected_events` tables.
 //! 3. [`m20261201_000003_rejected_payload_bytes`] keeps a refused payload as bytes with its
 //!    size and SHA-256, so no payload (NUL bytes, invalid UTF-8) can fail the record.
-//! 4. [`m20261201_000201_retention_indexes`] indexes the time columns that retention prunes by.
+//! 4. [`m20261201_000101_operator_tables`] adds what the operator commands need:
+//!    `rejected_events.replayed_at` and the `tenant_pauses` table.
+//! 5. [`m20261201_000201_retention_indexes`] indexes the time columns that retention prunes by.
 //!
 //! Every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`), so running the
 //! migrations twice, or against a half-migrated database, changes nothing that is there.
@@ -30,6 +32,7 @@ use sea_orm_migration::sea_orm::{
 pub mod m20260101_000001_platform_tables;
 pub mod m20260101_000002_worker_columns;
 pub mod m20261201_000003_rejected_payload_bytes;
+pub mod m20261201_000101_operator_tables;
 pub mod m20261201_000201_retention_indexes;
 
 /// Runs `statements` in order on the migration's connection (every migration here is a
@@ -90,6 +93,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260101_000001_platform_tables::Migration),
             Box::new(m20260101_000002_worker_columns::Migration),
             Box::new(m20261201_000003_rejected_payload_bytes::Migration),
+            Box::new(m20261201_000101_operator_tables::Migration),
             Box::new(m20261201_000201_retention_indexes::Migration),
         ]
     }

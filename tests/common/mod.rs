@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod openmetrics;
+
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -13,7 +15,7 @@ use deploy_worker::events::{self, EventKind};
 use deploy_worker::platform::{self, EventFields, ModelVersionRef, NewEndpoint, NewModelVersion};
 use deploy_worker::sandbox::{LocalNats, LocalPostgres};
 use deploy_worker::store::{Store, StoreSettings};
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -408,22 +410,15 @@ pub async fn create_endpoint(db: &DatabaseConnection, artifact: Option<&str>) ->
     }
 }
 
-/// A publisher-side trace context with fresh random ids, sampled.
+/// A publisher-side trace context with fresh random ids, sampled, and those ids.
 pub fn publisher_context() -> (opentelemetry::Context, TraceId, SpanId) {
-    let trace_id = TraceId::from(rand::random::<u128>().max(1));
-    let span_id = SpanId::from(rand::random::<u64>().max(1));
-    let sc = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::SAMPLED,
-        true,
-        TraceState::default(),
-    );
-    (
-        opentelemetry::Context::new().with_remote_span_context(sc),
-        trace_id,
-        span_id,
-    )
+    let cx = platform::publisher_context();
+    let (trace_id, span_id) = {
+        let span = cx.span();
+        let sc = span.span_context();
+        (sc.trace_id(), sc.span_id())
+    };
+    (cx, trace_id, span_id)
 }
 
 /// Publishes a deploy event for `endpoint` inside the trace `cx`.
@@ -562,4 +557,33 @@ pub async fn wait_http(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Runs the `deploy-worker` binary with `args` against these servers' URLs (plus `env`),
+/// without blocking the runtime (a worker may be running on it); `(success, stdout, stderr)`.
+pub async fn deploy_worker_cli(
+    args: &[&str],
+    urls: Option<(&LocalPostgres, &LocalNats)>,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy-worker"));
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL")
+        .env("RUST_LOG", "warn");
+    if let Some((pg, nats)) = urls {
+        command
+            .env("DATABASE_URL", pg.url())
+            .env("NATS_URL", nats.url());
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().await.expect("run deploy-worker");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
