@@ -30,7 +30,7 @@
 //! | `runtime_config.modelFormat` | string | one of [`MODEL_FORMATS`] (case-insensitive) | `spec.predictor.model.modelFormat.name` |
 //! | `runtime_config.protocolVersion` | string | `v1`, `v2`, `grpc-v1`, `grpc-v2`; Triton formats need `v2`/`grpc-v2` | `model.protocolVersion` |
 //! | `runtime_config.runtimeVersion` | string | an image tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) | `model.runtimeVersion` |
-//! | `runtime_config.resources` | object | `{"requests": {name: quantity}, "limits": {name: quantity}}`; quantities are Kubernetes quantity strings or non-negative integers; requests ≤ limits | `model.resources` |
+//! | `runtime_config.resources` | object | `{"requests": {name: quantity}, "limits": {name: quantity}}`; quantities are Kubernetes quantity strings or non-negative integers; requests ≤ limits; naming no entry at all means the worker's [`DefaultResources`] | `model.resources` |
 //! | `runtime_config.gpu` | boolean | `true` adds `nvidia.com/gpu: 1` to requests and limits (an explicit count on one side is copied to the other) | `model.resources` |
 //! | `runtime_config.batcher` | object | `{"maxBatchSize": int ≥ 1, "maxLatency": ms ≥ 1, "timeout": s ≥ 1}`, all optional | `spec.predictor.batcher` |
 //! | `runtime_config.timeout` | integer | seconds, `≥ 1` | `spec.predictor.timeout` |
@@ -38,6 +38,9 @@
 //! | `runtime_config.deploymentMode` | string | `Knative`/`Standard`, legacy `Serverless`/`RawDeployment` (case-insensitive) | annotation `serving.kserve.io/deploymentMode` |
 //! | `runtime_config.autoscalerClass` | string | `keda` (same as `autoscaling.keda: true`) or `hpa` (KServe's default) | annotation `serving.kserve.io/autoscalerClass: keda`, Standard mode |
 //! | `runtime_config.enablePrometheusScraping` | boolean | overrides the worker's global default | annotation `serving.kserve.io/enable-prometheus-scraping` |
+//!
+//! The tenant policy (`crate::policy`) further restricts `artifact_uri` schemes and
+//! `serviceAccountName`; `crate::kserve` applies it together with the default resources.
 //!
 //! Numbers must be whole: `2` and `2.0` are accepted, `2.5` is not. Everything that cannot be
 //! rendered into a manifest KServe accepts is an [`IntentError`] naming the field and what to do.
