@@ -417,21 +417,28 @@ fn default_resource_settings_are_checked() {
     assert!(RenderOptions::default().validate().is_ok());
 }
 
+/// Both renderers refuse `intent` under `opts` with a reason starting `start` and naming
+/// `setting`.
+fn assert_refused(intent: &Intent, opts: &RenderOptions, start: &str, setting: &str) {
+    for err in [
+        render(intent, opts).map(|_| ()),
+        render_json(intent, opts).map(|_| ()),
+    ] {
+        let err = err.expect_err(start).to_string();
+        assert!(err.starts_with(start) && err.contains(setting), "{err}");
+    }
+}
+
 #[test]
 fn both_renderers_apply_the_default_tenant_policy() {
     let strict = RenderOptions::default();
     let keda = example("keda-standard");
-    for err in [
-        render(&keda, &strict).map(|_| ()),
-        render_json(&keda, &strict).map(|_| ()),
-    ] {
-        let err = err.expect_err("no service account by default").to_string();
-        assert!(
-            err.starts_with("runtime_config.serviceAccountName: not allowed by the tenant policy")
-                && err.contains("TENANT_SERVICE_ACCOUNTS"),
-            "{err}"
-        );
-    }
+    assert_refused(
+        &keda,
+        &strict,
+        "runtime_config.serviceAccountName: not allowed by the tenant policy",
+        "TENANT_SERVICE_ACCOUNTS",
+    );
     let tenant_accounts = RenderOptions {
         policy: TenantPolicy {
             service_accounts: "tenant-{tenant_id}-*".parse().expect("rule"),
@@ -442,17 +449,12 @@ fn both_renderers_apply_the_default_tenant_policy() {
     assert!(render(&keda, &tenant_accounts).is_ok());
     let mut pvc = example("sklearn-minimal");
     pvc.artifact_uri = Some("pvc://another-tenants-claim/model".into());
-    for err in [
-        render(&pvc, &strict).map(|_| ()),
-        render_json(&pvc, &strict).map(|_| ()),
-    ] {
-        let err = err.expect_err("pvc refused").to_string();
-        assert!(
-            err.starts_with("artifact_uri: not allowed by the tenant policy")
-                && err.contains("TENANT_STORAGE_URI_SCHEMES"),
-            "{err}"
-        );
-    }
+    assert_refused(
+        &pvc,
+        &strict,
+        "artifact_uri: not allowed by the tenant policy",
+        "TENANT_STORAGE_URI_SCHEMES",
+    );
 }
 
 #[test]
