@@ -630,10 +630,13 @@ pub fn subscriber_with_logs<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let logs: Vec<Box<dyn Layer<Registry> + Send + Sync>> = outputs
+    // stacked rather than collected in a Vec: a Vec of layers does not pass the dispatch on,
+    // which the JSON layer needs for the trace ids
+    let logs = outputs
         .into_iter()
         .map(|(format, writer)| log_layer(format, Redacting::new(writer)))
-        .collect();
+        .reduce(|stack, next| Box::new(stack.and_then(next)))
+        .unwrap_or_else(|| Box::new(tracing_subscriber::layer::Identity::new()));
     let traces = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(TRACER_NAME))
         // the worker's own spans and events at info and above, whatever `RUST_LOG` says
