@@ -10,8 +10,10 @@ use clap::{ArgAction, Args, ValueEnum};
 use crate::admission::Caps;
 use crate::delivery::Backoff;
 use crate::events::ConsumerSettings;
-use crate::kserve::{ModeNames, RenderOptions};
 use crate::pass::PanicAt;
+use crate::intent::{DefaultResources, ResourceList};
+use crate::kserve::{self, ModeNames, RenderOptions};
+use crate::policy::{self, ServiceAccountRule, StorageSchemes, TenantPolicy};
 use crate::store::StoreSettings;
 use crate::telemetry::LogFormat;
 
@@ -51,6 +53,25 @@ pub struct KserveArgs {
     /// Deployment-mode names written in manifests.
     #[arg(long, env = "KSERVE_DEPLOYMENT_MODE_NAMES", value_enum, default_value_t = ModeNamesArg::Current)]
     pub kserve_deployment_mode_names: ModeNamesArg,
+
+    /// Requests of an endpoint that names no `runtime_config.resources` (`name=quantity,...`,
+    /// or `none`).
+    #[arg(long, env = "KSERVE_DEFAULT_REQUESTS", default_value = kserve::DEFAULT_REQUESTS)]
+    pub kserve_default_requests: ResourceList,
+
+    /// Limits of an endpoint that names no `runtime_config.resources` (`name=quantity,...`,
+    /// or `none`).
+    #[arg(long, env = "KSERVE_DEFAULT_LIMITS", default_value = kserve::DEFAULT_LIMITS)]
+    pub kserve_default_limits: ResourceList,
+
+    /// Tenant policy: storage URI schemes an endpoint's model may come from.
+    #[arg(long, env = policy::STORAGE_SCHEMES_VAR, default_value = "s3,gs,https,hf")]
+    pub tenant_storage_uri_schemes: StorageSchemes,
+
+    /// Tenant policy: allowed `serviceAccountName` patterns (`{tenant_id}`, `{project_id}`,
+    /// `*`), comma-separated, or `none`.
+    #[arg(long, env = policy::SERVICE_ACCOUNTS_VAR, default_value = "none")]
+    pub tenant_service_accounts: ServiceAccountRule,
 }
 
 impl KserveArgs {
@@ -63,6 +84,14 @@ impl KserveArgs {
             mode_names: match self.kserve_deployment_mode_names {
                 ModeNamesArg::Current => ModeNames::Current,
                 ModeNamesArg::Legacy => ModeNames::Legacy,
+            },
+            default_resources: DefaultResources::new(
+                self.kserve_default_requests.clone(),
+                self.kserve_default_limits.clone(),
+            ),
+            policy: TenantPolicy {
+                storage_schemes: self.tenant_storage_uri_schemes.clone(),
+                service_accounts: self.tenant_service_accounts.clone(),
             },
         }
     }

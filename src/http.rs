@@ -133,6 +133,11 @@ impl Readiness {
             "ok".to_owned()
         };
         let (database, consumers) = tokio::join!(database, consumers);
+        // error texts go out in the body: never with a secret in them
+        let (database, consumers) = (
+            crate::telemetry::redacted(database),
+            crate::telemetry::redacted(consumers),
+        );
         let nats = match nats_state {
             State::Connected => "ok".to_owned(),
             other => format!("{other:?}").to_lowercase(),

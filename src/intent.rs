@@ -30,7 +30,7 @@
 //! | `runtime_config.modelFormat` | string | one of [`MODEL_FORMATS`] (case-insensitive) | `spec.predictor.model.modelFormat.name` |
 //! | `runtime_config.protocolVersion` | string | `v1`, `v2`, `grpc-v1`, `grpc-v2`; Triton formats need `v2`/`grpc-v2` | `model.protocolVersion` |
 //! | `runtime_config.runtimeVersion` | string | an image tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) | `model.runtimeVersion` |
-//! | `runtime_config.resources` | object | `{"requests": {name: quantity}, "limits": {name: quantity}}`; quantities are Kubernetes quantity strings or non-negative integers; requests ≤ limits | `model.resources` |
+//! | `runtime_config.resources` | object | `{"requests": {name: quantity}, "limits": {name: quantity}}`; quantities are Kubernetes quantity strings or non-negative integers; requests ≤ limits; naming no entry at all means the worker's [`DefaultResources`] | `model.resources` |
 //! | `runtime_config.gpu` | boolean | `true` adds `nvidia.com/gpu: 1` to requests and limits (an explicit count on one side is copied to the other) | `model.resources` |
 //! | `runtime_config.batcher` | object | `{"maxBatchSize": int ≥ 1, "maxLatency": ms ≥ 1, "timeout": s ≥ 1}`, all optional | `spec.predictor.batcher` |
 //! | `runtime_config.timeout` | integer | seconds, `≥ 1` | `spec.predictor.timeout` |
@@ -38,6 +38,9 @@
 //! | `runtime_config.deploymentMode` | string | `Knative`/`Standard`, legacy `Serverless`/`RawDeployment` (case-insensitive) | annotation `serving.kserve.io/deploymentMode` |
 //! | `runtime_config.autoscalerClass` | string | `keda` (same as `autoscaling.keda: true`) or `hpa` (KServe's default) | annotation `serving.kserve.io/autoscalerClass: keda`, Standard mode |
 //! | `runtime_config.enablePrometheusScraping` | boolean | overrides the worker's global default | annotation `serving.kserve.io/enable-prometheus-scraping` |
+//!
+//! The tenant policy (`crate::policy`) further restricts `artifact_uri` schemes and
+//! `serviceAccountName`; `crate::kserve` applies it together with the default resources.
 //!
 //! Numbers must be whole: `2` and `2.0` are accepted, `2.5` is not. Everything that cannot be
 //! rendered into a manifest KServe accepts is an [`IntentError`] naming the field and what to do.
@@ -196,6 +199,16 @@ pub enum IntentError {
         /// The contradiction and how to resolve it.
         problem: String,
     },
+    /// The tenant policy (`crate::policy`) does not allow the value.
+    #[error("{field}: not allowed by the tenant policy: {rule}; {remedy}")]
+    Policy {
+        /// Path of the field.
+        field: String,
+        /// The rule that refuses it.
+        rule: String,
+        /// What the tenant can do, and the setting the operator can change.
+        remedy: String,
+    },
 }
 
 /// Model formats KServe's bundled serving runtimes declare (`supportedModelFormats` of the
@@ -336,6 +349,98 @@ impl<'a> Resources<'a> {
     }
 }
 
+/// `name=quantity` pairs separated by commas (`cpu=250m,memory=512Mi`), the format of
+/// `KSERVE_DEFAULT_REQUESTS` and `KSERVE_DEFAULT_LIMITS`; empty or `none` for no entries. Each
+/// name and quantity is checked as an endpoint's are; extended resources such as GPUs are
+/// refused (an endpoint asks for a GPU with `runtime_config.gpu`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResourceList(Map<String, Value>);
+
+/// A malformed [`ResourceList`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ResourceListError(String);
+
+impl std::str::FromStr for ResourceList {
+    type Err = ResourceListError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut map = Map::new();
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("none") {
+            return Ok(Self(map));
+        }
+        for pair in s.split(',') {
+            let Some((name, q)) = pair.split_once('=') else {
+                return Err(ResourceListError(format!(
+                    "{pair:?} is not name=quantity; write e.g. \"cpu=250m,memory=512Mi\" (or \"none\")"
+                )));
+            };
+            let (name, q) = (name.trim(), Value::String(q.trim().to_owned()));
+            resource_entry(name, &q, "default").map_err(|e| ResourceListError(e.to_string()))?;
+            if is_extended_resource(name) {
+                return Err(ResourceListError(format!(
+                    "{name}: an extended resource such as a GPU cannot be a default; endpoints ask for GPUs with runtime_config.gpu"
+                )));
+            }
+            if map.insert(name.to_owned(), q).is_some() {
+                return Err(ResourceListError(format!("{name} is given twice")));
+            }
+        }
+        Ok(Self(map))
+    }
+}
+
+impl fmt::Display for ResourceList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, (name, q)) in self.0.iter().enumerate() {
+            let q = q.as_str().unwrap_or_default();
+            write!(f, "{}{name}={q}", if i > 0 { "," } else { "" })?;
+        }
+        Ok(())
+    }
+}
+
+/// Requests and limits for an endpoint that names no `runtime_config.resources`, so that no
+/// model server runs as a BestEffort pod (first evicted, refused under a ResourceQuota). Kept
+/// in the intent's own JSON shape: they pass through the same checks and rendering as an
+/// endpoint's resources, and `gpu: true` adds the GPU on top.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DefaultResources {
+    requests: Option<Map<String, Value>>,
+    limits: Option<Map<String, Value>>,
+}
+
+impl DefaultResources {
+    /// No defaults: an endpoint that names no resources gets none.
+    pub const NONE: DefaultResources = DefaultResources {
+        requests: None,
+        limits: None,
+    };
+
+    /// Defaults from the two lists (an empty list sets nothing on its side).
+    pub fn new(requests: ResourceList, limits: ResourceList) -> Self {
+        let side = |l: ResourceList| (!l.0.is_empty()).then_some(l.0);
+        Self {
+            requests: side(requests),
+            limits: side(limits),
+        }
+    }
+
+    /// Checks the pair as an endpoint's resources are checked: a request may not exceed the
+    /// limit of the same resource.
+    pub fn check(&self) -> Result<(), IntentError> {
+        resources(None, false, self).map(|_| ())
+    }
+
+    fn sides(&self) -> [Option<&Map<String, Value>>; 2] {
+        [self.requests.as_ref(), self.limits.as_ref()]
+    }
+}
+
 /// Entries of a validated resource map in name order, with an extra entry merged in.
 pub struct ResourceIter<'a> {
     inner: ResourceIterInner<'a>,
@@ -463,8 +568,21 @@ impl Intent {
         serde_json::from_slice(bytes)
     }
 
-    /// Validates the intent and makes every mapping decision (see the module doc).
+    /// Validates the intent and makes every mapping decision (see the module doc), with no
+    /// default resources: an endpoint that names none gets none. The worker and `render` use
+    /// [`validate_with`](Self::validate_with) through `crate::kserve`, which also applies the
+    /// configured defaults and the tenant policy.
     pub fn validate(&self) -> Result<ServingSpec<'_>, IntentError> {
+        self.validate_with(&DefaultResources::NONE)
+    }
+
+    /// [`validate`](Self::validate), giving an endpoint that names no
+    /// `runtime_config.resources` the worker's `defaults` (the GPU of `gpu: true` is added on
+    /// top).
+    pub fn validate_with<'a>(
+        &'a self,
+        defaults: &'a DefaultResources,
+    ) -> Result<ServingSpec<'a>, IntentError> {
         let generation = u64::try_from(self.generation).map_err(|_| IntentError::OutOfRange {
             field: "generation".into(),
             value: self.generation.to_string(),
@@ -548,7 +666,7 @@ impl Intent {
             .map(|v| boolean(v, "runtime_config.gpu"))
             .transpose()?
             .unwrap_or(false);
-        let resources = resources(c.resources, gpu)?;
+        let resources = resources(c.resources, gpu, defaults)?;
         let batcher = c.batcher.map(batcher).transpose()?;
         let timeout = c
             .timeout
@@ -1117,13 +1235,21 @@ fn batcher(v: &Value) -> Result<Batcher, IntentError> {
 // ---------------------------------------------------------------------------------------------
 // Resources
 
-fn resources(v: Option<&Value>, gpu: bool) -> Result<Option<Resources<'_>>, IntentError> {
+fn resources<'a>(
+    v: Option<&'a Value>,
+    gpu: bool,
+    defaults: &'a DefaultResources,
+) -> Result<Option<Resources<'a>>, IntentError> {
     let m = object(v, "runtime_config.resources")?;
-    if m.is_none() && !gpu {
+    let mut requests = object(member(m, "requests"), REQUESTS)?;
+    let mut limits = object(member(m, "limits"), LIMITS)?;
+    if !names_any(requests) && !names_any(limits) {
+        // the endpoint names no resources: the worker's defaults (checked at start-up)
+        [requests, limits] = defaults.sides();
+    }
+    if requests.is_none() && limits.is_none() && !gpu {
         return Ok(None);
     }
-    let requests = object(member(m, "requests"), REQUESTS)?;
-    let limits = object(member(m, "limits"), LIMITS)?;
     let requests_sorted = requests.is_none_or(|m| m.keys().is_sorted());
     let limits_sorted = limits.is_none_or(|m| m.keys().is_sorted());
 
@@ -1219,6 +1345,11 @@ fn resources(v: Option<&Value>, gpu: bool) -> Result<Option<Resources<'_>>, Inte
         requests_sorted,
         limits_sorted,
     }))
+}
+
+/// Whether a resource map has an entry that is not `null`.
+fn names_any(side: Option<&Map<String, Value>>) -> bool {
+    side.is_some_and(|m| m.values().any(|v| !v.is_null()))
 }
 
 const REQUESTS: &str = "runtime_config.resources.requests";
@@ -1559,7 +1690,7 @@ mod tests {
             }
         });
         let m = rc.as_object();
-        let res = resources(member(m, "resources"), true)
+        let res = resources(member(m, "resources"), true, &DefaultResources::NONE)
             .expect("valid")
             .expect("not empty");
         let names = |it: ResourceIter<'_>| it.map(|(n, q)| format!("{n}={q}")).collect::<Vec<_>>();

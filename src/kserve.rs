@@ -37,8 +37,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::intent::{
-    Autoscaler, DeploymentMode, Intent, IntentError, QuantityRef, ResourceIter, ServingSpec,
+    Autoscaler, DefaultResources, DeploymentMode, Intent, IntentError, QuantityRef, ResourceIter,
+    ServingSpec,
 };
+use crate::policy::TenantPolicy;
 
 // Label and annotation keys are macros as well as constants so that the JSON writer can build
 // its pre-quoted keys from the same literals with `concat!`.
@@ -227,15 +229,29 @@ pub struct RenderOptions {
     pub prometheus_scraping: bool,
     /// Deployment mode names to write.
     pub mode_names: ModeNames,
+    /// Resources of an endpoint that names none (`KSERVE_DEFAULT_REQUESTS`/`_LIMITS`).
+    pub default_resources: DefaultResources,
+    /// What a tenant may ask for (`TENANT_STORAGE_URI_SCHEMES`, `TENANT_SERVICE_ACCOUNTS`).
+    pub policy: TenantPolicy,
 }
 
+/// Default of `KSERVE_DEFAULT_REQUESTS` (the earlier worker's requests).
+pub const DEFAULT_REQUESTS: &str = "cpu=250m,memory=512Mi";
+/// Default of `KSERVE_DEFAULT_LIMITS` (the earlier worker's limits).
+pub const DEFAULT_LIMITS: &str = "cpu=1,memory=1Gi";
+
 impl Default for RenderOptions {
+    /// The settings' defaults: the earlier worker's default resources and the safe tenant
+    /// policy.
     fn default() -> Self {
+        let list = |s: &str| s.parse().unwrap_or_default();
         RenderOptions {
             namespace: "mlops-serving".into(),
             name_prefix: "isvc".into(),
             prometheus_scraping: true,
             mode_names: ModeNames::Current,
+            default_resources: DefaultResources::new(list(DEFAULT_REQUESTS), list(DEFAULT_LIMITS)),
+            policy: TenantPolicy::default(),
         }
     }
 }
@@ -261,6 +277,11 @@ pub enum OptionsError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The default requests and limits contradict each other.
+    #[error(
+        "KSERVE_DEFAULT_REQUESTS / KSERVE_DEFAULT_LIMITS: {0}; make every default request at most the default limit of the same resource"
+    )]
+    DefaultResources(String),
     /// Unknown mode-names setting.
     #[error(
         "deployment mode names {value:?}: use \"current\" (Knative/Standard) or \"legacy\" (Serverless/RawDeployment)"
@@ -309,6 +330,9 @@ impl RenderOptions {
     /// refused by Kubernetes for its name or hosts.
     pub fn validate(&self) -> Result<(), OptionsError> {
         validate_prefix(&self.name_prefix)?;
+        self.default_resources
+            .check()
+            .map_err(|err| OptionsError::DefaultResources(err.to_string()))?;
         let ns = &self.namespace;
         let err = |reason: String| OptionsError::Namespace {
             namespace: ns.clone(),
@@ -793,8 +817,19 @@ impl InferenceService {
 
 /// Renders the typed InferenceService for an intent.
 pub fn render(intent: &Intent, opts: &RenderOptions) -> Result<InferenceService, IntentError> {
-    let spec = intent.validate()?;
+    let spec = validate(intent, opts)?;
     Ok(build(intent, &spec, opts))
+}
+
+/// What both renderers render: the intent validated with the worker's default resources, then
+/// checked against the tenant policy.
+fn validate<'a>(
+    intent: &'a Intent,
+    opts: &'a RenderOptions,
+) -> Result<ServingSpec<'a>, IntentError> {
+    let spec = intent.validate_with(&opts.default_resources)?;
+    opts.policy.check(intent, &spec)?;
+    Ok(spec)
 }
 
 /// Renders the manifest as compact JSON bytes; byte-identical to
@@ -836,7 +871,7 @@ pub fn render_json_into(
     opts: &RenderOptions,
     out: &mut Vec<u8>,
 ) -> Result<(), IntentError> {
-    let spec = intent.validate()?;
+    let spec = validate(intent, opts)?;
     out.reserve(size_hint(&spec, opts));
     write_manifest(out, intent, &spec, opts);
     Ok(())

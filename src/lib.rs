@@ -14,7 +14,8 @@
 //! - [`events`]: the stream, consumers and payload contract;
 //! - [`supervisor`] and [`endpoint_actor`]: the actor shape (one actor per endpoint);
 //! - [`pass`]: what one pass over an endpoint does, and [`delivery`]: answering JetStream;
-//! - [`intent`] and [`kserve`]: the pure intent → InferenceService mapping;
+//! - [`intent`] and [`kserve`]: the pure intent → InferenceService mapping, and [`policy`]:
+//!   what a tenant may ask for (storage URI schemes, service accounts);
 //! - [`deployer`]: simulate mode and k8s mode;
 //! - [`store`]: Postgres with batched reads and group commit; [`admission`]: tenant fairness;
 //!   [`retention`]: pruning old history; [`grants`]: the least-privilege database role;
@@ -45,6 +46,7 @@ pub mod pass;
 pub mod platform;
 pub mod poller;
 pub mod retention;
+pub mod policy;
 pub mod sandbox;
 pub mod store;
 pub mod supervisor;

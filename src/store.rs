@@ -382,6 +382,28 @@ pub enum Write {
     Rejected(RejectedEvent),
 }
 
+impl Write {
+    /// Replaces known secrets in the free-text fields (reasons, a refused payload) by
+    /// `[redacted]`: an error message that quotes a secret must not be stored with it.
+    fn redact_secrets(&mut self) {
+        let text = |s: &mut String| *s = crate::telemetry::redacted(std::mem::take(s));
+        let reason = |r: &mut Option<String>| r.iter_mut().for_each(text);
+        match self {
+            Write::Status(w) => {
+                reason(&mut w.reason);
+                if let Some(h) = &mut w.history {
+                    reason(&mut h.reason);
+                }
+            }
+            Write::History(h) => reason(&mut h.reason),
+            Write::Rejected(r) => {
+                text(&mut r.reason);
+                text(&mut r.payload);
+            }
+        }
+    }
+}
+
 /// What a committed [`Write::Status`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -449,8 +471,10 @@ impl Store {
         rx.await.map_err(|_| StoreError::ShutDown)?
     }
 
-    /// Queues a write and waits until the transaction holding it has committed.
-    pub async fn write(&self, write: Write) -> Result<Applied, StoreError> {
+    /// Queues a write and waits until the transaction holding it has committed. Known secrets
+    /// are redacted from its reasons and payload first (`telemetry::redact`).
+    pub async fn write(&self, mut write: Write) -> Result<Applied, StoreError> {
+        write.redact_secrets();
         let (tx, rx) = oneshot::channel();
         self.writes
             .send((write, tx))

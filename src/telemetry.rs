@@ -22,14 +22,21 @@
 //! **Logs** go to stderr, `compact` (one line per event, the trace id among the span fields) or
 //! `json` (one object per line with top-level `trace_id` and `span_id`), filtered by `RUST_LOG`
 //! (default `info`). The `RUST_LOG` filter applies to logs only; the trace layer always sees the
-//! worker's own spans, so quieting the logs never breaks traces. Known secrets — passwords and
-//! tokens in `DATABASE_URL`/`NATS_URL`, OTLP header values — are redacted from every log line
-//! ([`Secrets`]) as a last line of defence; nothing in the worker logs them on purpose.
+//! worker's own spans, so quieting the logs never breaks traces.
+//!
+//! **Redaction.** Known secrets — passwords and tokens in `DATABASE_URL`/`NATS_URL` (in the
+//! userinfo or as `password`/`sslpassword`/`…token…` query parameters), OTLP header values, the
+//! credentials of the kubeconfig the k8s deployer loads — are registered process-wide
+//! ([`register_secrets`]) and replaced by `[redacted]` wherever output leaves the process: every
+//! log line (both formats, library lines included), every exported span (attributes, events,
+//! status; [`RedactingExporter`], and [`record_error`] before recording), `/readyz` bodies, and
+//! the reasons and payloads written to Postgres ([`redact`]). A last line of defence: nothing in
+//! the worker outputs them on purpose.
 
 use std::borrow::Cow;
 use std::fmt::Display;
 use std::io::{self, IsTerminal, Write};
-use std::sync::{Arc, OnceLock};
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -241,7 +248,7 @@ impl ExportConfig {
         // on the SDK's own thread, which has no reactor for reqwest or tonic.
         let processor =
             opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-                exporter,
+                RedactingExporter::new(exporter),
                 opentelemetry_sdk::runtime::Tokio,
             )
             .with_batch_config(BatchConfigBuilder::default().build())
@@ -253,6 +260,41 @@ impl ExportConfig {
 /// Values that must never appear in logs.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets(Vec<String>);
+
+/// The process-wide secrets every output is redacted with.
+static KNOWN: RwLock<Secrets> = RwLock::new(Secrets(Vec::new()));
+
+/// Adds `secrets` to the process-wide set that logs, exported spans, HTTP bodies and database
+/// writes are redacted with. Secrets are only ever added: several workers in one process
+/// (tests, embedders) each add theirs.
+pub fn register_secrets(secrets: Secrets) {
+    if secrets.is_empty() {
+        return;
+    }
+    // A poisoned lock only means a panic elsewhere mid-update; the list is still usable.
+    let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
+    known.merge(secrets);
+}
+
+/// `text` with every process-wide secret ([`register_secrets`]) replaced by `[redacted]`.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let known = KNOWN.read().unwrap_or_else(|e| e.into_inner());
+    if known.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    match known.redact(text) {
+        Cow::Borrowed(_) => Cow::Borrowed(text),
+        Cow::Owned(owned) => Cow::Owned(owned),
+    }
+}
+
+/// [`redact`] into an owned string, for values that are stored or sent on.
+pub fn redacted(text: String) -> String {
+    match redact(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(owned) => owned,
+    }
+}
 
 impl Secrets {
     /// Secrets found in connection URLs (their passwords, or a lone user part used as a token)
@@ -307,6 +349,14 @@ impl Secrets {
         self.0.is_empty()
     }
 
+    /// Adds `other`'s values (already expanded by [`Secrets::new`]).
+    fn merge(&mut self, other: Secrets) {
+        self.0.extend(other.0);
+        self.0
+            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        self.0.dedup();
+    }
+
     /// `text` with every secret replaced by `[redacted]`.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);
@@ -319,24 +369,42 @@ impl Secrets {
     }
 }
 
-/// The password of `scheme://user:password@host/…` (raw and percent-decoded), or the user part
-/// when there is no password (NATS token URLs: `nats://token@host`).
+/// The secrets of a connection URL, raw and percent-decoded: the password of
+/// `scheme://user:password@host/…`, or the user part when there is no password (NATS token URLs:
+/// `nats://token@host`), and the values of query parameters whose name contains `password`
+/// (`password`, `sslpassword`), `token` or `secret` (`postgres://u@h/db?password=…`).
 pub fn url_secrets(url: &str) -> Vec<String> {
     let Some((_, rest)) = url.split_once("://") else {
         return Vec::new();
     };
+    let mut out = Vec::new();
+    let mut push = |raw: &str| {
+        let decoded = percent_decode(raw);
+        let plus = decoded.replace('+', " ");
+        for value in [raw.to_owned(), decoded, plus] {
+            if !value.is_empty() && !out.contains(&value) {
+                out.push(value);
+            }
+        }
+    };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let Some((userinfo, _host)) = authority.rsplit_once('@') else {
-        return Vec::new();
-    };
-    let raw = match userinfo.split_once(':') {
-        Some((_, password)) => password,
-        None => userinfo,
-    };
-    let mut out = vec![raw.to_owned()];
-    let decoded = percent_decode(raw);
-    if decoded != raw {
-        out.push(decoded);
+    if let Some((userinfo, _host)) = authority.rsplit_once('@') {
+        push(match userinfo.split_once(':') {
+            Some((_, password)) => password,
+            None => userinfo,
+        });
+    }
+    let query = rest
+        .split_once('?')
+        .map_or("", |(_, q)| q.split('#').next().unwrap_or_default());
+    for (key, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        let key = percent_decode(key).to_ascii_lowercase();
+        if ["password", "token", "secret"]
+            .iter()
+            .any(|word| key.contains(word))
+        {
+            push(value);
+        }
     }
     out
 }
@@ -361,38 +429,33 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A [`MakeWriter`] that redacts [`Secrets`] from what passes through it.
+/// A [`MakeWriter`] that redacts the process-wide secrets ([`register_secrets`]) from what
+/// passes through it; [`subscriber`] wraps every log writer in one.
 #[derive(Debug, Clone)]
 pub struct Redacting<M> {
     inner: M,
-    secrets: Arc<Secrets>,
 }
 
 impl<M> Redacting<M> {
     /// Wraps `inner`.
-    pub fn new(inner: M, secrets: Secrets) -> Self {
-        Self {
-            inner,
-            secrets: Arc::new(secrets),
-        }
+    pub fn new(inner: M) -> Self {
+        Self { inner }
     }
 }
 
 /// The writer made by [`Redacting`].
 pub struct RedactingWriter<W> {
     inner: W,
-    secrets: Arc<Secrets>,
 }
 
 impl<W: Write> Write for RedactingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Both formatters hand over one whole line per call, so a secret is never split.
-        if self.secrets.is_empty() {
-            return self.inner.write(buf);
-        }
         let text = String::from_utf8_lossy(buf);
-        self.inner
-            .write_all(self.secrets.redact(&text).as_bytes())?;
+        match redact(&text) {
+            Cow::Borrowed(_) => self.inner.write_all(buf)?,
+            Cow::Owned(clean) => self.inner.write_all(clean.as_bytes())?,
+        }
         Ok(buf.len())
     }
 
@@ -407,15 +470,98 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
     fn make_writer(&'a self) -> Self::Writer {
         RedactingWriter {
             inner: self.inner.make_writer(),
-            secrets: self.secrets.clone(),
         }
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
         RedactingWriter {
             inner: self.inner.make_writer_for(meta),
-            secrets: self.secrets.clone(),
         }
+    }
+}
+
+/// A span exporter that redacts the process-wide secrets ([`register_secrets`]) from every
+/// span it passes on: name, string attributes, events (name and attributes: log lines inside
+/// a span become its events), links and the error status. The OTLP exporter is wrapped in one.
+#[derive(Debug)]
+pub struct RedactingExporter<E> {
+    inner: E,
+}
+
+impl<E> RedactingExporter<E> {
+    /// Wraps `inner`.
+    pub fn new(inner: E) -> Self {
+        Self { inner }
+    }
+}
+
+fn redact_cow(text: &mut Cow<'static, str>) {
+    if let Cow::Owned(clean) = redact(text) {
+        *text = Cow::Owned(clean);
+    }
+}
+
+fn redact_attributes(attributes: &mut [opentelemetry::KeyValue]) {
+    use opentelemetry::{Array, StringValue, Value as Attr};
+    let clean = |s: &StringValue| match redact(s.as_str()) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(owned) => Some(StringValue::from(owned)),
+    };
+    for kv in attributes {
+        match &mut kv.value {
+            Attr::String(s) => {
+                if let Some(c) = clean(s) {
+                    *s = c;
+                }
+            }
+            Attr::Array(Array::String(list)) => {
+                for s in list {
+                    if let Some(c) = clean(s) {
+                        *s = c;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn redact_span(span: &mut opentelemetry_sdk::trace::SpanData) {
+    redact_cow(&mut span.name);
+    redact_attributes(&mut span.attributes);
+    for event in &mut span.events.events {
+        redact_cow(&mut event.name);
+        redact_attributes(&mut event.attributes);
+    }
+    for link in &mut span.links.links {
+        redact_attributes(&mut link.attributes);
+    }
+    if let Status::Error { description } = &mut span.status {
+        redact_cow(description);
+    }
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for RedactingExporter<E>
+{
+    fn export(
+        &self,
+        mut batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        batch.iter_mut().for_each(redact_span);
+        self.inner.export(batch)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
@@ -470,8 +616,8 @@ pub fn install(
     secrets: Secrets,
 ) -> Result<Telemetry, TelemetryError> {
     use tracing_subscriber::util::SubscriberInitExt;
-    let writer = Redacting::new(io::stderr, secrets);
-    subscriber(format, &provider, writer)
+    register_secrets(secrets);
+    subscriber(format, &provider, io::stderr)
         .try_init()
         .map_err(|err| TelemetryError::AlreadyInstalled(err.to_string()))?;
     Ok(Telemetry {
@@ -482,12 +628,43 @@ pub fn install(
 
 /// The subscriber [`install`] installs, for tests and embedders that install it themselves
 /// (globally or with `tracing::subscriber::set_default`) with their own provider and writer.
-/// Compact lines are coloured only when stderr is a terminal.
+/// Compact lines are coloured only when stderr is a terminal; every line is redacted.
 pub fn subscriber<W>(
     format: LogFormat,
     provider: &SdkTracerProvider,
     writer: W,
 ) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    subscriber_with_logs(provider, vec![(format, writer)])
+}
+
+/// [`subscriber`] with several log outputs, each in its own format (e.g. compact lines to one
+/// writer and JSON to another).
+pub fn subscriber_with_logs<W>(
+    provider: &SdkTracerProvider,
+    outputs: Vec<(LogFormat, W)>,
+) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    // stacked rather than collected in a Vec: a Vec of layers does not pass the dispatch on,
+    // which the JSON layer needs for the trace ids
+    let logs = outputs
+        .into_iter()
+        .map(|(format, writer)| log_layer(format, Redacting::new(writer)))
+        .reduce(|stack, next| Box::new(stack.and_then(next)))
+        .unwrap_or_else(|| Box::new(tracing_subscriber::layer::Identity::new()));
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(TRACER_NAME))
+        // the worker's own spans and events at info and above, whatever `RUST_LOG` says
+        .with_filter(Targets::new().with_target("deploy_worker", Level::INFO));
+    Registry::default().with(logs).with(traces)
+}
+
+/// One log output, filtered by `RUST_LOG`.
+fn log_layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -500,7 +677,7 @@ where
             EnvFilter::new("info")
         }
     };
-    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
+    match format {
         LogFormat::Compact => tracing_subscriber::fmt::layer()
             .compact()
             .with_ansi(io::stderr().is_terminal())
@@ -508,12 +685,7 @@ where
             .with_filter(filter)
             .boxed(),
         LogFormat::Json => JsonLayer::new(writer).with_filter(filter).boxed(),
-    };
-    let traces = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer(TRACER_NAME))
-        // the worker's own spans and events at info and above, whatever `RUST_LOG` says
-        .with_filter(Targets::new().with_target("deploy_worker", Level::INFO));
-    Registry::default().with(logs).with(traces)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -784,7 +956,7 @@ pub fn record_outcome(span: &Span, outcome: &str) {
 /// Marks `span` as failed: status error with `error` as its description, and the `error`
 /// attribute.
 pub fn record_error(span: &Span, error: &dyn Display) {
-    let text = error.to_string();
+    let text = redacted(error.to_string());
     span.record("error", text.as_str());
     span.set_status(Status::error(text));
 }
@@ -1038,16 +1210,60 @@ mod tests {
 
     #[test]
     fn the_redacting_writer_scrubs_each_line() {
-        let secrets = Secrets::new(["tok-12345".to_owned()]);
+        register_secrets(Secrets::new(["tok-12345".to_owned()]));
         let mut out = Vec::new();
         {
-            let mut writer = RedactingWriter {
-                inner: &mut out,
-                secrets: Arc::new(secrets),
-            };
+            let mut writer = RedactingWriter { inner: &mut out };
             writer.write_all(b"header tok-12345 sent\n").unwrap();
         }
         assert_eq!(String::from_utf8(out).unwrap(), "header [redacted] sent\n");
+        assert_eq!(redacted("x tok-12345".into()), "x [redacted]");
+    }
+
+    #[test]
+    fn query_parameter_passwords_and_tokens_are_secrets() {
+        let found =
+            url_secrets("postgres://h/db?sslmode=require&password=p%2Bw+d&sslpassword=kp-1234");
+        assert_eq!(found, ["p%2Bw+d", "p+w+d", "p w d", "kp-1234"]);
+        assert_eq!(
+            url_secrets("nats://h:4222?auth_token=t0k3n&user=u"),
+            ["t0k3n"]
+        );
+        let both = url_secrets("postgres://u:inline-pw@h/db?Password=query-pw#frag");
+        assert_eq!(both, ["inline-pw", "query-pw"]);
+    }
+
+    #[test]
+    fn exported_spans_are_redacted_everywhere() {
+        use opentelemetry::KeyValue;
+        register_secrets(Secrets::new(["span-secret-77".to_owned()]));
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(RedactingExporter::new(exporter.clone()))
+            .build();
+        {
+            use opentelemetry::trace::{Span as _, Tracer as _};
+            let tracer = provider.tracer("t");
+            let mut span = tracer.start("op span-secret-77");
+            span.set_attribute(KeyValue::new("error", "failed: span-secret-77"));
+            span.set_attribute(KeyValue::new(
+                "list",
+                opentelemetry::Value::Array(opentelemetry::Array::String(vec![
+                    "a span-secret-77".into(),
+                ])),
+            ));
+            span.add_event(
+                "event span-secret-77",
+                vec![KeyValue::new("message", "span-secret-77")],
+            );
+            span.set_status(Status::error("status span-secret-77"));
+            span.end();
+        }
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(spans.len(), 1);
+        let text = format!("{:?}", spans[0]);
+        assert!(!text.contains("span-secret-77"), "{text}");
+        assert!(text.contains("[redacted]"), "{text}");
     }
 
     #[test]

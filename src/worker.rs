@@ -110,6 +110,8 @@ impl Worker {
             .nats_url
             .as_deref()
             .ok_or(WorkerError::Missing("NATS_URL"))?;
+        // what the URLs hold is redacted from every output, also when embedded without the CLI
+        crate::telemetry::register_secrets(settings.secrets());
         let render = settings.kserve.render_options();
         render
             .validate()

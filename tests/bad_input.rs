@@ -450,4 +450,88 @@ async fn an_outage_fails_the_batch_once_not_write_by_write() {
         1,
         "one failed commit for the batch"
     );
+#[actix_rt::test]
+async fn intents_the_tenant_policy_forbids_end_in_error_naming_the_rule() {
+    let env = Env::start().await;
+    let mut settings = env.settings();
+    // an operator rule for service accounts: each tenant's own accounts only
+    settings.kserve.tenant_service_accounts = "tenant-{tenant_id}-*".parse().unwrap();
+    let worker = Worker::start(&settings).await.unwrap();
+    let tenant = env.tenant().await;
+    let other_tenant = Uuid::new_v4();
+    let pvc = env
+        .model_version(
+            tenant.tenant_id,
+            tenant.project_id,
+            2,
+            Some("pvc://other-tenant-claim/models/1"),
+        )
+        .await;
+    let endpoint = |name: &str, model, runtime_config| NewEndpoint {
+        tenant_id: tenant.tenant_id,
+        project_id: tenant.project_id,
+        name: name.into(),
+        runtime: "kserve".into(),
+        model: Some(model),
+        traffic: None,
+        autoscaling: None,
+        runtime_config: Some(runtime_config),
+    };
+    let ids = platform::create_endpoints(
+        &env.db,
+        &[
+            endpoint("pvc-volume", pvc, json!({})),
+            endpoint(
+                "foreign-account",
+                tenant.version,
+                json!({"serviceAccountName": format!("tenant-{other_tenant}-reader")}),
+            ),
+            endpoint(
+                "own-account",
+                tenant.version,
+                json!({"serviceAccountName": format!("tenant-{}-reader", tenant.tenant_id)}),
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    for id in &ids {
+        env.publish(EventKind::Deploy, &tenant, *id).await;
+    }
+    wait_for(
+        "the policy's refusals and the allowed deploy",
+        LONG,
+        || async {
+            let [a, b, c] = [ids[0], ids[1], ids[2]];
+            env.endpoint(a).await.status == "ERROR"
+                && env.endpoint(b).await.status == "ERROR"
+                && env.endpoint(c).await.status == "READY"
+        },
+    )
+    .await;
+    env.wait_all_answered(LONG).await;
+    for (id, rule, setting) in [
+        (
+            ids[0],
+            "artifact_uri: not allowed by the tenant policy: storage URI scheme \"pvc\"",
+            "TENANT_STORAGE_URI_SCHEMES",
+        ),
+        (
+            ids[1],
+            "runtime_config.serviceAccountName: not allowed by the tenant policy",
+            "TENANT_SERVICE_ACCOUNTS",
+        ),
+    ] {
+        let reason = env.endpoint(id).await.status_reason.unwrap_or_default();
+        assert!(
+            reason.starts_with(rule) && reason.contains(setting),
+            "{reason}"
+        );
+        let history = env.history(id).await;
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].outcome, "error");
+        assert_eq!(history[0].reason.as_deref(), Some(reason.as_str()));
+    }
+    worker_still_deploys(&env).await;
+    worker.shutdown().await.unwrap();
 }

@@ -53,6 +53,10 @@ fn help_lists_every_setting_with_its_environment_variable() {
         "HISTORY_RETENTION_DAYS",
         "HISTORY_PRUNE_BATCH",
         "HISTORY_PRUNE_INTERVAL_SECONDS",
+        "KSERVE_DEFAULT_REQUESTS",
+        "KSERVE_DEFAULT_LIMITS",
+        "TENANT_STORAGE_URI_SCHEMES",
+        "TENANT_SERVICE_ACCOUNTS",
     ] {
         assert!(
             help.contains(&format!("[env: {var}")),
@@ -82,6 +86,32 @@ fn bad_setting_values_are_refused_by_name() {
     let (ok, _, err) = deploy_worker(&["run", "--deploy-timeout-seconds", "soon"], &[]);
     assert!(!ok);
     assert!(err.contains("--deploy-timeout-seconds"), "{err}");
+    for (var, value, flag) in [
+        (
+            "KSERVE_DEFAULT_REQUESTS",
+            "cpu",
+            "--kserve-default-requests",
+        ),
+        (
+            "KSERVE_DEFAULT_LIMITS",
+            "memory=lots",
+            "--kserve-default-limits",
+        ),
+        (
+            "TENANT_STORAGE_URI_SCHEMES",
+            "",
+            "--tenant-storage-uri-schemes",
+        ),
+        (
+            "TENANT_SERVICE_ACCOUNTS",
+            "SA_{tenant_id}",
+            "--tenant-service-accounts",
+        ),
+    ] {
+        let (ok, _, err) = deploy_worker(&["run"], &[(var, value)]);
+        assert!(!ok, "{var}={value:?} accepted");
+        assert!(err.contains(flag), "{var}: {err}");
+    }
 }
 
 #[test]
@@ -110,8 +140,12 @@ fn render_prints_the_golden_manifest_of_every_example_in_both_formats() {
     for example in EXAMPLES {
         let intent = repo(&format!("examples/intents/{example}.json"));
         for (output, ext) in [("yaml", "yaml"), ("json", "json")] {
-            let (ok, stdout, stderr) =
-                deploy_worker(&["render", "--intent", &intent, "--output", output], &[]);
+            // the KEDA example names a tenant's own service account, which the default tenant
+            // policy refuses until a rule allows it
+            let (ok, stdout, stderr) = deploy_worker(
+                &["render", "--intent", &intent, "--output", output],
+                &[("TENANT_SERVICE_ACCOUNTS", "tenant-{tenant_id}-*")],
+            );
             assert!(ok, "{example} {output}: {stderr}");
             let golden =
                 std::fs::read_to_string(repo(&format!("tests/golden/{example}.{ext}"))).unwrap();

@@ -10,12 +10,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use deploy_worker::intent::DefaultResources;
 use deploy_worker::intent::Intent;
 use deploy_worker::intent::{IntentError, MODEL_FORMATS, TRITON_MODEL_FORMATS};
 use deploy_worker::kserve::{
     InferenceService, InferenceServiceStatus, MAX_NAME_LEN, ModeNames, RenderOptions, isvc_name,
     render, render_json, to_yaml, validate_prefix,
 };
+use deploy_worker::policy::TenantPolicy;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Map, Value, json};
@@ -105,8 +107,21 @@ fn example(name: &str) -> Intent {
     Intent::from_json(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The settings' defaults (default resources included), with a tenant policy that lets every
+/// generated intent through: the schemes they use and any service account. The policy's own
+/// rules are tested below and in `deploy_worker::policy`.
 fn opts() -> RenderOptions {
-    RenderOptions::default()
+    RenderOptions {
+        policy: permissive(),
+        ..RenderOptions::default()
+    }
+}
+
+fn permissive() -> TenantPolicy {
+    TenantPolicy {
+        storage_schemes: "s3,gs,pvc,https,hf,oci".parse().expect("schemes"),
+        service_accounts: "*".parse().expect("rule"),
+    }
 }
 
 fn manifest(intent: &Intent, opts: &RenderOptions) -> Value {
@@ -278,7 +293,10 @@ fn keda_example_uses_keda_in_standard_mode() {
         p["autoScaling"],
         json!({"metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]})
     );
-    assert_eq!(p["serviceAccountName"], "model-reader");
+    assert_eq!(
+        p["serviceAccountName"],
+        "tenant-0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e-models"
+    );
     assert_eq!(
         (p["minReplicas"].clone(), p["maxReplicas"].clone()),
         (json!(2), json!(20))
@@ -295,7 +313,141 @@ fn minimal_example_is_sklearn_with_defaults_only() {
     );
     assert_eq!(
         m["spec"],
-        json!({"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": intent.artifact_uri}}})
+        json!({"predictor": {"model": {
+            "modelFormat": {"name": "sklearn"},
+            "storageUri": intent.artifact_uri,
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "250m", "memory": "512Mi"}},
+        }}})
+    );
+}
+
+fn model_resources(intent: &Intent, opts: &RenderOptions) -> Value {
+    let isvc = render(intent, opts).unwrap_or_else(|e| panic!("render failed: {e}"));
+    let typed = serde_json::to_value(&isvc).expect("serializes");
+    // the two renderers agree on the defaults too
+    assert_eq!(typed, manifest(intent, opts));
+    typed["spec"]["predictor"]["model"]
+        .get("resources")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn default_resources_apply_only_when_an_endpoint_names_none() {
+    let old_worker = json!({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "250m", "memory": "512Mi"}});
+    let mut intent = example("sklearn-minimal");
+    assert_eq!(model_resources(&intent, &opts()), old_worker);
+    // `{}`, empty sides and null entries name nothing either
+    for empty in [
+        json!({}),
+        json!({"requests": {}, "limits": null}),
+        json!({"requests": {"cpu": null}}),
+    ] {
+        intent.runtime_config = Some(json!({ "resources": empty }));
+        assert_eq!(model_resources(&intent, &opts()), old_worker, "{empty}");
+    }
+    // a GPU endpoint keeps its GPU on top of the defaults
+    intent.runtime_config = Some(json!({"gpu": true}));
+    assert_eq!(
+        model_resources(&intent, &opts()),
+        json!({"limits": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"}, "requests": {"cpu": "250m", "memory": "512Mi", "nvidia.com/gpu": "1"}})
+    );
+    // anything the endpoint names replaces the defaults entirely
+    intent.runtime_config = Some(json!({"resources": {"limits": {"memory": "256Mi"}}}));
+    assert_eq!(
+        model_resources(&intent, &opts()),
+        json!({"limits": {"memory": "256Mi"}})
+    );
+    // configurable, including off
+    let custom = RenderOptions {
+        default_resources: DefaultResources::new(
+            "cpu=100m".parse().expect("list"),
+            "none".parse().expect("list"),
+        ),
+        ..opts()
+    };
+    intent.runtime_config = None;
+    assert_eq!(
+        model_resources(&intent, &custom),
+        json!({"requests": {"cpu": "100m"}})
+    );
+    let off = RenderOptions {
+        default_resources: DefaultResources::NONE,
+        ..opts()
+    };
+    assert_eq!(model_resources(&intent, &off), Value::Null);
+}
+
+#[test]
+fn default_resource_settings_are_checked() {
+    for bad in [
+        "cpu",
+        "cpu=lots",
+        "cpu=-1",
+        "c pu=1",
+        "nvidia.com/gpu=1",
+        "cpu=1,cpu=2",
+    ] {
+        assert!(
+            bad.parse::<deploy_worker::intent::ResourceList>().is_err(),
+            "{bad}"
+        );
+    }
+    let inverted = RenderOptions {
+        default_resources: DefaultResources::new(
+            "memory=2Gi".parse().expect("list"),
+            "memory=1Gi".parse().expect("list"),
+        ),
+        ..opts()
+    };
+    let err = inverted
+        .validate()
+        .expect_err("request above limit")
+        .to_string();
+    assert!(
+        err.contains("KSERVE_DEFAULT_REQUESTS") && err.contains("memory"),
+        "{err}"
+    );
+    assert!(RenderOptions::default().validate().is_ok());
+}
+
+/// Both renderers refuse `intent` under `opts` with a reason starting `start` and naming
+/// `setting`.
+fn assert_refused(intent: &Intent, opts: &RenderOptions, start: &str, setting: &str) {
+    for err in [
+        render(intent, opts).map(|_| ()),
+        render_json(intent, opts).map(|_| ()),
+    ] {
+        let err = err.expect_err(start).to_string();
+        assert!(err.starts_with(start) && err.contains(setting), "{err}");
+    }
+}
+
+#[test]
+fn both_renderers_apply_the_default_tenant_policy() {
+    let strict = RenderOptions::default();
+    let keda = example("keda-standard");
+    assert_refused(
+        &keda,
+        &strict,
+        "runtime_config.serviceAccountName: not allowed by the tenant policy",
+        "TENANT_SERVICE_ACCOUNTS",
+    );
+    let tenant_accounts = RenderOptions {
+        policy: TenantPolicy {
+            service_accounts: "tenant-{tenant_id}-*".parse().expect("rule"),
+            ..TenantPolicy::default()
+        },
+        ..RenderOptions::default()
+    };
+    assert!(render(&keda, &tenant_accounts).is_ok());
+    let mut pvc = example("sklearn-minimal");
+    pvc.artifact_uri = Some("pvc://another-tenants-claim/model".into());
+    assert_refused(
+        &pvc,
+        &strict,
+        "artifact_uri: not allowed by the tenant policy",
+        "TENANT_STORAGE_URI_SCHEMES",
     );
 }
 
@@ -1020,9 +1172,10 @@ fn options() -> impl Strategy<Value = RenderOptions> {
         "[a-z][a-z0-9-]{0,10}[a-z0-9]",
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(name_prefix, namespace, prometheus_scraping, legacy)| RenderOptions {
+            |(name_prefix, namespace, prometheus_scraping, legacy, defaults)| RenderOptions {
                 namespace,
                 name_prefix,
                 prometheus_scraping,
@@ -1031,6 +1184,12 @@ fn options() -> impl Strategy<Value = RenderOptions> {
                 } else {
                     ModeNames::Current
                 },
+                default_resources: if defaults {
+                    RenderOptions::default().default_resources
+                } else {
+                    DefaultResources::NONE
+                },
+                policy: permissive(),
             },
         )
 }

@@ -12,6 +12,7 @@
 use crate::schema::{ListType, Node};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
+use std::ops::Bound;
 
 /// One path token (`f:name`, `k:{...}`, `v:...`).
 pub type Token = String;
@@ -104,7 +105,10 @@ impl FieldSet {
             }
             for (k, child) in m {
                 if k == "." {
-                    out.insert(path.clone());
+                    // the whole object is never a member (as in structured-merge-diff)
+                    if !path.is_empty() {
+                        out.insert(path.clone());
+                    }
                 } else {
                     path.push(k.clone());
                     rec(child, path, out);
@@ -135,7 +139,14 @@ impl FieldSet {
             }
         }
         for path in &self.0 {
-            let item = path.last().is_some_and(|t| t.starts_with("k:"));
+            // "." marks a member that is also the parent of members (else only its children
+            // would be read back), and, as the API server writes it, every list item
+            let parent = self
+                .0
+                .range::<FieldPath, _>((Bound::Excluded(path), Bound::Unbounded))
+                .next()
+                .is_some_and(|next| next.starts_with(path));
+            let item = parent || path.last().is_some_and(|t| t.starts_with("k:"));
             insert(&mut root, path, item);
         }
         Value::Object(root)

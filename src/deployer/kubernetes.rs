@@ -84,6 +84,27 @@ pub enum KubeConfigError {
     },
 }
 
+/// The credentials of a kubeconfig user (or the in-cluster service account): bearer token,
+/// password, client key, and the contents of the token and key files they name. Read through
+/// the user's serialized form, which spells the secret fields out.
+fn credential_secrets(auth: &kube::config::AuthInfo) -> telemetry::Secrets {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(auth) else {
+        return telemetry::Secrets::default();
+    };
+    let text = |key: &str| fields.get(key).and_then(|v| v.as_str());
+    let mut found: Vec<String> = ["token", "password", "client-key-data"]
+        .into_iter()
+        .filter_map(text)
+        .map(str::to_owned)
+        .collect();
+    for file in ["tokenFile", "client-key"].into_iter().filter_map(text) {
+        if let Ok(contents) = std::fs::read_to_string(file) {
+            found.push(contents.trim().to_owned());
+        }
+    }
+    telemetry::Secrets::new(found)
+}
+
 /// Deployer for `DEPLOY_MODE=k8s`.
 #[derive(Clone)]
 pub struct KubernetesDeployer {
@@ -133,25 +154,25 @@ impl KubernetesDeployer {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, KubeConfigError> {
-        let client = match kubeconfig {
-            None => kube::Client::try_default()
+        let config = match kubeconfig {
+            None => kube::Config::infer()
                 .await
-                .map_err(KubeConfigError::Client)?,
+                .map_err(|err| KubeConfigError::Client(kube::Error::InferConfig(err)))?,
             Some(path) => {
                 let file = Kubeconfig::read_from(path).map_err(|source| KubeConfigError::File {
                     path: path.to_owned(),
                     source,
                 })?;
-                let config =
-                    kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-                        .await
-                        .map_err(|source| KubeConfigError::File {
-                            path: path.to_owned(),
-                            source,
-                        })?;
-                kube::Client::try_from(config).map_err(KubeConfigError::Client)?
+                kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|source| KubeConfigError::File {
+                        path: path.to_owned(),
+                        source,
+                    })?
             }
         };
+        telemetry::register_secrets(credential_secrets(&config.auth_info));
+        let client = kube::Client::try_from(config).map_err(KubeConfigError::Client)?;
         Ok(Self::with_client(client, namespace, timeout, metrics))
     }
 
