@@ -10,9 +10,9 @@ use clap::{ArgAction, Args, ValueEnum};
 use crate::admission::Caps;
 use crate::delivery::Backoff;
 use crate::events::ConsumerSettings;
-use crate::pass::PanicAt;
 use crate::intent::{DefaultResources, ResourceList};
 use crate::kserve::{self, ModeNames, RenderOptions};
+use crate::pass::PanicAt;
 use crate::policy::{self, ServiceAccountRule, StorageSchemes, TenantPolicy};
 use crate::store::StoreSettings;
 use crate::telemetry::LogFormat;
@@ -213,6 +213,10 @@ pub struct Settings {
     /// Pruning of old history and rejected events.
     #[command(flatten)]
     pub retention: crate::retention::RetentionArgs,
+
+    /// Following endpoints after Ready, repairs and garbage collection (k8s mode).
+    #[command(flatten)]
+    pub follow: crate::follow::FollowArgs,
 }
 
 impl Settings {

@@ -47,6 +47,19 @@ pub struct Delivery {
     /// Set once it has been answered (ack, nak or term; progress does not count), so a pass
     /// that panics can hand back exactly what it had not answered yet.
     pub answered: AtomicBool,
+    /// Set when the informer, not an event, asks for the pass (see [`Follow`]).
+    pub follow: Option<Follow>,
+}
+
+/// Why the informer asks for a pass over an endpoint no event names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// Its object changed (readiness, spec edited by someone else, deleted): compare it with
+    /// the endpoint's row and follow, repair or leave it.
+    Check,
+    /// Its object outlived the endpoint (`DELETED`, or no row at all): remove it. Only the
+    /// guarded start-up reconcile asks for this.
+    Collect,
 }
 
 /// Delays for handing messages back after transient failures.
@@ -69,6 +82,20 @@ impl Backoff {
 impl Delivery {
     /// A synthetic deploy delivery that resumes an endpoint found `DEPLOYING` at start-up.
     pub fn resume(endpoint_id: Uuid) -> Self {
+        Self::synthetic(endpoint_id, None)
+    }
+
+    /// A synthetic delivery from the informer: look at the endpoint's object (see [`Follow`]).
+    pub fn follow(endpoint_id: Uuid, follow: Follow) -> Self {
+        Self::synthetic(endpoint_id, Some(follow))
+    }
+
+    fn synthetic(endpoint_id: Uuid, follow: Option<Follow>) -> Self {
+        let source = match follow {
+            None => "resume",
+            Some(Follow::Check) => "follow",
+            Some(Follow::Collect) => "collect",
+        };
         Self {
             kind: EventKind::Deploy,
             endpoint_id,
@@ -76,8 +103,9 @@ impl Delivery {
             message: None,
             published_at: None,
             received_at: Instant::now(),
-            span: crate::telemetry::resume_span(endpoint_id),
+            span: crate::telemetry::synthetic_span(endpoint_id, source),
             answered: AtomicBool::new(false),
+            follow,
         }
     }
 
@@ -86,11 +114,15 @@ impl Delivery {
         self.answered.load(Ordering::Relaxed)
     }
 
-    /// Subject the message arrived on (`resume` for synthetic deliveries).
+    /// Subject the message arrived on (`resume`, `follow` or `collect` for synthetic
+    /// deliveries).
     pub fn subject(&self) -> &str {
-        self.message
-            .as_ref()
-            .map_or("resume", |m| m.subject.as_str())
+        match (&self.message, self.follow) {
+            (Some(message), _) => message.subject.as_str(),
+            (None, None) => "resume",
+            (None, Some(Follow::Check)) => "follow",
+            (None, Some(Follow::Collect)) => "collect",
+        }
     }
 
     /// The stream sequence, when known.

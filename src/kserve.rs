@@ -105,6 +105,11 @@ pub const LABEL_ENDPOINT_ID: &str = label_endpoint_id!();
 
 /// Annotation carrying the endpoint's spec generation.
 pub const ANNOTATION_SPEC_GENERATION: &str = annotation_spec_generation!();
+/// Annotation carrying a hash of the spec the worker applied ([`spec_hash`]): an object whose
+/// spec no longer hashes to it was changed by someone else and is repaired. Set at apply time
+/// by the Kubernetes deployer, not by the renderers, so `render` output stays what the
+/// platform's intent alone determines.
+pub const ANNOTATION_SPEC_HASH: &str = "mlops.platform/spec-hash";
 /// KServe's autoscaler class annotation.
 pub const ANNOTATION_AUTOSCALER_CLASS: &str = annotation_autoscaler_class!();
 /// KServe's deployment mode annotation.
@@ -802,6 +807,18 @@ impl InferenceService {
             .ok()
     }
 
+    /// Whether someone changed the spec since the worker applied it: the spec no longer hashes
+    /// to the [`ANNOTATION_SPEC_HASH`] annotation. Objects without the annotation (applied by
+    /// an earlier version) never count as drifted. Only the fields the worker models take part,
+    /// so fields a server defaults beside them are not mistaken for edits.
+    pub fn has_drifted(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_SPEC_HASH))
+            .is_some_and(|applied| *applied != spec_hash(&self.spec))
+    }
+
     /// The `mlops.platform/endpoint-id` label, if present.
     pub fn endpoint_id(&self) -> Option<&str> {
         self.metadata
@@ -810,6 +827,15 @@ impl InferenceService {
             .get(LABEL_ENDPOINT_ID)
             .map(String::as_str)
     }
+}
+
+/// A short, stable hash of `spec` as the worker serializes it: 16 hex digits of its SHA-256.
+pub fn spec_hash(spec: &InferenceServiceSpec) -> String {
+    use sha2::{Digest, Sha256};
+    // serializing a typed spec cannot fail (no maps with non-string keys, no custom Serialize)
+    let bytes = serde_json::to_vec(spec).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@
 //! - [`pass`]: what one pass over an endpoint does, and [`delivery`]: answering JetStream;
 //! - [`intent`] and [`kserve`]: the pure intent → InferenceService mapping, and [`policy`]:
 //!   what a tenant may ask for (storage URI schemes, service accounts);
-//! - [`deployer`]: simulate mode and k8s mode;
+//! - [`deployer`]: simulate mode and k8s mode, with one shared watch ([`deployer::informer`]);
+//!   [`follow`]: following endpoints after Ready, repairs and the guarded garbage collection;
 //! - [`store`]: Postgres with batched reads and group commit; [`admission`]: tenant fairness;
 //!   [`retention`]: pruning old history; [`grants`]: the least-privilege database role;
 //! - [`tls`]: encrypted, authenticated connections to NATS and the OTLP collector;
@@ -36,6 +37,7 @@ pub mod demo;
 pub mod deployer;
 pub mod endpoint_actor;
 pub mod events;
+pub mod follow;
 pub mod grants;
 pub mod http;
 pub mod intent;
@@ -44,9 +46,9 @@ pub mod metrics;
 pub mod ops;
 pub mod pass;
 pub mod platform;
+pub mod policy;
 pub mod poller;
 pub mod retention;
-pub mod policy;
 pub mod sandbox;
 pub mod store;
 pub mod supervisor;

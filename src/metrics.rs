@@ -131,6 +131,44 @@ struct CodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FollowLabels {
+    action: &'static str,
+    result: &'static str,
+}
+
+/// Labels of `deploy_worker_follow_total`: what following the cluster did, as
+/// `(action, result)` pairs.
+pub mod follow {
+    /// A `READY` endpoint's object stopped being Ready past the debounce: `ERROR`.
+    pub const NOT_READY: (&str, &str) = ("follow", "error");
+    /// An endpoint's object became Ready again: `READY`.
+    pub const RECOVERED: (&str, &str) = ("follow", "ready");
+    /// An object deleted out of band was re-applied.
+    pub const REPAIR_MISSING: (&str, &str) = ("repair", "missing");
+    /// An object whose spec someone else changed was re-applied.
+    pub const REPAIR_DRIFT: (&str, &str) = ("repair", "drift");
+    /// A repair waits: the endpoint was repaired too recently (a fight with another writer).
+    pub const REPAIR_THROTTLED: (&str, &str) = ("repair", "throttled");
+    /// An object that outlived its endpoint was deleted.
+    pub const COLLECTED: (&str, &str) = ("collect", "deleted");
+    /// Such an object was only reported (`GC_REPORT_ONLY`).
+    pub const REPORTED: (&str, &str) = ("collect", "reported");
+    /// Collection refused: it would have deleted more than `GC_MAX_SHARE` of the objects.
+    pub const REFUSED: (&str, &str) = ("collect", "refused");
+    /// Every pair, registered at zero.
+    pub const ALL: [(&str, &str); 8] = [
+        NOT_READY,
+        RECOVERED,
+        REPAIR_MISSING,
+        REPAIR_DRIFT,
+        REPAIR_THROTTLED,
+        COLLECTED,
+        REPORTED,
+        REFUSED,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -153,6 +191,7 @@ pub struct Metrics {
     kube_forbidden: Counter,
     database_errors: Family<OperationLabels, Counter>,
     commit_batch: Histogram,
+    follow: Family<FollowLabels, Counter>,
     polled: Arc<Mutex<Polled>>,
 }
 
@@ -226,6 +265,18 @@ impl Metrics {
             "Writes (status changes, history rows, refused events) per group-commit transaction",
             commit_batch.clone(),
         );
+        let follow = Family::<FollowLabels, Counter>::default();
+        registry.register(
+            "follow",
+            "What following the cluster after Ready did, by action (follow, repair, collect) \
+             and result: objects that stopped or resumed being Ready, objects re-applied after \
+             an out-of-band delete or edit (or throttled), objects of deleted endpoints \
+             collected, reported or refused",
+            follow.clone(),
+        );
+        for (action, result) in follow::ALL {
+            let _ = follow.get_or_create(&FollowLabels { action, result });
+        }
         // Known label values start at zero, so `rate()` and alerts work before the first
         // occurrence.
         for subject in [DEPLOY_SUBJECT, DELETE_SUBJECT] {
@@ -276,6 +327,7 @@ impl Metrics {
             kube_forbidden,
             database_errors,
             commit_batch,
+            follow,
             polled,
         }
     }
@@ -315,6 +367,13 @@ impl Metrics {
         self.deploy_duration
             .get_or_create(&OutcomeLabels { outcome })
             .observe(seconds.max(0.0));
+    }
+
+    /// Following the cluster did `what` (see [`follow`]) to `count` objects.
+    pub fn followed(&self, (action, result): (&'static str, &'static str), count: usize) {
+        self.follow
+            .get_or_create(&FollowLabels { action, result })
+            .inc_by(count as u64);
     }
 
     /// `messages` messages were handed back for `reason` (see [`retry`]).
@@ -373,6 +432,8 @@ fn subject_label(subject: &str) -> &'static str {
         DEPLOY_SUBJECT => DEPLOY_SUBJECT,
         DELETE_SUBJECT => DELETE_SUBJECT,
         "resume" => "resume",
+        "follow" => "follow",
+        "collect" => "collect",
         _ => "other",
     }
 }

@@ -37,13 +37,14 @@ use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::admission::Admission;
-use crate::delivery::{Backoff, Delivery, answer_all, hand_back_all, keep_alive};
+use crate::delivery::{Backoff, Delivery, Follow, answer_all, hand_back_all, keep_alive};
 use crate::deployer::{
-    DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Deployer, Interrupt,
+    DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Deployer, Interrupt, Observation,
 };
 use crate::events::EventKind;
+use crate::follow::RepairLimiter;
 use crate::kserve::{self, InferenceService, RenderOptions};
-use crate::metrics::{Metrics, event_outcome, retry};
+use crate::metrics::{Metrics, event_outcome, follow, retry};
 use crate::store::{
     Applied, EndpointRecord, HistoryEntry, PAUSED_REASON, RejectedEvent, StatusWrite, Store,
     UrlChange, Write, outcome,
@@ -72,7 +73,20 @@ pub struct PassContext {
     pub panics: DashMap<Uuid, (i64, u32)>,
     /// Fault injection for tests: passes that panic on purpose (empty in production).
     pub failpoint_panic: Vec<PanicAt>,
+    /// How long a `READY` endpoint's object may stay not Ready before the endpoint goes
+    /// `ERROR` (k8s mode).
+    pub follow_debounce: Duration,
+    /// Spaces out the repairs of each endpoint.
+    pub repairs: RepairLimiter,
+    /// Endpoints whose object was first seen not Ready, and when (for objects whose Ready
+    /// condition gives no transition time).
+    pub unready_since: DashMap<Uuid, chrono::DateTime<Utc>>,
 }
+
+/// History action of a pass that follows an object after `READY` (`READY` ⇄ `ERROR`).
+pub const ACTION_FOLLOW: &str = "follow";
+/// History action of a deploy that re-applies an object deleted or changed out of band.
+pub const ACTION_REPAIR: &str = "repair";
 
 /// What arrived for the endpoint while its pass runs, as the actor tells the pass: enough to
 /// decide whether the pass still converges to the newest intent.
@@ -331,6 +345,10 @@ async fn run_pass(
         }
         Ok(None) => {
             telemetry::record_outcome(&load, "missing");
+            if batch.iter().any(|d| d.follow == Some(Follow::Collect)) {
+                let name = kserve::isvc_name(&ctx.render.name_prefix, endpoint_id);
+                collect(ctx, endpoint_id, &name).await;
+            }
             let reason = format!(
                 "endpoint {endpoint_id} does not exist; the event names an endpoint the platform \
                  never created or already purged"
@@ -367,8 +385,11 @@ async fn run_pass(
     }
 
     let pass = Pass::new(ctx, &record, batch, name, newer);
+    let follow_only = batch.iter().all(|d| d.follow.is_some());
     if batch.iter().any(|d| d.kind == EventKind::Delete) {
         pass.delete().await
+    } else if follow_only || (record.is_converged() && batch.iter().any(|d| d.follow.is_some())) {
+        pass.follow().await
     } else if record.is_deleted() {
         pass.record_only(
             outcome::SKIPPED,
@@ -486,7 +507,26 @@ pub async fn refuse(ctx: &PassContext, batch: &[Delivery], reason: &str) {
     }
 }
 
+/// Removes the object of an endpoint that is `DELETED` or gone (garbage collection, asked for
+/// by the guarded start-up reconcile); the delete itself still checks the object's endpoint
+/// label. Failures are logged: the next start tries again.
+async fn collect(ctx: &PassContext, endpoint_id: Uuid, name: &str) {
+    match Box::pin(ctx.deployer.delete(endpoint_id, name)).await {
+        Ok(DeleteOutcome::Deleted) => {
+            ctx.metrics.followed(follow::COLLECTED, 1);
+            tracing::info!(%endpoint_id, name, "collected the InferenceService of a deleted endpoint");
+        }
+        Ok(DeleteOutcome::Failed { reason }) => {
+            tracing::warn!(%endpoint_id, %reason, "cannot collect the InferenceService");
+        }
+        Err(err) => {
+            tracing::warn!(%endpoint_id, error = %err, "cannot collect the InferenceService yet");
+        }
+    }
+}
+
 /// One pass's state.
+#[derive(Clone)]
 struct Pass<'a> {
     ctx: &'a PassContext,
     record: &'a EndpointRecord,
@@ -498,6 +538,8 @@ struct Pass<'a> {
     trace_id: Option<String>,
     /// What arrived for the endpoint since the pass started.
     newer: watch::Receiver<Newer>,
+    /// History action of a deploy: `deploy`, or [`ACTION_REPAIR`].
+    deploy_action: &'static str,
 }
 
 impl<'a> Pass<'a> {
@@ -517,6 +559,7 @@ impl<'a> Pass<'a> {
             started_at: Utc::now(),
             span: Span::current(),
             trace_id: telemetry::trace_id(&Span::current()),
+            deploy_action: EventKind::Deploy.as_str(),
         }
     }
 
@@ -543,12 +586,26 @@ impl<'a> Pass<'a> {
         reason: Option<String>,
         url: Option<String>,
     ) -> HistoryEntry {
+        let action = match action {
+            EventKind::Deploy => self.deploy_action,
+            EventKind::Delete => action.as_str(),
+        };
+        self.history_as(action, outcome, reason, url)
+    }
+
+    fn history_as(
+        &self,
+        action: &'static str,
+        outcome: &'static str,
+        reason: Option<String>,
+        url: Option<String>,
+    ) -> HistoryEntry {
         HistoryEntry {
             endpoint_id: self.record.id,
             tenant_id: self.record.tenant_id,
             project_id: self.record.project_id,
             generation: self.record.spec_generation,
-            action: action.as_str(),
+            action,
             outcome,
             reason,
             isvc_name: self.name.clone(),
@@ -650,6 +707,114 @@ impl<'a> Pass<'a> {
                 endpoint_id = %self.record.id, generation = self.record.spec_generation,
                 outcome, trace_id, "outcome committed"),
         }
+    }
+
+    /// A pass the informer asked for (see [`crate::follow`]): compares the endpoint's object
+    /// with its row. A `READY` endpoint whose object stayed not Ready past the debounce goes
+    /// `ERROR` with KServe's reason; an `ERROR` endpoint whose object is Ready at its spec
+    /// generation goes `READY` (both history action `follow`); a `READY` endpoint whose object
+    /// was deleted or edited out of band is deployed again (action `repair`, rate-limited).
+    /// Anything else is some other pass's business and changes nothing.
+    async fn follow(&self) -> PassResult {
+        let record = self.record;
+        if record.is_deleted() {
+            if self.batch.iter().any(|d| d.follow == Some(Follow::Collect)) {
+                collect(self.ctx, record.id, &self.name).await;
+            }
+            return self.nothing_to_follow().await;
+        }
+        let ready = record.is_converged();
+        let errored = record.status == status::ERROR;
+        if !ready && !errored {
+            return self.nothing_to_follow().await;
+        }
+        let observed = self
+            .ctx
+            .deployer
+            .observe(record.id, &self.name, record.spec_generation);
+        if !matches!(observed, Observation::NotReady { .. }) {
+            self.ctx.unready_since.remove(&record.id);
+        }
+        match observed {
+            Observation::Ready { url } if errored => {
+                self.ctx.metrics.followed(follow::RECOVERED, 1);
+                tracing::info!(endpoint_id = %record.id, "InferenceService Ready again; endpoint READY");
+                let history = self.history_as(
+                    ACTION_FOLLOW,
+                    outcome::READY,
+                    Some("the InferenceService is Ready again".to_owned()),
+                    Some(url.clone()),
+                );
+                let mut write =
+                    self.status_write(status::READY, UrlChange::Set(url), None, Some(history));
+                write.ready_generation = Some(record.spec_generation);
+                self.commit_then_answer(Write::Status(write), AckKind::Ack)
+                    .await
+            }
+            Observation::NotReady { reason, since } if ready => {
+                let first_seen = *self
+                    .ctx
+                    .unready_since
+                    .entry(record.id)
+                    .or_insert_with(Utc::now);
+                let since = since.map_or(first_seen, |since| since.min(first_seen));
+                let elapsed = (Utc::now() - since).to_std().unwrap_or_default();
+                if let Some(left) = self.ctx.follow_debounce.checked_sub(elapsed)
+                    && !left.is_zero()
+                {
+                    // judged again once the debounce has passed
+                    self.ctx
+                        .deployer
+                        .follow_after(record.id, left + Duration::from_millis(200));
+                    return self.nothing_to_follow().await;
+                }
+                self.ctx.unready_since.remove(&record.id);
+                self.ctx.metrics.followed(follow::NOT_READY, 1);
+                tracing::info!(endpoint_id = %record.id, %reason, "InferenceService not Ready past the debounce; endpoint ERROR");
+                let history =
+                    self.history_as(ACTION_FOLLOW, outcome::ERROR, Some(reason.clone()), None);
+                let write =
+                    self.status_write(status::ERROR, UrlChange::Keep, Some(reason), Some(history));
+                self.commit_then_answer(Write::Status(write), AckKind::Ack)
+                    .await
+            }
+            Observation::Missing | Observation::Drifted if ready => {
+                let what = if observed == Observation::Missing {
+                    follow::REPAIR_MISSING
+                } else {
+                    follow::REPAIR_DRIFT
+                };
+                if let Err(wait) = self.ctx.repairs.take(record.id) {
+                    self.ctx.metrics.followed(follow::REPAIR_THROTTLED, 1);
+                    tracing::warn!(endpoint_id = %record.id, ?wait,
+                        "InferenceService changed out of band again; repair throttled");
+                    self.ctx.deployer.follow_after(record.id, wait);
+                    return self.nothing_to_follow().await;
+                }
+                self.ctx.metrics.followed(what, 1);
+                tracing::info!(endpoint_id = %record.id, cause = what.1,
+                    "InferenceService deleted or changed out of band; applying it again");
+                let repair = Pass {
+                    deploy_action: ACTION_REPAIR,
+                    ..self.clone()
+                };
+                repair.deploy().await
+            }
+            _ => self.nothing_to_follow().await,
+        }
+    }
+
+    /// A follow-up with nothing to do: no write; deliveries from the stream in the batch (a
+    /// duplicate event of a converged endpoint) are recorded as `unchanged` as usual.
+    async fn nothing_to_follow(&self) -> PassResult {
+        if self.batch.iter().any(|d| d.message.is_some()) {
+            return self.record_only(outcome::UNCHANGED, None).await;
+        }
+        for delivery in self.batch {
+            answered(self.ctx, delivery, outcome::UNCHANGED);
+        }
+        answer_all(self.batch, AckKind::Ack).await;
+        PassResult::Done(outcome::UNCHANGED)
     }
 
     async fn record_only(&self, outcome: &'static str, reason: Option<&str>) -> PassResult {

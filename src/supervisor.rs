@@ -23,7 +23,7 @@ use futures::StreamExt;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Follow};
 use crate::endpoint_actor::{Deliver, Drain, EndpointActor, Idle, Reports, Stop, Stopped};
 use crate::events::{Consumers, EventKind, ServingEvent};
 use crate::kserve;
@@ -50,6 +50,11 @@ struct Incoming(jetstream::Message);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Resume(pub Vec<Uuid>);
+
+/// Passes the informer asks for: endpoints whose object changed, or outlived them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FollowUp(pub Vec<Uuid>, pub Follow);
 
 /// Stop pulling messages; answers with the fetch tasks, which end once their last pull request
 /// has run out (within a second).
@@ -239,6 +244,7 @@ impl Handler<Incoming> for Supervisor {
                     received_at: Instant::now(),
                     span,
                     answered: Default::default(),
+                    follow: None,
                 };
                 self.route(delivery, ctx);
             }
@@ -292,6 +298,20 @@ impl Handler<Resume> for Supervisor {
         }
         for id in ids {
             self.route(Delivery::resume(id), ctx);
+        }
+    }
+}
+
+impl Handler<FollowUp> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, FollowUp(ids, follow): FollowUp, ctx: &mut Self::Context) {
+        // during a drain, nothing new starts: the next worker's start-up reconcile follows up
+        if self.draining.is_some() {
+            return;
+        }
+        for id in ids {
+            self.route(Delivery::follow(id, follow), ctx);
         }
     }
 }

@@ -791,13 +791,14 @@ pub fn record_event(span: &Span, event: &crate::events::ServingEvent, isvc_name:
     span.record("isvc_name", isvc_name);
 }
 
-/// The `receive` span of a synthetic delivery (an endpoint resumed at start-up): a new trace.
-pub fn resume_span(endpoint_id: Uuid) -> Span {
+/// The `receive` span of a synthetic delivery (an endpoint resumed at start-up, or followed
+/// after its object changed; `source` says which): a new trace.
+pub fn synthetic_span(endpoint_id: Uuid, source: &'static str) -> Span {
     let span = tracing::info_span!(
         "receive",
         otel.kind = "consumer",
         messaging.system = "nats",
-        messaging.destination.name = "resume",
+        messaging.destination.name = source,
         tenant_id = tracing::field::Empty,
         project_id = tracing::field::Empty,
         endpoint_id = %endpoint_id,

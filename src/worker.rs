@@ -19,14 +19,18 @@ use tokio::sync::{oneshot, watch};
 
 use crate::admission::Admission;
 use crate::config::{DeployMode, Settings};
+use crate::deployer::informer::Router;
 use crate::deployer::{Deployer, kubernetes::KubernetesDeployer, simulate::SimulateDeployer};
 use crate::events;
+use crate::follow;
 use crate::http::{HttpError, HttpServer, Readiness};
 use crate::metrics::Metrics;
 use crate::pass::{PassContext, Phase};
 use crate::poller;
 use crate::store::{ConnectError, Store};
-use crate::supervisor::{Registry, Resume, Shutdown, StopFetching, Supervisor, Terminate};
+use crate::supervisor::{
+    FollowUp, Registry, Resume, Shutdown, StopFetching, Supervisor, Terminate,
+};
 
 /// Why the worker could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,8 @@ pub struct Worker {
     http: HttpServer,
     poller: tokio::task::JoinHandle<()>,
     retention: Option<tokio::task::JoinHandle<()>>,
+    /// The start-up reconcile of cluster and database (k8s mode).
+    reconcile: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Applies pending migrations, or refuses when `apply` is false and some are pending.
@@ -123,6 +129,8 @@ impl Worker {
         metrics.register_live_state(admission.clone(), registry.clone());
         let metrics = Arc::new(metrics);
         let timeout = Duration::from_secs(settings.deploy_timeout_seconds);
+        // connected to the supervisor once it runs; the informer routes followed changes to it
+        let router = Router::default();
         let deployer = match settings.deploy_mode {
             DeployMode::Simulate => Deployer::Simulate(SimulateDeployer::new(
                 Duration::from_millis(settings.simulate_delay_ms),
@@ -133,6 +141,8 @@ impl Worker {
                     &render.namespace,
                     timeout,
                     metrics.clone(),
+                    router.clone(),
+                    settings.follow.debounce(),
                 )
                 .await
                 .map_err(|err| WorkerError::Invalid(err.to_string()))?,
@@ -183,11 +193,28 @@ impl Worker {
             metrics: metrics.clone(),
             panics: Default::default(),
             failpoint_panic: settings.failpoint_panic.clone(),
+            follow_debounce: settings.follow.debounce(),
+            repairs: Default::default(),
+            unready_since: Default::default(),
         });
+        let informer = match &ctx.deployer {
+            Deployer::Kubernetes(k8s) => Some(k8s.informer().clone()),
+            Deployer::Simulate(_) => None,
+        };
         let idle_after = Duration::from_secs(settings.endpoint_idle_seconds);
         let polled_consumers = vec![consumers.deploy.clone(), consumers.delete.clone()];
         let supervisor = Supervisor::new(ctx, consumers, registry.clone(), idle_after).start();
         supervisor.do_send(Resume(resume));
+        let follower = supervisor.clone();
+        router.connect(move |ids, follow| follower.do_send(FollowUp(ids, follow)));
+        let reconcile = informer.map(|informer| {
+            follow::reconcile_at_start(
+                informer,
+                store.clone(),
+                settings.follow.clone(),
+                metrics.clone(),
+            )
+        });
         let released = supervisor.clone();
         let poller = poller::spawn(
             store.clone(),
@@ -209,6 +236,7 @@ impl Worker {
             http,
             poller,
             retention,
+            reconcile,
         })
     }
 
@@ -235,6 +263,9 @@ impl Worker {
     /// Graceful stop (see the module docs).
     pub async fn shutdown(self) -> Result<(), WorkerError> {
         self.readiness.set_draining();
+        if let Some(reconcile) = &self.reconcile {
+            reconcile.abort();
+        }
         if let Some(retention) = &self.retention {
             retention.abort();
         }

@@ -1000,3 +1000,236 @@ async fn a_missing_namespace_is_loud_and_heals_once_created() {
     .await;
     worker.shutdown().await.unwrap();
 }
+
+/// Whether endpoint `id`'s history holds a row with `action` and `outcome`.
+async fn has_history(cluster: &Cluster, id: Uuid, action: &str, outcome: &str) -> bool {
+    cluster
+        .env
+        .history(id)
+        .await
+        .iter()
+        .any(|h| h.action == action && h.outcome == outcome)
+}
+
+/// After READY the worker keeps following the object: one that stops being Ready past the
+/// debounce turns the endpoint ERROR with KServe's reason, and READY again once it recovers;
+/// both are recorded with history action `follow`.
+#[actix_rt::test]
+async fn a_ready_endpoint_follows_its_object_to_error_and_back() {
+    let cluster = Cluster::start(|_| {}).await;
+    let mut settings = cluster.settings();
+    settings.follow.follow_debounce_seconds = 1;
+    let worker = Worker::start(&settings).await.unwrap();
+    let tenant = cluster.env.tenant().await;
+    let id = cluster.endpoint(&tenant, json!({}), None).await;
+    cluster.deploy_and_wait(&tenant, id, 1).await;
+    let name = isvc_name("isvc", id);
+
+    cluster.sim.fail_object(
+        NS,
+        &name,
+        "RevisionMissing",
+        "the model server crashed at 3 a.m.",
+    );
+    wait_for("the endpoint ERROR", LONG, || async {
+        cluster.env.endpoint(id).await.status == "ERROR"
+    })
+    .await;
+    let row = cluster.env.endpoint(id).await;
+    let reason = row.status_reason.unwrap_or_default();
+    assert!(
+        reason.contains("RevisionMissing") && reason.contains("crashed at 3 a.m."),
+        "{reason}"
+    );
+    assert!(row.url.is_some(), "the URL stays: the object still exists");
+    assert!(has_history(&cluster, id, "follow", "error").await);
+
+    cluster.sim.clear_behaviour(NS, &name);
+    wait_for("the endpoint READY again", LONG, || async {
+        cluster.env.endpoint(id).await.status == "READY"
+    })
+    .await;
+    assert!(has_history(&cluster, id, "follow", "ready").await);
+    assert_eq!(cluster.env.endpoint(id).await.status_reason, None);
+    worker.shutdown().await.unwrap();
+}
+
+/// A not-Ready spell shorter than the debounce changes nothing.
+#[actix_rt::test]
+async fn a_blip_shorter_than_the_debounce_changes_nothing() {
+    let cluster = Cluster::start(|_| {}).await;
+    let mut settings = cluster.settings();
+    settings.follow.follow_debounce_seconds = 30;
+    let worker = Worker::start(&settings).await.unwrap();
+    let tenant = cluster.env.tenant().await;
+    let id = cluster.endpoint(&tenant, json!({}), None).await;
+    cluster.deploy_and_wait(&tenant, id, 1).await;
+    let name = isvc_name("isvc", id);
+    cluster
+        .sim
+        .fail_object(NS, &name, "RevisionMissing", "blip");
+    wait_for("the object not Ready", LONG, || async {
+        cluster.object(id).is_some_and(|o| {
+            o.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "False")
+                })
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.sim.clear_behaviour(NS, &name);
+    wait_for("the object Ready again", LONG, || async {
+        cluster.object(id).is_some_and(|o| {
+            o.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cluster.env.endpoint(id).await.status, "READY");
+    assert_eq!(cluster.env.history(id).await.len(), 1, "only the deploy");
+    worker.shutdown().await.unwrap();
+}
+
+/// An object deleted by someone else is created again, and one whose spec someone else edited
+/// is restored; both recorded as `repair`.
+#[actix_rt::test]
+async fn objects_deleted_or_edited_out_of_band_are_repaired() {
+    let cluster = Cluster::start(|_| {}).await;
+    let worker = cluster.worker().await;
+    let tenant = cluster.env.tenant().await;
+    let deleted = cluster.endpoint(&tenant, json!({}), None).await;
+    let edited = cluster.endpoint(&tenant, json!({}), None).await;
+    cluster.deploy_and_wait(&tenant, deleted, 1).await;
+    cluster.deploy_and_wait(&tenant, edited, 1).await;
+    let api = cluster.dynamic_api().await;
+
+    let uid = cluster.object(deleted).unwrap()["metadata"]["uid"].clone();
+    api.delete(&isvc_name("isvc", deleted), &Default::default())
+        .await
+        .unwrap();
+    wait_for("the deleted object created again", LONG, || async {
+        cluster.object(deleted).is_some_and(|o| {
+            o["metadata"]["uid"] != uid && o["metadata"]["deletionTimestamp"].is_null()
+        })
+    })
+    .await;
+    wait_for("its repair recorded READY", LONG, || async {
+        has_history(&cluster, deleted, "repair", "ready").await
+    })
+    .await;
+    assert_eq!(cluster.env.endpoint(deleted).await.status, "READY");
+
+    let pointer = "/spec/predictor/model/storageUri";
+    let applied = cluster.object(edited).unwrap().pointer(pointer).cloned();
+    assert!(applied.is_some());
+    let patch = kube::api::Patch::Merge(
+        json!({"spec": {"predictor": {"model": {"storageUri": "gs://someone-else/model"}}}}),
+    );
+    let params = kube::api::PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    api.patch(&isvc_name("isvc", edited), &params, &patch)
+        .await
+        .unwrap();
+    wait_for("the edited spec restored", LONG, || async {
+        cluster
+            .object(edited)
+            .is_some_and(|o| o.pointer(pointer) == applied.as_ref())
+    })
+    .await;
+    wait_for("its repair recorded READY", LONG, || async {
+        has_history(&cluster, edited, "repair", "ready").await
+    })
+    .await;
+    worker.shutdown().await.unwrap();
+}
+
+/// At start-up the worker lists the cluster once and collects objects whose endpoint was
+/// deleted while it was away — but never when that would delete more than `GC_MAX_SHARE` of
+/// its objects (a wrong database must not empty a cluster), and not in report-only mode.
+#[actix_rt::test]
+async fn start_up_collects_objects_of_deleted_endpoints_within_its_guards() {
+    let cluster = Cluster::start(|_| {}).await;
+    let tenant = cluster.env.tenant().await;
+    let worker = cluster.worker().await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let id = cluster.endpoint(&tenant, json!({}), None).await;
+        cluster.deploy_and_wait(&tenant, id, 1).await;
+        ids.push(id);
+    }
+    worker.shutdown().await.unwrap();
+    let mark_deleted = |ids: Vec<Uuid>| {
+        let db = cluster.env.db.clone();
+        async move {
+            for id in ids {
+                use sea_orm::ConnectionTrait;
+                db.execute_raw(sea_orm::Statement::from_sql_and_values(
+                    sea_orm::DbBackend::Postgres,
+                    "UPDATE endpoints SET status = 'DELETED' WHERE id = $1",
+                    [id.into()],
+                ))
+                .await
+                .unwrap();
+            }
+        }
+    };
+
+    // one of four deleted while no worker ran (its delete event lost): report-only leaves it
+    mark_deleted(vec![ids[0]]).await;
+    let mut settings = cluster.settings();
+    settings.follow.gc_report_only = true;
+    let worker = Worker::start(&settings).await.unwrap();
+    let addr = worker.http_addr();
+    wait_for("the orphan reported", LONG, || async {
+        let body = common::http_get(addr, "/metrics")
+            .await
+            .map(|r| r.body)
+            .unwrap_or_default();
+        body.contains(r#"deploy_worker_follow_total{action="collect",result="reported"} 1"#)
+    })
+    .await;
+    assert!(
+        cluster.object(ids[0]).is_some(),
+        "report-only deletes nothing"
+    );
+    worker.shutdown().await.unwrap();
+
+    // then collected
+    let worker = cluster.worker().await;
+    wait_for("the orphan collected", LONG, || async {
+        cluster.object(ids[0]).is_none()
+    })
+    .await;
+    worker.shutdown().await.unwrap();
+    for id in &ids[1..] {
+        assert!(cluster.object(*id).is_some(), "live endpoints keep theirs");
+    }
+
+    // all three others "deleted" (as a wrong DATABASE_URL would show them): refused
+    mark_deleted(ids[1..].to_vec()).await;
+    let worker = cluster.worker().await;
+    let addr = worker.http_addr();
+    wait_for("the collection refused", LONG, || async {
+        let body = common::http_get(addr, "/metrics")
+            .await
+            .map(|r| r.body)
+            .unwrap_or_default();
+        body.contains(r#"deploy_worker_follow_total{action="collect",result="refused"} 3"#)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for id in &ids[1..] {
+        assert!(cluster.object(*id).is_some(), "nothing deleted");
+    }
+    worker.shutdown().await.unwrap();
+}

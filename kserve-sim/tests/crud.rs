@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use kserve_sim::SimConfig;
 use futures::{StreamExt, TryStreamExt};
+use kserve_sim::SimConfig;
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
     ValidationDirective, WatchEvent, WatchParams,

@@ -14,21 +14,30 @@
 //! The cache also lets an apply skip the read before the write: the cached object's
 //! `resourceVersion` is the precondition, and a stale cache shows up as a `409` that makes the
 //! next attempt read the object fresh.
+//!
+//! **Following after Ready.** A change to an object no pass is waiting on is routed through
+//! the [`Router`] to the endpoint's actor as a [`Follow::Check`] pass (the supervisor starts the
+//! actor on demand, so a `READY` endpoint costs an entry in the cache, not a live actor): the
+//! object stopped being Ready (routed again once the debounce has passed, so a blip that
+//! recovers in time changes nothing), became Ready again, was deleted, or no longer matches
+//! the spec the worker applied ([`InferenceService::has_drifted`]). The pass compares the
+//! object with the endpoint's row and decides; the informer only notices.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use futures::StreamExt;
 use kube::api::Api;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use tokio::sync::watch;
+use uuid::Uuid;
 
-use crate::delivery::Backoff;
+use crate::delivery::{Backoff, Follow};
 use crate::kserve::{InferenceService, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::metrics::Metrics;
 
@@ -45,6 +54,71 @@ pub enum Sighting {
         /// The deleted object's uid, when the deletion was watched.
         uid: Option<String>,
     },
+}
+
+/// Where the informer sends the endpoints it wants a pass over (the supervisor, once it runs);
+/// cheap to clone. Until it is connected nothing is routed: the start-up reconcile, which runs
+/// after it is, covers what happened before.
+#[derive(Clone, Default)]
+pub struct Router(Arc<OnceLock<RouteFn>>);
+
+type RouteFn = Box<dyn Fn(Vec<Uuid>, Follow) + Send + Sync>;
+
+impl Router {
+    /// Connects the router to `send`; only the first connection counts.
+    pub fn connect(&self, send: impl Fn(Vec<Uuid>, Follow) + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(send));
+    }
+
+    /// Asks for a pass of kind `follow` over each of `ids`.
+    pub fn route(&self, ids: Vec<Uuid>, follow: Follow) {
+        if let Some(send) = self.0.get()
+            && !ids.is_empty()
+        {
+            send(ids, follow);
+        }
+    }
+
+    /// Asks for a pass over `id` after `delay` (on the current tokio runtime).
+    pub fn route_after(&self, id: Uuid, follow: Follow, delay: Duration) {
+        let router = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            router.route(vec![id], follow);
+        });
+    }
+}
+
+/// An object's readiness as following it cares about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// Ready at its current generation.
+    Ready,
+    /// The controller has observed the current generation and it is not Ready.
+    NotReady,
+    /// A rollout is under way (the current generation is not observed yet).
+    Progressing,
+}
+
+fn health(object: &InferenceService) -> Health {
+    if object.is_ready() {
+        return Health::Ready;
+    }
+    let Some(status) = &object.status else {
+        return Health::Progressing;
+    };
+    let observed =
+        status.observed_generation.unwrap_or(0) >= object.metadata.generation.unwrap_or(1);
+    if observed && status.condition("Ready").is_some() {
+        Health::NotReady
+    } else {
+        Health::Progressing
+    }
+}
+
+/// The endpoint an object of ours belongs to, from its label.
+fn endpoint_of(object: &InferenceService) -> Option<Uuid> {
+    object.endpoint_id()?.parse().ok()
 }
 
 /// A deploy's or delete's view of its own object.
@@ -117,6 +191,7 @@ pub struct Informer {
     /// Whether the first full list has arrived (before it, "not cached" means "not known").
     synced: Arc<AtomicBool>,
     namespace: String,
+    router: Router,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -132,8 +207,16 @@ pub fn selector() -> String {
 }
 
 impl Informer {
-    /// Starts the shared watch over `api` (one namespace) on the current tokio runtime.
-    pub fn start(api: Api<InferenceService>, namespace: &str, metrics: Arc<Metrics>) -> Self {
+    /// Starts the shared watch over `api` (one namespace) on the current tokio runtime. Changes
+    /// to objects nobody waits on go to `router`; an object that stops being Ready is routed
+    /// again after `debounce`.
+    pub fn start(
+        api: Api<InferenceService>,
+        namespace: &str,
+        metrics: Arc<Metrics>,
+        router: Router,
+        debounce: Duration,
+    ) -> Self {
         let (cache, mut writer) = reflector::store();
         let subscribers: Arc<DashMap<String, watch::Sender<Sighting>>> = Arc::default();
         let trouble: Arc<Mutex<Option<String>>> = Arc::default();
@@ -149,6 +232,9 @@ impl Informer {
             let subscribers = subscribers.clone();
             let trouble = trouble.clone();
             let synced = synced.clone();
+            let cache = cache.clone();
+            let router = router.clone();
+            let namespace = namespace.to_owned();
             tokio::spawn(async move {
                 // names the relist under way has shown
                 let mut relisted: HashSet<String> = HashSet::new();
@@ -178,6 +264,13 @@ impl Informer {
                     };
                     failures = 0;
                     lock(&trouble).take();
+                    // decided against the cache as it was before this event
+                    let follow = Noticed {
+                        cache: &cache,
+                        subscribers: &subscribers,
+                        namespace: &namespace,
+                    };
+                    follow.route(&event, &relisted, &router, debounce);
                     writer.apply_watcher_event(&event);
                     match event {
                         Event::Init => relisted.clear(),
@@ -217,7 +310,26 @@ impl Informer {
             trouble,
             synced,
             namespace: namespace.to_owned(),
+            router,
             task,
+        }
+    }
+
+    /// Where changes are routed.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Every cached object, once synced (see [`Informer::wait_synced`]).
+    pub fn objects(&self) -> Vec<Arc<InferenceService>> {
+        self.cache.state()
+    }
+
+    /// Waits until the first full list has arrived.
+    pub async fn wait_synced(&self) {
+        // the reflector's own readiness signal; it only errors if the writer is gone
+        if self.cache.wait_until_ready().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -227,9 +339,7 @@ impl Informer {
             .subscribers
             .entry(name.to_owned())
             .or_insert_with(|| {
-                let first = self
-                    .cached(name)
-                    .map_or(Sighting::Unknown, Sighting::Seen);
+                let first = self.cached(name).map_or(Sighting::Unknown, Sighting::Seen);
                 watch::channel(first).0
             })
             .clone();
@@ -260,14 +370,84 @@ impl Informer {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn notify(
-    subscribers: &DashMap<String, watch::Sender<Sighting>>,
-    name: &str,
-    sighting: Sighting,
-) {
+/// What the informer decides about an event before applying it to the cache.
+struct Noticed<'a> {
+    cache: &'a reflector::Store<InferenceService>,
+    subscribers: &'a DashMap<String, watch::Sender<Sighting>>,
+    namespace: &'a str,
+}
+
+impl Noticed<'_> {
+    /// Routes the endpoints `event` concerns that need a follow-up pass.
+    fn route(
+        &self,
+        event: &Event<InferenceService>,
+        relisted: &HashSet<String>,
+        router: &Router,
+        debounce: Duration,
+    ) {
+        match event {
+            Event::Apply(object) | Event::InitApply(object) => {
+                let Some((id, name)) = self.unwatched(object) else {
+                    return;
+                };
+                let before = self
+                    .cache
+                    .get(&ObjectRef::new(&name).within(self.namespace));
+                let now = health(object);
+                let then = before.as_deref().map(health);
+                if object.has_drifted() {
+                    router.route(vec![id], Follow::Check);
+                } else if now == Health::NotReady && then != Some(Health::NotReady) {
+                    router.route(vec![id], Follow::Check);
+                    // and once more when the debounce has passed, to judge it then
+                    router.route_after(id, Follow::Check, debounce + Duration::from_millis(500));
+                } else if now == Health::Ready && then == Some(Health::NotReady) {
+                    router.route(vec![id], Follow::Check);
+                }
+            }
+            Event::Delete(object) => {
+                if let Some((id, _)) = self.unwatched(object) {
+                    router.route(vec![id], Follow::Check);
+                }
+            }
+            Event::InitDone => {
+                // objects a relist no longer shows were deleted while the watch was away
+                let gone: Vec<Uuid> = self
+                    .cache
+                    .state()
+                    .iter()
+                    .filter(|object| {
+                        object
+                            .metadata
+                            .name
+                            .as_ref()
+                            .is_some_and(|name| !relisted.contains(name))
+                    })
+                    .filter_map(|object| self.unwatched(object).map(|(id, _)| id))
+                    .collect();
+                router.route(gone, Follow::Check);
+            }
+            Event::Init => {}
+        }
+    }
+
+    /// The endpoint and name of `object`, unless a pass is waiting on it (that pass follows it).
+    fn unwatched(&self, object: &InferenceService) -> Option<(Uuid, String)> {
+        let name = object.metadata.name.clone()?;
+        if self.subscribers.contains_key(&name) {
+            return None;
+        }
+        Some((endpoint_of(object)?, name))
+    }
+}
+
+fn notify(subscribers: &DashMap<String, watch::Sender<Sighting>>, name: &str, sighting: Sighting) {
     if let Some(sender) = subscribers.get(name) {
         sender.send_replace(sighting);
     }

@@ -39,11 +39,15 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::informer::{Informer, Sighting};
-use super::{Alarm, DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Interrupt};
+use super::informer::{Informer, Router, Sighting};
+use super::{
+    Alarm, DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Interrupt, Observation,
+};
 use crate::delivery::Backoff;
 use crate::intent::DeploymentMode;
-use crate::kserve::{ANNOTATION_DEPLOYMENT_MODE, FIELD_MANAGER, InferenceService};
+use crate::kserve::{
+    ANNOTATION_DEPLOYMENT_MODE, ANNOTATION_SPEC_HASH, FIELD_MANAGER, InferenceService, spec_hash,
+};
 use crate::metrics::Metrics;
 use crate::telemetry::{self, DeployStep};
 
@@ -147,12 +151,16 @@ enum Observed {
 
 impl KubernetesDeployer {
     /// A deployer using `kubeconfig`, or else credentials inferred from the environment
-    /// (`~/.kube/config`, then the in-cluster service account).
+    /// (`~/.kube/config`, then the in-cluster service account). Its informer routes changes
+    /// to objects nobody waits on through `router`, and an object that stops being Ready again
+    /// after `debounce`.
     pub async fn connect(
         kubeconfig: Option<&Path>,
         namespace: &str,
         timeout: Duration,
         metrics: Arc<Metrics>,
+        router: Router,
+        debounce: Duration,
     ) -> Result<Self, KubeConfigError> {
         let config = match kubeconfig {
             None => kube::Config::infer()
@@ -173,25 +181,72 @@ impl KubernetesDeployer {
         };
         telemetry::register_secrets(credential_secrets(&config.auth_info));
         let client = kube::Client::try_from(config).map_err(KubeConfigError::Client)?;
-        Ok(Self::with_client(client, namespace, timeout, metrics))
-    }
-
-    /// A deployer using `client`.
-    fn with_client(
-        client: kube::Client,
-        namespace: &str,
-        timeout: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
         let api = Api::namespaced(client, namespace);
-        let informer = Arc::new(Informer::start(api.clone(), namespace, metrics.clone()));
-        Self {
+        let informer = Arc::new(Informer::start(
+            api.clone(),
+            namespace,
+            metrics.clone(),
+            router,
+            debounce,
+        ));
+        Ok(Self {
             api,
             namespace: namespace.to_owned(),
             timeout,
             metrics,
             alarm: Alarm::default(),
             informer,
+        })
+    }
+
+    /// The shared watch.
+    pub fn informer(&self) -> &Arc<Informer> {
+        &self.informer
+    }
+
+    /// What the informer's cache shows of `endpoint_id`'s object `name` at spec `generation`.
+    pub(super) fn observe(&self, endpoint_id: Uuid, name: &str, generation: i64) -> Observation {
+        if !self.informer.is_synced() {
+            return Observation::Unknown;
+        }
+        let Some(object) = self.informer.cached(name) else {
+            return Observation::Missing;
+        };
+        if object.endpoint_id() != Some(endpoint_id.to_string().as_str())
+            || object.spec_generation() != Some(generation)
+        {
+            return Observation::Unknown;
+        }
+        if object.has_drifted() {
+            return Observation::Drifted;
+        }
+        if object.is_ready() {
+            return match object.status.as_ref().and_then(|s| s.url.clone()) {
+                Some(url) => Observation::Ready { url },
+                None => Observation::Unknown,
+            };
+        }
+        let Some(status) = &object.status else {
+            return Observation::Unknown;
+        };
+        let observed = status.observed_generation.unwrap_or(0);
+        match status.condition("Ready") {
+            Some(ready) if observed >= object.metadata.generation.unwrap_or(1) => {
+                Observation::NotReady {
+                    reason: format!(
+                        "InferenceService {}/{name} is no longer Ready: {}: {}",
+                        self.namespace,
+                        ready.reason.as_deref().unwrap_or("no reason"),
+                        ready.message.as_deref().unwrap_or("no message")
+                    ),
+                    since: ready
+                        .last_transition_time
+                        .as_deref()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&chrono::Utc)),
+                }
+            }
+            _ => Observation::Unknown,
         }
     }
 
@@ -421,7 +476,7 @@ impl KubernetesDeployer {
                 field_manager: Some(FIELD_MANAGER.to_owned()),
                 ..Default::default()
             };
-            let created = self.api.create(&params, request.manifest).await?;
+            let created = self.api.create(&params, &with_spec_hash(request)).await?;
             return Ok(Applied::Written(Box::new(created)));
         };
         if let Some(reason) = self.refusal(request, &existing) {
@@ -434,7 +489,7 @@ impl KubernetesDeployer {
         {
             return Ok(Applied::Superseded);
         }
-        let mut manifest = request.manifest.clone();
+        let mut manifest = with_spec_hash(request);
         // Precondition: only if nobody wrote the object since we checked it.
         manifest.metadata.resource_version = existing.metadata.resource_version.clone();
         let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -553,7 +608,11 @@ impl KubernetesDeployer {
 
     /// The deploy's time ran out: a timeout the endpoint is blamed for, unless the API server
     /// could not be watched at the end (then a transient failure, handed back).
-    fn deadline_passed(&self, name: &str, last: &str) -> Result<Option<DeployOutcome>, DeployError> {
+    fn deadline_passed(
+        &self,
+        name: &str,
+        last: &str,
+    ) -> Result<Option<DeployOutcome>, DeployError> {
         if let Some(trouble) = self.informer.trouble() {
             return Err(DeployError::Transient(format!(
                 "the Kubernetes API could not be watched for InferenceService {}/{name} \
@@ -655,7 +714,9 @@ impl KubernetesDeployer {
         let same = |object: &InferenceService| uid.is_none() || object.metadata.uid == uid;
         loop {
             let confirm = match subscription.latest() {
-                Sighting::Gone { uid: Some(gone) } if uid.is_none() || Some(&gone) == uid.as_ref() => {
+                Sighting::Gone { uid: Some(gone) }
+                    if uid.is_none() || Some(&gone) == uid.as_ref() =>
+                {
                     return Ok(DeleteOutcome::Deleted);
                 }
                 // replaced by a new object of the same name: ours is gone
@@ -764,6 +825,18 @@ fn classify(request: &DeployRequest<'_>, object: &InferenceService, target: i64)
         }
     }
     Observed::Pending(state)
+}
+
+/// The request's manifest with the hash of its spec in [`ANNOTATION_SPEC_HASH`], so the
+/// informer can tell when someone else changes the spec.
+fn with_spec_hash(request: &DeployRequest<'_>) -> InferenceService {
+    let mut manifest = request.manifest.clone();
+    manifest
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(ANNOTATION_SPEC_HASH.to_owned(), spec_hash(&manifest.spec));
+    manifest
 }
 
 /// A deployment mode as KServe spells it: `Standard`/`RawDeployment` → `Standard`, `ModelMesh`

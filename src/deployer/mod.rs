@@ -88,6 +88,31 @@ impl Interrupt {
     }
 }
 
+/// What the cluster shows of an endpoint's object, for following it after a pass (see
+/// [`crate::follow`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// Nothing to act on: simulate mode, the informer has not synced, or the object is of
+    /// another spec generation or mid-rollout (a pass for that generation is its business).
+    Unknown,
+    /// Ready at the endpoint's generation.
+    Ready {
+        /// Where it serves.
+        url: String,
+    },
+    /// The controller observed the endpoint's generation and it is not Ready.
+    NotReady {
+        /// KServe's reason and message, in words.
+        reason: String,
+        /// Since when, from the Ready condition's `lastTransitionTime` (`None`: not given).
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// No object (deleted out of band).
+    Missing,
+    /// Someone else changed its spec since the worker applied it.
+    Drifted,
+}
+
 /// The final result of a delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeleteOutcome {
@@ -186,6 +211,25 @@ impl Deployer {
         match self {
             Self::Simulate(_) => Alarm::default(),
             Self::Kubernetes(d) => d.alarm(),
+        }
+    }
+
+    /// What the cluster shows of `endpoint_id`'s object `name`, judged against spec
+    /// `generation` (no request: the informer's cache).
+    pub fn observe(&self, endpoint_id: Uuid, name: &str, generation: i64) -> Observation {
+        match self {
+            Self::Simulate(_) => Observation::Unknown,
+            Self::Kubernetes(d) => d.observe(endpoint_id, name, generation),
+        }
+    }
+
+    /// Asks for a follow-up pass over `endpoint_id` after `delay` (k8s mode; simulate mode has
+    /// nothing to follow).
+    pub fn follow_after(&self, endpoint_id: Uuid, delay: std::time::Duration) {
+        if let Self::Kubernetes(d) = self {
+            d.informer()
+                .router()
+                .route_after(endpoint_id, crate::delivery::Follow::Check, delay);
         }
     }
 
