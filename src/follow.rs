@@ -166,21 +166,27 @@ pub fn plan(
 
 /// Once the informer's first list is in: repairs `READY` endpoints whose object is missing and
 /// collects objects that outlived their endpoints (guarded, see [`plan`]), through the
-/// informer's router. Runs once, in the background; a database error is logged and the
-/// reconcile skipped (followed changes still work; the next start tries again).
+/// informer's router. `legacy` are the endpoints whose objects the earlier worker made: they
+/// count as present (adopted on their next deploy, not re-applied all at once at a switch-over)
+/// and are collected like the worker's own. Runs once, in the background; a database error is
+/// logged and the reconcile skipped (followed changes still work; the next start tries again).
 pub fn reconcile_at_start(
     informer: Arc<Informer>,
+    legacy: Vec<Uuid>,
     store: Store,
     args: FollowArgs,
     metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         informer.wait_synced().await;
-        let objects: Vec<Uuid> = informer
+        let mut objects: Vec<Uuid> = informer
             .objects()
             .iter()
             .filter_map(|object| object.endpoint_id()?.parse().ok())
+            .chain(legacy)
             .collect();
+        objects.sort();
+        objects.dedup();
         let statuses: HashMap<Uuid, String> = match store.endpoint_statuses().await {
             Ok(rows) => rows.into_iter().collect(),
             Err(err) => {

@@ -103,6 +103,18 @@ pub const LABEL_PROJECT_ID: &str = label_project_id!();
 /// Label carrying the endpoint id; the worker only touches objects whose label matches.
 pub const LABEL_ENDPOINT_ID: &str = label_endpoint_id!();
 
+/// The endpoint label of the earlier (Python) worker's objects; with [`legacy_name`] it marks
+/// an object the worker adopts instead of creating a second one beside it.
+pub const LEGACY_LABEL_ENDPOINT_ID: &str = "mlops.platform/endpoint_id";
+
+/// The earlier worker's InferenceService name for `endpoint_id`: `isvc-` and the first 8 hex
+/// digits of the id.
+pub fn legacy_name(endpoint_id: Uuid) -> String {
+    let mut hex = endpoint_id.simple().to_string();
+    hex.truncate(8);
+    format!("isvc-{hex}")
+}
+
 /// Annotation carrying the endpoint's spec generation.
 pub const ANNOTATION_SPEC_GENERATION: &str = annotation_spec_generation!();
 /// Annotation carrying a hash of the spec the worker applied ([`spec_hash`]): an object whose
@@ -819,13 +831,18 @@ impl InferenceService {
             .is_some_and(|applied| *applied != spec_hash(&self.spec))
     }
 
-    /// The `mlops.platform/endpoint-id` label, if present.
+    /// The endpoint the object belongs to: its `mlops.platform/endpoint-id` label, or for an
+    /// object the earlier worker made (see [`LEGACY_LABEL_ENDPOINT_ID`]) its
+    /// `mlops.platform/endpoint_id` label — only when the object also carries that worker's
+    /// name for that endpoint, so a label alone never makes an object the worker's.
     pub fn endpoint_id(&self) -> Option<&str> {
-        self.metadata
-            .labels
-            .as_ref()?
-            .get(LABEL_ENDPOINT_ID)
-            .map(String::as_str)
+        let labels = self.metadata.labels.as_ref()?;
+        if let Some(id) = labels.get(LABEL_ENDPOINT_ID) {
+            return Some(id);
+        }
+        let legacy = labels.get(LEGACY_LABEL_ENDPOINT_ID)?;
+        let id: Uuid = legacy.parse().ok()?;
+        (self.metadata.name.as_deref() == Some(legacy_name(id).as_str())).then_some(legacy)
     }
 }
 

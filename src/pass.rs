@@ -272,7 +272,7 @@ async fn recover(
             action: action.as_str(),
             outcome: outcome::ERROR,
             reason: Some(reason.clone()),
-            isvc_name: kserve::isvc_name(&ctx.render.name_prefix, endpoint_id),
+            isvc_name: ctx.deployer.name_for(&ctx.render.name_prefix, endpoint_id),
             url: None,
             events: i32::try_from(batch.len()).unwrap_or(i32::MAX),
             trace_id: telemetry::trace_id(&Span::current()),
@@ -321,7 +321,7 @@ async fn run_pass(
     let loaded = ctx.store.load(endpoint_id).instrument(load.clone()).await;
     let (record, name) = match loaded {
         Ok(Some(record)) => {
-            let name = kserve::isvc_name(&ctx.render.name_prefix, record.id);
+            let name = ctx.deployer.name_for(&ctx.render.name_prefix, record.id);
             let labels = labels(&record, &name);
             labels.record(&load);
             labels.record(&Span::current());
@@ -346,7 +346,7 @@ async fn run_pass(
         Ok(None) => {
             telemetry::record_outcome(&load, "missing");
             if batch.iter().any(|d| d.follow == Some(Follow::Collect)) {
-                let name = kserve::isvc_name(&ctx.render.name_prefix, endpoint_id);
+                let name = ctx.deployer.name_for(&ctx.render.name_prefix, endpoint_id);
                 collect(ctx, endpoint_id, &name).await;
             }
             let reason = format!(

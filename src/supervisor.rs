@@ -26,7 +26,6 @@ use uuid::Uuid;
 use crate::delivery::{Delivery, Follow};
 use crate::endpoint_actor::{Deliver, Drain, EndpointActor, Idle, Reports, Stop, Stopped};
 use crate::events::{Consumers, EventKind, ServingEvent};
-use crate::kserve;
 use crate::metrics::{event_outcome, retry};
 use crate::pass::PassContext;
 use crate::store::RejectedEvent;
@@ -233,7 +232,10 @@ impl Handler<Incoming> for Supervisor {
             });
         match decoded {
             Ok((kind, event)) => {
-                let name = kserve::isvc_name(&self.ctx.render.name_prefix, event.endpoint_id);
+                let name = self
+                    .ctx
+                    .deployer
+                    .name_for(&self.ctx.render.name_prefix, event.endpoint_id);
                 telemetry::record_event(&span, &event, &name);
                 let delivery = Delivery {
                     kind,

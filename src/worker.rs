@@ -198,7 +198,7 @@ impl Worker {
             unready_since: Default::default(),
         });
         let informer = match &ctx.deployer {
-            Deployer::Kubernetes(k8s) => Some(k8s.informer().clone()),
+            Deployer::Kubernetes(k8s) => Some((k8s.informer().clone(), k8s.legacy_endpoints())),
             Deployer::Simulate(_) => None,
         };
         let idle_after = Duration::from_secs(settings.endpoint_idle_seconds);
@@ -207,9 +207,10 @@ impl Worker {
         supervisor.do_send(Resume(resume));
         let follower = supervisor.clone();
         router.connect(move |ids, follow| follower.do_send(FollowUp(ids, follow)));
-        let reconcile = informer.map(|informer| {
+        let reconcile = informer.map(|(informer, legacy)| {
             follow::reconcile_at_start(
                 informer,
+                legacy,
                 store.clone(),
                 settings.follow.clone(),
                 metrics.clone(),

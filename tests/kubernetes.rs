@@ -1233,3 +1233,145 @@ async fn start_up_collects_objects_of_deleted_endpoints_within_its_guards() {
     }
     worker.shutdown().await.unwrap();
 }
+
+/// The switch-over from the earlier worker: its ten InferenceServices (its names and labels,
+/// two GPU-sized) are adopted by the redeploys — names and URLs kept, our labels added, no
+/// second object beside them — and deletes remove them.
+#[actix_rt::test]
+async fn the_earlier_workers_objects_are_adopted_not_duplicated() {
+    let cluster = Cluster::start(|_| {}).await;
+    let tenant = cluster.env.tenant().await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(cluster.endpoint(&tenant, json!({}), None).await);
+    }
+    let api = cluster.dynamic_api().await;
+    for (i, id) in ids.iter().enumerate() {
+        let mut predictor = json!({
+            "model": {"modelFormat": {"name": "sklearn"}, "storageUri": "gs://old-worker/model"}
+        });
+        if i < 2 {
+            predictor["model"]["resources"] =
+                json!({"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}});
+        }
+        let object: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "metadata": {
+                "name": deploy_worker::kserve::legacy_name(*id),
+                "namespace": NS,
+                "labels": {
+                    "mlops.tenancy/tenant_id": tenant.tenant_id.to_string(),
+                    "mlops.tenancy/project_id": tenant.project_id.to_string(),
+                    "mlops.platform/endpoint_id": id.to_string(),
+                },
+            },
+            "spec": {"predictor": predictor},
+        }))
+        .unwrap();
+        api.create(&Default::default(), &object).await.unwrap();
+    }
+    wait_for("the earlier worker's objects Ready", LONG, || async {
+        cluster
+            .sim
+            .list()
+            .iter()
+            .filter(|o| o.pointer("/status/url").is_some())
+            .count()
+            == 10
+    })
+    .await;
+    let urls: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            cluster
+                .sim
+                .get(NS, &deploy_worker::kserve::legacy_name(*id))
+                .unwrap()
+                .pointer("/status/url")
+                .cloned()
+                .unwrap()
+        })
+        .collect();
+
+    let worker = cluster.worker().await;
+    for id in &ids {
+        cluster.env.publish(EventKind::Deploy, &tenant, *id).await;
+    }
+    wait_for("every endpoint READY", LONG, || async {
+        cluster.env.count_status(&ids, "READY").await == ids.len()
+    })
+    .await;
+    assert_eq!(
+        cluster.sim.list().len(),
+        10,
+        "no second object beside any old one"
+    );
+    for (id, url) in ids.iter().zip(&urls) {
+        let name = deploy_worker::kserve::legacy_name(*id);
+        let object = cluster.sim.get(NS, &name).unwrap();
+        assert_eq!(
+            object.pointer("/metadata/labels/mlops.platform~1endpoint-id"),
+            Some(&json!(id.to_string())),
+            "our labels added"
+        );
+        assert_eq!(
+            object.pointer("/metadata/labels/app.kubernetes.io~1managed-by"),
+            Some(&json!("deploy-worker"))
+        );
+        let row = cluster.env.endpoint(*id).await;
+        assert_eq!(row.url.as_deref(), url.as_str(), "URL kept");
+        assert_eq!(cluster.env.history(*id).await[0].isvc_name, name);
+    }
+
+    for id in &ids[..3] {
+        cluster.env.publish(EventKind::Delete, &tenant, *id).await;
+    }
+    wait_for("three deleted", LONG, || async {
+        cluster.env.count_status(&ids[..3], "DELETED").await == 3
+    })
+    .await;
+    wait_for("their objects gone", LONG, || async {
+        cluster.sim.list().len() == 7
+    })
+    .await;
+    worker.shutdown().await.unwrap();
+}
+
+/// Following survives a watch that keeps being cut and resumes into `410 Gone` (a tiny event
+/// history): the relist still delivers the not-Ready and the Ready-again transitions.
+#[actix_rt::test]
+async fn cut_watches_and_410_lose_no_readiness_transition() {
+    let cluster = Cluster::start(|config| config.history_size = 2).await;
+    let mut settings = cluster.settings();
+    settings.follow.follow_debounce_seconds = 1;
+    let worker = Worker::start(&settings).await.unwrap();
+    let tenant = cluster.env.tenant().await;
+    let id = cluster.endpoint(&tenant, json!({}), None).await;
+    // a second endpoint keeps events flowing, so a resumed watch is past the history
+    let other = cluster.endpoint(&tenant, json!({}), None).await;
+    cluster.deploy_and_wait(&tenant, id, 1).await;
+    cluster.deploy_and_wait(&tenant, other, 1).await;
+    cluster.sim.set_faults(Faults {
+        cut_watches_after_events: Some(1),
+        ..Default::default()
+    });
+    let name = isvc_name("isvc", id);
+    cluster
+        .sim
+        .fail_object(NS, &name, "RevisionMissing", "crashed");
+    cluster
+        .sim
+        .fail_object(NS, &isvc_name("isvc", other), "RevisionMissing", "crashed");
+    wait_for("both ERROR", LONG, || async {
+        cluster.env.count_status(&[id, other], "ERROR").await == 2
+    })
+    .await;
+    cluster.sim.clear_behaviour(NS, &name);
+    cluster.sim.clear_behaviour(NS, &isvc_name("isvc", other));
+    wait_for("both READY again", LONG, || async {
+        cluster.env.count_status(&[id, other], "READY").await == 2
+    })
+    .await;
+    worker.shutdown().await.unwrap();
+}

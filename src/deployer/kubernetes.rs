@@ -33,7 +33,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use dashmap::DashMap;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -46,7 +47,8 @@ use super::{
 use crate::delivery::Backoff;
 use crate::intent::DeploymentMode;
 use crate::kserve::{
-    ANNOTATION_DEPLOYMENT_MODE, ANNOTATION_SPEC_HASH, FIELD_MANAGER, InferenceService, spec_hash,
+    self, ANNOTATION_DEPLOYMENT_MODE, ANNOTATION_SPEC_HASH, FIELD_MANAGER, InferenceService,
+    spec_hash,
 };
 use crate::metrics::Metrics;
 use crate::telemetry::{self, DeployStep};
@@ -118,6 +120,9 @@ pub struct KubernetesDeployer {
     metrics: Arc<Metrics>,
     alarm: Alarm,
     informer: Arc<Informer>,
+    /// Objects the earlier worker made, by endpoint (see [`kserve::legacy_name`]): found by one
+    /// list at start-up; their endpoints keep these names.
+    legacy: Arc<DashMap<Uuid, String>>,
 }
 
 /// What one read-check-apply round decided.
@@ -181,7 +186,30 @@ impl KubernetesDeployer {
         };
         telemetry::register_secrets(credential_secrets(&config.auth_info));
         let client = kube::Client::try_from(config).map_err(KubeConfigError::Client)?;
-        let api = Api::namespaced(client, namespace);
+        let api: Api<InferenceService> = Api::namespaced(client, namespace);
+        let legacy = Arc::new(DashMap::new());
+        // one list of objects carrying the earlier worker's endpoint label: those get adopted
+        let params = ListParams::default().labels(kserve::LEGACY_LABEL_ENDPOINT_ID);
+        match api.list(&params).await {
+            Ok(list) => {
+                for object in list {
+                    let id = object.endpoint_id().and_then(|id| id.parse::<Uuid>().ok());
+                    if let (Some(id), Some(name)) = (id, object.metadata.name)
+                        && name == kserve::legacy_name(id)
+                    {
+                        legacy.insert(id, name);
+                    }
+                }
+                if !legacy.is_empty() {
+                    tracing::info!(
+                        objects = legacy.len(),
+                        "found InferenceServices of the earlier worker; their endpoints adopt them"
+                    );
+                }
+            }
+            Err(err) => tracing::warn!(error = %describe(&err),
+                "cannot list the earlier worker's InferenceServices; none will be adopted"),
+        }
         let informer = Arc::new(Informer::start(
             api.clone(),
             namespace,
@@ -196,7 +224,21 @@ impl KubernetesDeployer {
             metrics,
             alarm: Alarm::default(),
             informer,
+            legacy,
         })
+    }
+
+    /// The InferenceService name of `endpoint_id`: the earlier worker's, when it made one.
+    pub fn name_for(&self, prefix: &str, endpoint_id: Uuid) -> String {
+        self.legacy.get(&endpoint_id).map_or_else(
+            || kserve::isvc_name(prefix, endpoint_id),
+            |name| name.clone(),
+        )
+    }
+
+    /// Endpoints whose objects the earlier worker made (adopted or not yet).
+    pub fn legacy_endpoints(&self) -> Vec<Uuid> {
+        self.legacy.iter().map(|entry| *entry.key()).collect()
     }
 
     /// The shared watch.
@@ -466,7 +508,9 @@ impl KubernetesDeployer {
         request: &DeployRequest<'_>,
         fresh: bool,
     ) -> Result<Applied, kube::Error> {
-        let existing = if !fresh && self.informer.is_synced() {
+        // an object of the earlier worker is not in the cache until adopted: read it
+        let adopting = self.legacy.contains_key(&request.endpoint_id);
+        let existing = if !fresh && !adopting && self.informer.is_synced() {
             self.informer.cached(request.name)
         } else {
             self.api.get_opt(request.name).await?.map(Arc::new)
@@ -831,6 +875,8 @@ fn classify(request: &DeployRequest<'_>, object: &InferenceService, target: i64)
 /// informer can tell when someone else changes the spec.
 fn with_spec_hash(request: &DeployRequest<'_>) -> InferenceService {
     let mut manifest = request.manifest.clone();
+    // the request's name: an adopted object keeps the earlier worker's
+    manifest.metadata.name = Some(request.name.to_owned());
     manifest
         .metadata
         .annotations

@@ -214,6 +214,15 @@ impl Deployer {
         }
     }
 
+    /// The InferenceService name of `endpoint_id` under name prefix `prefix`: the worker's own
+    /// naming, or the earlier worker's for an object it adopts.
+    pub fn name_for(&self, prefix: &str, endpoint_id: Uuid) -> String {
+        match self {
+            Self::Simulate(_) => crate::kserve::isvc_name(prefix, endpoint_id),
+            Self::Kubernetes(d) => d.name_for(prefix, endpoint_id),
+        }
+    }
+
     /// What the cluster shows of `endpoint_id`'s object `name`, judged against spec
     /// `generation` (no request: the informer's cache).
     pub fn observe(&self, endpoint_id: Uuid, name: &str, generation: i64) -> Observation {
