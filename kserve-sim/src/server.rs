@@ -62,8 +62,10 @@ impl KserveSim {
         })?;
         let registry = Arc::new(Registry::new(schema, config.history_size));
         if let Some(namespaces) = &config.namespaces {
-            *registry.namespaces.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(namespaces.iter().cloned().collect());
+            *registry
+                .namespaces
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(namespaces.iter().cloned().collect());
         }
         let faults = Arc::new(FaultState::new(config.faults.clone()));
         let log = Arc::new(RequestLog::new(config.request_log_capacity));

@@ -498,6 +498,9 @@ async fn a_watch_from_a_future_resource_version_is_refused_as_too_large() {
         .iter()
         .filter(|r| r.verb == Verb::Watch)
         .count();
-    assert_eq!(watches, 1, "the refusal is the answer to the one watch sent");
+    assert_eq!(
+        watches, 1,
+        "the refusal is the answer to the one watch sent"
+    );
     sim.stop().await;
 }
