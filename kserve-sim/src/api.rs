@@ -723,7 +723,7 @@ pub async fn middleware(
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let mut record = classify(&req);
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let is_resource = !matches!(record.verb, Verb::Discovery | Verb::Other);
+    let is_resource = record.verb.is_resource();
     if let (Some(state), Some(verb)) = (&state, record.verb.rbac())
         && state.faults.forbids(verb)
     {

@@ -59,5 +59,5 @@ pub use config::SimConfig;
 pub use controller::ObjectBehaviour;
 pub use error::{ApiError, SimError};
 pub use faults::Faults;
-pub use requestlog::{RequestRecord, Verb};
+pub use requestlog::{RequestRecord, Verb, VerbCounts};
 pub use server::{KserveSim, SimHandle};

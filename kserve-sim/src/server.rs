@@ -15,7 +15,7 @@ use crate::controller::{Controller, ControllerShared, ObjectBehaviour, Timings};
 use crate::error::SimError;
 use crate::faults::{FaultState, Faults};
 use crate::kubeconfig;
-use crate::requestlog::{RequestLog, RequestRecord};
+use crate::requestlog::{RequestLog, RequestRecord, VerbCounts};
 use crate::resource::Registry;
 use crate::schema::Schema;
 use crate::store::Key;
@@ -340,7 +340,14 @@ impl SimHandle {
         self.inner.log.snapshot()
     }
 
-    /// Forgets the request log.
+    /// Requests answered per verb since the start or the last
+    /// [`SimHandle::clear_request_log`]; not bounded by the log's capacity, so a load run can
+    /// report its API cost however many requests it makes.
+    pub fn request_counts(&self) -> VerbCounts {
+        self.inner.log.counts()
+    }
+
+    /// Forgets the request log and resets the per-verb counts.
     pub fn clear_request_log(&self) {
         self.inner.log.clear();
     }

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use futures::{StreamExt, TryStreamExt};
-use kserve_sim::SimConfig;
+use kserve_sim::{SimConfig, Verb};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
     ValidationDirective, WatchEvent, WatchParams,
@@ -943,5 +943,73 @@ async fn the_validating_webhook_refuses_bad_replica_bounds_on_every_write() {
         .await
         .unwrap_or_else(|e| panic!("{spec}: {e}"));
     }
+    sim.stop().await;
+}
+
+/// The stand-in counts the requests it answers by verb, beyond the log's capacity, and a
+/// reading taken earlier lets a caller count one phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_verb() {
+    let sim = start(SimConfig {
+        request_log_capacity: 2,
+        ..fast_config()
+    })
+    .await;
+    let c = client(&sim).await;
+    let a = api(&c, NS);
+    for name in ["c1", "c2", "c3"] {
+        a.create(
+            &PostParams::default(),
+            &dynamic(manifest(name, json!({}), "s3://m/1")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let after_creates = sim.request_counts();
+    a.get("c1").await.unwrap_or_else(|e| panic!("{e}"));
+    a.list(&ListParams::default().labels("app=none"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stream = a
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(stream);
+    let ready = wait_ready(&sim, NS, "c1").await;
+    a.replace("c1", &PostParams::default(), &dynamic(ready))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    a.patch(
+        "c2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    a.patch(
+        "c3",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&manifest("c3", json!({}), "s3://m/2")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    a.delete("c3", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A refused request is counted as well.
+    assert!(a.get("missing").await.is_err());
+
+    let counts = sim.request_counts();
+    assert_eq!(
+        counts.to_string(),
+        "get=2 list=1 watch=1 create=3 update=1 patch=1 apply=1 delete=1"
+    );
+    assert_eq!(counts.get(Verb::Create), 3);
+    assert_eq!(counts.api_total(), 11);
+    assert_eq!(sim.request_log().len(), 2, "the log itself stays bounded");
+    assert_eq!(counts.since(&after_creates).get(Verb::Create), 0);
+    assert_eq!(counts.since(&after_creates).api_total(), 8);
+    sim.clear_request_log();
+    assert_eq!(sim.request_counts().api_total(), 0);
     sim.stop().await;
 }
