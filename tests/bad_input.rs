@@ -450,6 +450,8 @@ async fn an_outage_fails_the_batch_once_not_write_by_write() {
         1,
         "one failed commit for the batch"
     );
+}
+
 #[actix_rt::test]
 async fn intents_the_tenant_policy_forbids_end_in_error_naming_the_rule() {
     let env = Env::start().await;
