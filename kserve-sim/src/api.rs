@@ -273,8 +273,10 @@ async fn list_or_watch(
         if let Some(n) = page.remaining {
             list_meta["remainingItemCount"] = json!(n);
         }
-        let body = render::list(&page.items, list_meta, render);
-        Ok(json_response(StatusCode::OK, &body, &[]))
+        let body = render::list_body(&page.items, list_meta, render);
+        Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body))
     })())
 }
 

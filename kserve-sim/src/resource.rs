@@ -348,8 +348,7 @@ impl Registry {
             None => (st.current_rv(), None),
         };
         let mut matching = st
-            .iter_ns(ns)
-            .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a))
+            .candidates(ns, selectors.exact_name(), after.as_ref())
             .filter(|(_, o)| selectors.matches(o));
         let limit = limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
         let mut items = Vec::new();
