@@ -534,8 +534,7 @@ fn namespaces(state: &AppState) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let st = state.registry.store.lock();
-    names.extend(st.iter_ns(None).map(|(k, _)| k.0.clone()));
+    names.extend(state.registry.store.lock().namespaces());
     names.sort();
     names.dedup();
     names

@@ -170,6 +170,19 @@ impl StoreState {
         }
     }
 
+    /// The namespaces holding at least one object, in order: one lookup per namespace (the
+    /// next one starts right after every key of the previous), not a scan of every object.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut from = (String::new(), String::new());
+        while let Some(((ns, _), _)) = self.objects.range(from..).next() {
+            out.push(ns.clone());
+            // No namespace name contains NUL, so this sorts after every key of `ns`.
+            from = (format!("{ns}\0"), String::new());
+        }
+        out
+    }
+
     /// The latest resourceVersion.
     pub fn current_rv(&self) -> u64 {
         self.rv
@@ -282,6 +295,31 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(w.replay.len(), 3);
         assert_eq!(w.replay[0].rv, start + 3);
+    }
+
+    #[test]
+    fn namespaces_and_scoped_candidates() {
+        let store = Store::new(10);
+        let mut st = store.lock();
+        for (ns, name) in [("b", "x"), ("a", "y"), ("b", "a"), ("c", "x"), ("a", "z")] {
+            let o = json!({"metadata": {"name": name, "namespace": ns}});
+            st.commit((ns.into(), name.into()), o, EventType::Added);
+        }
+        assert_eq!(st.namespaces(), vec!["a", "b", "c"]);
+        let keys = |it: Box<dyn Iterator<Item = (&Key, &Arc<Value>)> + '_>| {
+            it.map(|(k, _)| format!("{}/{}", k.0, k.1))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(st.candidates(Some("b"), None, None)), ["b/a", "b/x"]);
+        assert_eq!(keys(st.candidates(None, Some("x"), None)), ["b/x", "c/x"]);
+        assert_eq!(keys(st.candidates(Some("a"), Some("z"), None)), ["a/z"]);
+        let after: Key = ("a".into(), "y".into());
+        assert_eq!(keys(st.candidates(Some("a"), None, Some(&after))), ["a/z"]);
+        assert_eq!(
+            keys(st.candidates(None, None, Some(&after))),
+            ["a/z", "b/a", "b/x", "c/x"]
+        );
+        assert!(keys(st.candidates(Some("a"), Some("y"), Some(&after))).is_empty());
     }
 
     #[test]
