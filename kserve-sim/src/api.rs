@@ -273,8 +273,10 @@ async fn list_or_watch(
         if let Some(n) = page.remaining {
             list_meta["remainingItemCount"] = json!(n);
         }
-        let body = render::list(&page.items, list_meta, render);
-        Ok(json_response(StatusCode::OK, &body, &[]))
+        let body = render::list_body(&page.items, list_meta, render);
+        Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body))
     })())
 }
 
@@ -532,8 +534,7 @@ fn namespaces(state: &AppState) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let st = state.registry.store.lock();
-    names.extend(st.iter_ns(None).map(|(k, _)| k.0.clone()));
+    names.extend(state.registry.store.lock().namespaces());
     names.sort();
     names.dedup();
     names
@@ -723,7 +724,7 @@ pub async fn middleware(
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let mut record = classify(&req);
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let is_resource = !matches!(record.verb, Verb::Discovery | Verb::Other);
+    let is_resource = record.verb.is_resource();
     if let (Some(state), Some(verb)) = (&state, record.verb.rbac())
         && state.faults.forbids(verb)
     {

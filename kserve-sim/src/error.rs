@@ -215,6 +215,16 @@ impl ApiError {
         e
     }
 
+    /// 403 for a request an admission webhook denied, worded as the API server reports it
+    /// (controller-runtime answers a validator's plain error with `403 Forbidden`).
+    pub fn webhook_denied(webhook: &str, why: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!("admission webhook \"{webhook}\" denied the request: {why}"),
+        )
+    }
+
     /// 429 with a retry hint (injected throttling).
     pub fn too_many_requests(retry_after_seconds: u32) -> Self {
         let mut e = Self::new(

@@ -12,6 +12,7 @@
 //! - [`apply`] and [`fieldset`]: server-side apply, `managedFields`, conflicts;
 //! - [`patch`]: JSON merge patch and JSON patch;
 //! - [`schema`] and [`meta`]: CRD schema pruning, defaulting, validation; ObjectMeta rules;
+//! - [`webhook`]: KServe's validating admission webhook (replica bounds);
 //! - [`selector`]: label and field selectors;
 //! - [`watch`]: watch streams (replay, 410, bookmarks, timeouts, cuts);
 //! - [`render`]: Table / PartialObjectMetadata representations;
@@ -51,11 +52,12 @@ pub mod selector;
 pub mod server;
 pub mod store;
 pub mod watch;
+pub mod webhook;
 
 pub use cli::{SimArgs, run};
 pub use config::SimConfig;
 pub use controller::ObjectBehaviour;
 pub use error::{ApiError, SimError};
 pub use faults::Faults;
-pub use requestlog::{RequestRecord, Verb};
+pub use requestlog::{RequestRecord, Verb, VerbCounts};
 pub use server::{KserveSim, SimHandle};

@@ -271,6 +271,32 @@ pub fn list(items: &[std::sync::Arc<Value>], list_meta: Value, render: Render) -
     }
 }
 
+/// A full list borrowing its items: serialized straight from the stored objects, so a list of
+/// thousands of objects is written once instead of being copied into a new document first.
+#[derive(serde::Serialize)]
+struct FullList<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    kind: &'a str,
+    metadata: &'a Value,
+    items: Vec<&'a Value>,
+}
+
+/// [`list`], serialized: the response body of a list.
+pub fn list_body(items: &[std::sync::Arc<Value>], list_meta: Value, render: Render) -> String {
+    match render {
+        Render::Full => serde_json::to_string(&FullList {
+            api_version: crate::apply::API_VERSION,
+            kind: LIST_KIND,
+            metadata: &list_meta,
+            items: items.iter().map(|i| &**i).collect(),
+        })
+        // Serializing `Value`s cannot fail: their map keys are strings.
+        .unwrap_or_default(),
+        other => list(items, list_meta, other).to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +343,27 @@ mod tests {
             cells(&o),
             json!(["a", "http://a", "True", 90, 10, "a-1", "a-2", null])
         );
+    }
+
+    #[test]
+    fn a_full_list_body_is_the_list_document() {
+        let items = vec![
+            std::sync::Arc::new(json!({"metadata": {"name": "a"}})),
+            std::sync::Arc::new(json!({"metadata": {"name": "b"}})),
+        ];
+        let meta = json!({"resourceVersion": "7"});
+        for how in [
+            Render::Full,
+            Render::Metadata,
+            Render::Table {
+                v1beta1: false,
+                include: IncludeObject::None,
+            },
+        ] {
+            let body: Value = serde_json::from_str(&list_body(&items, meta.clone(), how))
+                .unwrap_or_else(|e| panic!("{how:?}: {e}"));
+            assert_eq!(body, list(&items, meta.clone(), how), "{how:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!    creationTimestamp, generation, deletionTimestamp, ...);
 //! 3. prune unknown fields (warnings, or 400 under `fieldValidation=Strict`), apply schema
 //!    defaults, validate against the CRD schema and ObjectMeta rules (422 with causes);
+//!    then, for a client's write of the main resource, KServe's validating webhook
+//!    ([`crate::webhook`], 403 denial);
 //! 4. bump `metadata.generation` only when `spec` changed; record field ownership;
 //! 5. a write that changes nothing is a no-op (same resourceVersion, no event), as in
 //!    Kubernetes; otherwise commit with the next resourceVersion and emit the watch event.
@@ -26,6 +28,7 @@ use crate::patch;
 use crate::schema::{FieldValidation, Schema};
 use crate::selector::Selectors;
 use crate::store::{EventType, Key, Store, StoreState};
+use crate::webhook;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
@@ -116,6 +119,9 @@ struct Commit<'a> {
     scope: Scope,
     ownership: Ownership<'a>,
     dry_run: bool,
+    /// Whether the validating webhook sees this write (a client's write of the main resource;
+    /// the controller's own writes and `/status` are not admitted through it).
+    admit: bool,
 }
 
 impl<'a> Commit<'a> {
@@ -126,6 +132,7 @@ impl<'a> Commit<'a> {
             scope,
             ownership: Ownership::Update(&opts.manager),
             dry_run: opts.dry_run,
+            admit: scope == Scope::Main,
         }
     }
 }
@@ -183,6 +190,19 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
         Some(Value::Object(m)) => m,
         // Both branches above guarantee an object here.
         _ => unreachable!("metadata is an object"),
+    }
+}
+
+/// The JSON type name of `v`, as Go's decoder names it, when it is not an object.
+fn non_object_kind(v: &Value) -> Option<&'static str> {
+    match v {
+        Value::Object(_) => None,
+        Value::Array(_) => Some("array"),
+        Value::String(_) => Some("string"),
+        Value::Number(_) => Some("number"),
+        Value::Bool(_) => Some("bool"),
+        // `null` would remove the whole document: no better than any other non-object.
+        Value::Null => Some("null"),
     }
 }
 
@@ -328,8 +348,7 @@ impl Registry {
             None => (st.current_rv(), None),
         };
         let mut matching = st
-            .iter_ns(ns)
-            .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a))
+            .candidates(ns, selectors.exact_name(), after.as_ref())
             .filter(|(_, o)| selectors.matches(o));
         let limit = limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
         let mut items = Vec::new();
@@ -389,6 +408,7 @@ impl Registry {
             m.insert("generation".into(), json!(1));
         }
         self.default_and_validate(&mut body, true)?;
+        webhook::validate(&body)?;
         let name = meta::name(&body).to_string();
         let k = key(ns, &name);
         if st.get(&k).is_some() {
@@ -507,6 +527,7 @@ impl Registry {
             scope,
             ownership,
             dry_run,
+            admit,
         } = how;
         if meta::is_deleting(old) {
             let before = meta::finalizers(old);
@@ -527,6 +548,9 @@ impl Registry {
             }
         }
         self.default_and_validate(&mut c, false)?;
+        if admit {
+            webhook::validate(&c)?;
+        }
         if old.get("spec") != c.get("spec") {
             meta_mut(&mut c).insert("generation".into(), json!(meta::generation(old) + 1));
         }
@@ -621,6 +645,13 @@ impl Registry {
         let (patched, rv_precondition) = match patch_body {
             PatchBody::Apply(applied) => return self.apply(ns, name, applied, scope, opts),
             PatchBody::Merge(p) => {
+                // RFC 7386 would let a non-object replace the whole document; the API server
+                // decodes a merge patch into an object and refuses anything else.
+                if let Some(kind) = non_object_kind(&p) {
+                    return Err(ApiError::bad_request(format!(
+                        "json: cannot unmarshal {kind} into Go value of type map[string]interface {{}}"
+                    )));
+                }
                 let rv = p
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
@@ -711,6 +742,7 @@ impl Registry {
             m.insert("creationTimestamp".into(), json!(now));
             m.insert("generation".into(), json!(1));
             self.default_and_validate(&mut obj, true)?;
+            webhook::validate(&obj)?;
             let object = self.commit(&mut st, k, obj, EventType::Added, opts.dry_run);
             return Ok(Written {
                 object,
@@ -748,6 +780,7 @@ impl Registry {
             scope,
             ownership: Ownership::AlreadyRecorded,
             dry_run: opts.dry_run,
+            admit: scope == Scope::Main,
         };
         self.write_update(&mut st, &old, c, how, warnings)
     }
@@ -833,6 +866,7 @@ impl Registry {
                 scope,
                 ownership: Ownership::Update(manager),
                 dry_run: false,
+                admit: false,
             },
         )
         .map(Some)

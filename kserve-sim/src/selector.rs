@@ -58,6 +58,15 @@ impl Selectors {
         self.labels.is_empty() && self.fields.is_empty()
     }
 
+    /// The one name `metadata.name=<name>` pins the selection to, if the field selector has
+    /// such a term (clients watching or listing a single object send it).
+    pub fn exact_name(&self) -> Option<&str> {
+        self.fields.iter().find_map(|r| match r {
+            FieldReq::Equals(FieldName::Name, v) => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
     /// Whether `object` is selected.
     pub fn matches(&self, object: &Value) -> bool {
         let meta = &object["metadata"];
@@ -295,8 +304,10 @@ mod tests {
         let s = Selectors::parse(None, Some("metadata.name=a,metadata.namespace!=other"))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(s.matches(&a));
+        assert_eq!(s.exact_name(), Some("a"));
         let s = Selectors::parse(None, Some("metadata.name!=a")).unwrap_or_else(|e| panic!("{e}"));
         assert!(!s.matches(&a));
+        assert_eq!(s.exact_name(), None);
         let e = Selectors::parse(None, Some("spec.x=1")).err();
         assert_eq!(e.map(|e| e.code), Some(400));
     }

@@ -130,10 +130,57 @@ impl StoreState {
     pub fn iter_ns<'a>(
         &'a self,
         namespace: Option<&'a str>,
-    ) -> impl Iterator<Item = (&'a Key, &'a Arc<Value>)> + 'a {
-        self.objects
-            .iter()
-            .filter(move |(k, _)| namespace.is_none_or(|ns| k.0 == ns))
+    ) -> Box<dyn Iterator<Item = (&'a Key, &'a Arc<Value>)> + 'a> {
+        self.candidates(namespace, None, None)
+    }
+
+    /// The objects a request can select, in list order: those in `namespace` (None: all),
+    /// named `name` when the request pins one (`fieldSelector=metadata.name=...`), and after
+    /// `after` (a continue token's last key). The map is ordered by (namespace, name), so a
+    /// namespace or a page is a range and a single object a lookup: a request costs the
+    /// objects it can return, not every object stored.
+    pub fn candidates<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+        name: Option<&'a str>,
+        after: Option<&'a Key>,
+    ) -> Box<dyn Iterator<Item = (&'a Key, &'a Arc<Value>)> + 'a> {
+        use std::ops::Bound;
+        if let (Some(ns), Some(name)) = (namespace, name) {
+            let found = self
+                .objects
+                .get_key_value(&(ns.to_owned(), name.to_owned()))
+                .filter(move |(k, _)| after.is_none_or(|a| *k > a));
+            return Box::new(found.into_iter());
+        }
+        let lower = match (after, namespace) {
+            (Some(a), _) => Bound::Excluded(a.clone()),
+            (None, Some(ns)) => Bound::Included((ns.to_owned(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
+        let range = self.objects.range((lower, Bound::Unbounded));
+        match (namespace, name) {
+            (Some(ns), _) => Box::new(
+                range
+                    .skip_while(move |(k, _)| k.0.as_str() < ns)
+                    .take_while(move |(k, _)| k.0 == ns),
+            ),
+            (None, Some(name)) => Box::new(range.filter(move |(k, _)| k.1 == name)),
+            (None, None) => Box::new(range),
+        }
+    }
+
+    /// The namespaces holding at least one object, in order: one lookup per namespace (the
+    /// next one starts right after every key of the previous), not a scan of every object.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut from = (String::new(), String::new());
+        while let Some(((ns, _), _)) = self.objects.range(from..).next() {
+            out.push(ns.clone());
+            // No namespace name contains NUL, so this sorts after every key of `ns`.
+            from = (format!("{ns}\0"), String::new());
+        }
+        out
     }
 
     /// The latest resourceVersion.
@@ -176,13 +223,19 @@ impl StoreState {
         object
     }
 
-    /// Prepares a watch from resourceVersion `from` (`None`: start with the current state).
-    pub fn watch_from(&self, from: Option<u64>) -> Result<WatchStart, TooOld> {
+    /// Prepares a watch from resourceVersion `from`; `None` starts with the current state,
+    /// `snapshot` (the objects in the watch's scope, read under this same lock: consumed only
+    /// in that case).
+    pub fn watch_from(
+        &self,
+        from: Option<u64>,
+        snapshot: impl Iterator<Item = Arc<Value>>,
+    ) -> Result<WatchStart, TooOld> {
         let receiver = self.events.subscribe();
         match from {
             None => Ok(WatchStart {
                 replay: Vec::new(),
-                snapshot: self.objects.values().cloned().collect(),
+                snapshot: snapshot.collect(),
                 rv: self.rv,
                 receiver,
             }),
@@ -193,12 +246,10 @@ impl StoreState {
                         oldest: self.compacted,
                     });
                 }
-                let replay = self
-                    .history
-                    .iter()
-                    .filter(|e| e.rv > from)
-                    .cloned()
-                    .collect();
+                // The history is in resourceVersion order: find the first event after `from`
+                // by bisection rather than scanning everything retained.
+                let first = self.history.partition_point(|e| e.rv <= from);
+                let replay = self.history.range(first..).cloned().collect();
                 Ok(WatchStart {
                     replay,
                     snapshot: Vec::new(),
@@ -237,13 +288,38 @@ mod tests {
         }
         // 5 events, 3 kept: the two oldest are gone.
         assert_eq!(st.oldest_watchable(), start + 2);
-        assert!(st.watch_from(Some(start)).is_err());
+        assert!(st.watch_from(Some(start), std::iter::empty()).is_err());
         let w = st
-            .watch_from(Some(start + 2))
+            .watch_from(Some(start + 2), std::iter::empty())
             .map_err(|_| "too old")
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(w.replay.len(), 3);
         assert_eq!(w.replay[0].rv, start + 3);
+    }
+
+    #[test]
+    fn namespaces_and_scoped_candidates() {
+        let store = Store::new(10);
+        let mut st = store.lock();
+        for (ns, name) in [("b", "x"), ("a", "y"), ("b", "a"), ("c", "x"), ("a", "z")] {
+            let o = json!({"metadata": {"name": name, "namespace": ns}});
+            st.commit((ns.into(), name.into()), o, EventType::Added);
+        }
+        assert_eq!(st.namespaces(), vec!["a", "b", "c"]);
+        let keys = |it: Box<dyn Iterator<Item = (&Key, &Arc<Value>)> + '_>| {
+            it.map(|(k, _)| format!("{}/{}", k.0, k.1))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(st.candidates(Some("b"), None, None)), ["b/a", "b/x"]);
+        assert_eq!(keys(st.candidates(None, Some("x"), None)), ["b/x", "c/x"]);
+        assert_eq!(keys(st.candidates(Some("a"), Some("z"), None)), ["a/z"]);
+        let after: Key = ("a".into(), "y".into());
+        assert_eq!(keys(st.candidates(Some("a"), None, Some(&after))), ["a/z"]);
+        assert_eq!(
+            keys(st.candidates(None, None, Some(&after))),
+            ["a/z", "b/a", "b/x", "c/x"]
+        );
+        assert!(keys(st.candidates(Some("a"), Some("y"), Some(&after))).is_empty());
     }
 
     #[test]
@@ -255,7 +331,7 @@ mod tests {
         st.commit(key.clone(), obj("a"), EventType::Deleted);
         assert!(st.get(&key).is_none());
         let w = st
-            .watch_from(Some(0))
+            .watch_from(Some(0), std::iter::empty())
             .map_err(|_| "too old")
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(w.replay[1].kind, EventType::Deleted);

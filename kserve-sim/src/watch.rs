@@ -54,9 +54,35 @@ pub struct WatchRequest {
     pub render: Render,
 }
 
+/// What a queued line carries. Object events are serialized only when they are sent, so
+/// opening a watch over many objects costs reference counts under the store lock, not
+/// serialization.
+enum Payload {
+    /// A line ready to send (bookmarks, errors).
+    Ready(Bytes),
+    /// An event of this type about this object state.
+    Object(&'static str, Arc<Value>),
+}
+
 struct Line {
-    bytes: Bytes,
+    payload: Payload,
     is_event: bool,
+}
+
+impl Line {
+    fn event(kind: &'static str, object: Arc<Value>) -> Self {
+        Line {
+            payload: Payload::Object(kind, object),
+            is_event: true,
+        }
+    }
+
+    fn ready(bytes: Bytes) -> Self {
+        Line {
+            payload: Payload::Ready(bytes),
+            is_event: false,
+        }
+    }
 }
 
 struct WatchState {
@@ -75,9 +101,32 @@ struct WatchState {
 }
 
 fn line(kind: &str, object: Value) -> Bytes {
-    let mut s = json!({"type": kind, "object": object}).to_string();
-    s.push('\n');
-    Bytes::from(s)
+    event_line(kind, &object, Render::Full)
+}
+
+/// A watch event borrowing its object, so the full representation is written straight from
+/// the stored object instead of from a copy.
+#[derive(serde::Serialize)]
+struct EventRef<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    object: &'a Value,
+}
+
+/// One JSON line `{"type": kind, "object": ...}` with `object` in the requested representation.
+fn event_line(kind: &str, object: &Value, how: Render) -> Bytes {
+    let rendered;
+    let object = match how {
+        Render::Full => object,
+        other => {
+            rendered = render::object(object, other);
+            &rendered
+        }
+    };
+    // Serializing a `Value` cannot fail: its map keys are strings.
+    let mut out = serde_json::to_vec(&EventRef { kind, object }).unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
 }
 
 fn bookmark(rv: u64, initial_end: bool) -> Bytes {
@@ -106,25 +155,26 @@ impl WatchState {
         ns_ok && self.req.selectors.matches(obj)
     }
 
-    fn render_event(&self, ev: &StoredEvent) -> Option<Bytes> {
+    /// What this watch sends for a committed change, if anything.
+    fn event_for(&self, ev: &StoredEvent) -> Option<Line> {
         let now = self.in_scope(&ev.object);
         let before = ev.previous.as_deref().is_some_and(|p| self.in_scope(p));
         let (kind, obj) = match ev.kind {
-            EventType::Added if now => ("ADDED", (*ev.object).clone()),
-            EventType::Deleted if now => ("DELETED", (*ev.object).clone()),
-            EventType::Modified if now && before => ("MODIFIED", (*ev.object).clone()),
-            EventType::Modified if now => ("ADDED", (*ev.object).clone()),
+            EventType::Added if now => ("ADDED", ev.object.clone()),
+            EventType::Deleted if now => ("DELETED", ev.object.clone()),
+            EventType::Modified if now && before => ("MODIFIED", ev.object.clone()),
+            EventType::Modified if now => ("ADDED", ev.object.clone()),
             EventType::Modified if before => {
                 // The object left the selection: DELETED with its previous state at this rv.
                 let mut prev = ev.previous.as_deref().cloned().unwrap_or(Value::Null);
                 if let Some(m) = prev.get_mut("metadata").and_then(Value::as_object_mut) {
                     m.insert("resourceVersion".into(), json!(ev.rv.to_string()));
                 }
-                ("DELETED", prev)
+                ("DELETED", Arc::new(prev))
             }
             _ => return None,
         };
-        Some(line(kind, render::object(&obj, self.req.render)))
+        Some(Line::event(kind, obj))
     }
 
     async fn next(&mut self) -> Option<Result<Bytes, std::io::Error>> {
@@ -147,7 +197,11 @@ impl WatchState {
                 if l.is_event {
                     self.events_sent += 1;
                 }
-                return Some(Ok(l.bytes));
+                let bytes = match l.payload {
+                    Payload::Ready(bytes) => bytes,
+                    Payload::Object(kind, object) => event_line(kind, &object, self.req.render),
+                };
+                return Some(Ok(bytes));
             }
             let Some(receiver) = self.receiver.as_mut() else {
                 self.done = true;
@@ -167,7 +221,7 @@ impl WatchState {
                 }
                 _ = tokio::time::sleep_until(bookmark_at), if self.next_bookmark.is_some() => {
                     self.next_bookmark = Some(Instant::now() + self.req.bookmark_interval);
-                    self.queue.push_back(Line { bytes: bookmark(self.last_rv, false), is_event: false });
+                    self.queue.push_back(Line::ready(bookmark(self.last_rv, false)));
                 }
                 ev = receiver.recv() => match ev {
                     Ok(ev) => {
@@ -175,8 +229,8 @@ impl WatchState {
                             continue;
                         }
                         self.last_rv = ev.rv;
-                        if let Some(bytes) = self.render_event(&ev) {
-                            self.queue.push_back(Line { bytes, is_event: true });
+                        if let Some(l) = self.event_for(&ev) {
+                            self.queue.push_back(l);
                         }
                     }
                     // Fell behind the broadcast, or the server is going away: end cleanly so the
@@ -224,44 +278,46 @@ pub fn open(
         done: false,
         req,
     };
-    {
+    // Under the store lock only what must be consistent with the resourceVersion is taken: the
+    // selected objects (reference counts) or the retained events after `from`. Deciding what
+    // the replayed events mean for this watch, and serializing anything, happens after.
+    let start = {
         let st = store.lock();
-        let start = if initial { Ok(None) } else { Ok(from) }.and_then(|f| st.watch_from(f));
-        match start {
-            Err(too_old) => {
-                state.queue.push_back(Line {
-                    bytes: expired(too_old.requested, too_old.oldest),
-                    is_event: false,
-                });
+        let snapshot = st
+            .candidates(
+                state.req.namespace.as_deref(),
+                state.req.selectors.exact_name(),
+                None,
+            )
+            .map(|(_, o)| o)
+            .filter(|o| state.in_scope(o))
+            .cloned();
+        st.watch_from(if initial { None } else { from }, snapshot)
+    };
+    match start {
+        Err(too_old) => {
+            state
+                .queue
+                .push_back(Line::ready(expired(too_old.requested, too_old.oldest)));
+        }
+        Ok(start) => {
+            state.start_rv = start.rv;
+            state.last_rv = start.rv;
+            state.queue.extend(
+                start
+                    .snapshot
+                    .into_iter()
+                    .map(|obj| Line::event("ADDED", obj)),
+            );
+            for ev in &start.replay {
+                if let Some(l) = state.event_for(ev) {
+                    state.queue.push_back(l);
+                }
             }
-            Ok(start) => {
-                state.start_rv = start.rv;
-                state.last_rv = start.rv;
-                for obj in &start.snapshot {
-                    if state.in_scope(obj) {
-                        let bytes = line("ADDED", render::object(obj, state.req.render));
-                        state.queue.push_back(Line {
-                            bytes,
-                            is_event: true,
-                        });
-                    }
-                }
-                for ev in &start.replay {
-                    if let Some(bytes) = state.render_event(ev) {
-                        state.queue.push_back(Line {
-                            bytes,
-                            is_event: true,
-                        });
-                    }
-                }
-                if initial && state.req.allow_bookmarks {
-                    state.queue.push_back(Line {
-                        bytes: bookmark(start.rv, true),
-                        is_event: false,
-                    });
-                }
-                state.receiver = Some(start.receiver);
+            if initial && state.req.allow_bookmarks {
+                state.queue.push_back(Line::ready(bookmark(start.rv, true)));
             }
+            state.receiver = Some(start.receiver);
         }
     }
     Ok(futures::stream::unfold(state, |mut s| async move {

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use futures::{StreamExt, TryStreamExt};
-use kserve_sim::SimConfig;
+use kserve_sim::{SimConfig, Verb};
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
     ValidationDirective, WatchEvent, WatchParams,
@@ -746,5 +746,269 @@ async fn creating_in_a_namespace_that_does_not_exist_is_not_found() {
     a.create(&PostParams::default(), &object)
         .await
         .unwrap_or_else(|e| panic!("create once the namespace exists: {e}"));
+    sim.stop().await;
+}
+
+/// A merge patch must be a JSON object: an array, a string, a number or `null` is a 400, as on
+/// a real API server, and the object is left exactly as it was (RFC 7386 alone would replace
+/// the whole document).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_patch_that_is_not_an_object_is_a_bad_request() {
+    let sim = start(fast_config()).await;
+    let c = client(&sim).await;
+    let a = api(&c, NS);
+    a.create(
+        &PostParams::default(),
+        &dynamic(manifest("m", json!({}), "s3://m/1")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Once Ready the controller leaves the object alone: any later change is the patch's.
+    let before = wait_ready(&sim, NS, "m").await;
+    let path = format!("/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices/m");
+    for body in ["[]", "\"x\"", "3", "null", "true"] {
+        for p in [path.clone(), format!("{path}/status")] {
+            let r = raw(
+                &sim,
+                "PATCH",
+                &p,
+                Some("application/merge-patch+json"),
+                body,
+            )
+            .await;
+            assert_eq!(r.status, 400, "{p} {body}: {}", r.body);
+            assert_eq!(r.json()["reason"], "BadRequest", "{body}");
+        }
+    }
+    // Through the kube client as well.
+    let err = api_status(
+        a.patch("m", &PatchParams::default(), &Patch::Merge(json!([])))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a merge patch [] was accepted")),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (400, "BadRequest"));
+    assert_eq!(
+        sim.get(NS, "m"),
+        Some(before),
+        "a refused patch changed the object"
+    );
+    sim.stop().await;
+}
+
+/// KServe's validating webhook: negative replica counts and `minReplicas` above `maxReplicas`
+/// (predictor, transformer, explainer) are denied on create, update, merge patch, JSON patch and
+/// server-side apply, with the API server's wording; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_validating_webhook_refuses_bad_replica_bounds_on_every_write() {
+    let sim = start(fast_config()).await;
+    let c = client(&sim).await;
+    let a = api(&c, NS);
+    let denied = |why: &str| {
+        format!(
+            "admission webhook \"inferenceservice.kserve-webhook-server.validator\" denied the request: {why}"
+        )
+    };
+    let negative_min = denied("'MinReplicas' cannot be less than 0");
+    let negative_max = denied("'MaxReplicas' cannot be less than 0");
+    let min_above_max = denied("'MinReplicas' cannot be greater than MaxReplicas");
+    let check = |err: kube::Error, expected: &str| {
+        let s = api_status(err);
+        assert_eq!(
+            (s.code, s.reason.as_str()),
+            (403, "Forbidden"),
+            "{}",
+            s.message
+        );
+        assert_eq!(s.message, expected);
+    };
+
+    // Create.
+    for (predictor, expected) in [
+        (json!({"minReplicas": -1}), &negative_min),
+        (json!({"maxReplicas": -1}), &negative_max),
+        (json!({"minReplicas": 3, "maxReplicas": 2}), &min_above_max),
+    ] {
+        let mut m = manifest("w", json!({}), "s3://m/1");
+        for (k, v) in predictor.as_object().into_iter().flatten() {
+            m["spec"]["predictor"][k] = v.clone();
+        }
+        let err = a
+            .create(&PostParams::default(), &dynamic(m))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("create with {predictor} accepted"));
+        check(err, expected);
+    }
+    let mut with_transformer = manifest("w", json!({}), "s3://m/1");
+    with_transformer["spec"]["transformer"] =
+        json!({"minReplicas": -1, "containers": [{"name": "kserve-container", "image": "t:1"}]});
+    let err = a
+        .create(&PostParams::default(), &dynamic(with_transformer))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a transformer with minReplicas -1 was accepted"));
+    check(err, &negative_min);
+    assert!(
+        sim.get(NS, "w").is_none(),
+        "a denied create stored the object"
+    );
+
+    // A valid object, then every kind of update that would break the rule.
+    a.create(
+        &PostParams::default(),
+        &dynamic(manifest("w", json!({}), "s3://m/1")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Once Ready the controller leaves the object alone, so the resourceVersion below is current.
+    let before = wait_ready(&sim, NS, "w").await;
+
+    let mut replaced = before.clone();
+    replaced["spec"]["predictor"]["maxReplicas"] = json!(-3);
+    let err = a
+        .replace("w", &PostParams::default(), &dynamic(replaced))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("update with maxReplicas -3 accepted"));
+    check(err, &negative_max);
+
+    let err = a
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"predictor": {"minReplicas": 5, "maxReplicas": 4}}})),
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("merge patch min 5 > max 4 accepted"));
+    check(err, &min_above_max);
+
+    let path = format!("/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices/w");
+    let r = raw(
+        &sim,
+        "PATCH",
+        &path,
+        Some("application/json-patch+json"),
+        &json!([{"op": "replace", "path": "/spec/predictor/minReplicas", "value": -1}]).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["message"], json!(negative_min));
+
+    let mut applied = manifest("w", json!({}), "s3://m/1");
+    applied["spec"]["explainer"] = json!({"minReplicas": 2, "maxReplicas": 1,
+        "containers": [{"name": "kserve-container", "image": "e:1"}]});
+    let err = a
+        .patch(
+            "w",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&applied),
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("apply with an explainer min 2 > max 1 accepted"));
+    check(err, &min_above_max);
+
+    // Dry runs are admitted through the webhook too.
+    let err = a
+        .patch(
+            "w",
+            &PatchParams::default().dry_run(),
+            &Patch::Merge(json!({"spec": {"predictor": {"minReplicas": -1}}})),
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("dry-run merge patch minReplicas -1 accepted"));
+    check(err, &negative_min);
+
+    assert_eq!(
+        sim.get(NS, "w"),
+        Some(before),
+        "a denied write changed the object"
+    );
+
+    // Bounds that hold pass, including maxReplicas 0 (unbounded) and scale-to-zero.
+    for spec in [
+        json!({"minReplicas": 0, "maxReplicas": 0}),
+        json!({"minReplicas": 2, "maxReplicas": 2}),
+        json!({"minReplicas": 7, "maxReplicas": null}),
+    ] {
+        a.patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"predictor": spec}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{spec}: {e}"));
+    }
+    sim.stop().await;
+}
+
+/// The stand-in counts the requests it answers by verb, beyond the log's capacity, and a
+/// reading taken earlier lets a caller count one phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_verb() {
+    let sim = start(SimConfig {
+        request_log_capacity: 2,
+        ..fast_config()
+    })
+    .await;
+    let c = client(&sim).await;
+    let a = api(&c, NS);
+    for name in ["c1", "c2", "c3"] {
+        a.create(
+            &PostParams::default(),
+            &dynamic(manifest(name, json!({}), "s3://m/1")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let after_creates = sim.request_counts();
+    a.get("c1").await.unwrap_or_else(|e| panic!("{e}"));
+    a.list(&ListParams::default().labels("app=none"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stream = a
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(stream);
+    let ready = wait_ready(&sim, NS, "c1").await;
+    a.replace("c1", &PostParams::default(), &dynamic(ready))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    a.patch(
+        "c2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    a.patch(
+        "c3",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&manifest("c3", json!({}), "s3://m/2")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    a.delete("c3", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A refused request is counted as well.
+    assert!(a.get("missing").await.is_err());
+
+    let counts = sim.request_counts();
+    assert_eq!(
+        counts.to_string(),
+        "get=2 list=1 watch=1 create=3 update=1 patch=1 apply=1 delete=1"
+    );
+    assert_eq!(counts.get(Verb::Create), 3);
+    assert_eq!(counts.api_total(), 11);
+    assert_eq!(sim.request_log().len(), 2, "the log itself stays bounded");
+    assert_eq!(counts.since(&after_creates).get(Verb::Create), 0);
+    assert_eq!(counts.since(&after_creates).api_total(), 8);
+    sim.clear_request_log();
+    assert_eq!(sim.request_counts().api_total(), 0);
     sim.stop().await;
 }
