@@ -396,6 +396,16 @@ impl Metrics {
         }
     }
 
+    /// An admission webhook denied a write (KServe's validator answers 403 too): counted by
+    /// its code, but not as an authorization failure — RBAC is fine, the manifest is not.
+    pub fn kube_webhook_denied(&self) {
+        self.kube_errors
+            .get_or_create(&CodeLabels {
+                code: FORBIDDEN.to_string(),
+            })
+            .inc();
+    }
+
     fn polled(&self) -> MutexGuard<'_, Polled> {
         lock(&self.polled)
     }

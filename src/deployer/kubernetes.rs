@@ -302,6 +302,9 @@ impl KubernetesDeployer {
         let kube::Error::Api(status) = err else {
             return None;
         };
+        if webhook_denied(status) {
+            return None;
+        }
         let fix = match status.code {
             401 => {
                 "the Kubernetes API does not accept the worker's credentials; check the \
@@ -326,6 +329,11 @@ impl KubernetesDeployer {
     /// Counts an API error and says whether retrying can help.
     fn retryable(&self, err: &kube::Error) -> bool {
         match err {
+            kube::Error::Api(status) if webhook_denied(status) => {
+                // the manifest is refused (KServe's validator), not the worker: final
+                self.metrics.kube_webhook_denied();
+                false
+            }
             kube::Error::Api(status) => {
                 self.metrics.kube_error(status.code);
                 // Conflicts, throttling and server trouble pass; so do 401/403/404, which a
@@ -893,6 +901,12 @@ fn normalise_mode(mode: &str) -> &'static str {
         None if mode.eq_ignore_ascii_case("modelmesh") => "ModelMesh",
         Some(DeploymentMode::Knative) | None => "Knative",
     }
+}
+
+/// Whether an admission webhook (KServe's validator) denied the request: a 403 like RBAC's,
+/// but about the manifest, so final rather than a misconfiguration.
+fn webhook_denied(status: &kube::core::Status) -> bool {
+    status.code == 403 && status.message.starts_with("admission webhook")
 }
 
 /// A kube error in words: the API server's message when there is one.
