@@ -715,7 +715,6 @@ fn log_layer<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    use tracing_subscriber::filter::{FilterExt, filter_fn};
     let requested = std::env::var("RUST_LOG")
         .ok()
         .filter(|value| !value.trim().is_empty());
@@ -727,13 +726,21 @@ where
         }
         None => EnvFilter::new(default_filter),
     };
-    let context_spans = filter_fn(|meta| {
-        meta.is_span() && meta.target().starts_with("deploy_worker") && *meta.level() <= Level::INFO
-    });
     let ansi = format == LogFormat::Compact && io::stderr().is_terminal();
     LogLayer::new(format, ansi, writer)
-        .with_filter(filter.or(context_spans))
+        .with_filter(with_context_spans(filter))
         .boxed()
+}
+
+/// `lines` (what to log), also letting the worker's own spans at info and above through, so
+/// the lines it lets through carry their fields.
+fn with_context_spans(
+    lines: EnvFilter,
+) -> impl tracing_subscriber::layer::Filter<Registry> + Send + Sync + 'static {
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
+    lines.or(filter_fn(|meta| {
+        meta.is_span() && meta.target().starts_with("deploy_worker") && *meta.level() <= Level::INFO
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1527,6 +1534,25 @@ mod tests {
         assert_eq!(value["outcome"], "inner");
         assert_eq!(value["error"], "failed: [redacted]");
         assert_eq!(value["spans"], serde_json::json!(["outer", "inner"]));
+    }
+
+    #[test]
+    fn a_warning_inside_a_span_below_the_filter_still_carries_its_fields() {
+        let lines = Lines::default();
+        let layer = LogLayer::new(LogFormat::Compact, false, lines.clone())
+            .with_filter(with_context_spans(EnvFilter::new("warn")));
+        tracing::subscriber::with_default(Registry::default().with(layer), || {
+            let pass = tracing::info_span!("pass", endpoint_id = 7);
+            let _pass = pass.enter();
+            tracing::info!("not logged at warn");
+            tracing::warn!("logged");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.ends_with(" WARN pass: deploy_worker::telemetry::tests: logged endpoint_id=7\n"),
+            "{text}"
+        );
     }
 
     #[test]
