@@ -1,15 +1,15 @@
 //! Telemetry: structured logs, OpenTelemetry traces and W3C trace-context propagation.
 //!
-//! **One trace per event** (DESIGN §3). The platform's API publishes each serving event with
-//! W3C `traceparent`/`tracestate` NATS headers; the supervisor extracts them
+//! **One trace per event** (ARCHITECTURE.md, "The event path"). The platform's API publishes each
+//! serving event with W3C `traceparent`/`tracestate` NATS headers; the supervisor extracts them
 //! ([`extract_context`]) and opens a `receive` span whose parent is the publisher's span
 //! ([`receive_span`]). A pass over an endpoint is a child of the receive span of the newest
-//! delivery it covers, with span links to the other deliveries it coalesced, and has one child
-//! per step ([`Step`]): `load_intent`, `render`, `deploy` (with `apply` and `wait_ready`, made
-//! by the deployers through [`deploy_step_span`]) and `persist` (the group-commit wait). Every
-//! step carries the same attributes, recorded as they become known ([`SpanLabels`]):
-//! `tenant_id`, `project_id`, `endpoint_id`, `isvc_name`, `generation` and `outcome`; failures
-//! set the span's status to error and its `error` attribute ([`record_error`]).
+//! delivery it covers, with span links to the other deliveries it coalesced, and has one child per
+//! step ([`Step`]): `load_intent`, `render`, `deploy` (with `apply` and `wait_ready`, made by the
+//! deployers through [`deploy_step_span`]) and `persist` (the group-commit wait). Every step
+//! carries the same attributes, recorded as they become known ([`SpanLabels`]): `tenant_id`,
+//! `project_id`, `endpoint_id`, `isvc_name`, `generation` and `outcome`; failures set the span's
+//! status to error and its `error` attribute ([`record_error`]).
 //!
 //! **Export** is configured only by the standard `OTEL_*` variables ([`ExportConfig`]) and is
 //! off unless an OTLP endpoint is set. Spans are still created when export is off: trace ids
