@@ -737,10 +737,14 @@ where
 fn with_context_spans(
     lines: EnvFilter,
 ) -> impl tracing_subscriber::layer::Filter<Registry> + Send + Sync + 'static {
-    use tracing_subscriber::filter::{FilterExt, filter_fn};
-    lines.or(filter_fn(|meta| {
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
+    // decided once per callsite (the function reads metadata only), and capped at info so the
+    // global level hint stays what `lines` alone would make it at info or above
+    let context = filter_fn(|meta| {
         meta.is_span() && meta.target().starts_with("deploy_worker") && *meta.level() <= Level::INFO
-    }))
+    })
+    .with_max_level_hint(LevelFilter::INFO);
+    lines.or(context)
 }
 
 // ---------------------------------------------------------------------------------------------
