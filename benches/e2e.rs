@@ -1,4 +1,4 @@
-//! End-to-end load harness (DESIGN §5), run with `cargo bench --bench e2e`.
+//! End-to-end load harness (README, "Performance"), run with `cargo bench --bench e2e`.
 //!
 //! Everything is real and local: a throw-away Postgres with production durability (fsync and
 //! synchronous commit on), a throw-away `nats-server -js`, and the release `deploy-worker`

@@ -238,7 +238,18 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    // parsed in two steps: the demo asks the matches where its HTTP address came from
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.format(&mut Cli::command()).exit(),
+    };
+    if let Some(Command::Demo(args)) = &mut cli.command
+        && let Some(("demo", demo_matches)) = matches.subcommand()
+    {
+        args.free_port_unless_chosen(demo_matches);
+    }
     // Secrets known from the settings are redacted from logs and from the final error message.
     let secrets = match &cli.command {
         None => cli.run.secrets(),
@@ -284,12 +295,15 @@ fn actix_system() -> actix_rt::SystemRunner {
 
 /// Runs `work` with telemetry installed (inside the runtime: the trace exporter's batch task
 /// runs on it), then flushes the traces it produced.
+/// `default_filter` is the log filter when `RUST_LOG` is unset.
 async fn with_telemetry<F: std::future::Future<Output = Result<(), String>>>(
     logging: &LogArgs,
+    default_filter: &str,
     secrets: Secrets,
     work: F,
 ) -> Result<(), String> {
-    let telemetry = telemetry::init(logging.log_format, secrets).map_err(|err| err.to_string())?;
+    let telemetry = telemetry::init_with_filter(logging.log_format, default_filter, secrets)
+        .map_err(|err| err.to_string())?;
     let result = work.await;
     if let Err(err) = telemetry.shutdown().await {
         tracing::warn!(error = %err, "could not flush traces");
@@ -298,11 +312,17 @@ async fn with_telemetry<F: std::future::Future<Output = Result<(), String>>>(
 }
 
 fn run_worker(settings: Settings, secrets: Secrets) -> Result<(), String> {
-    actix_system().block_on(with_telemetry(&settings.logging, secrets, async {
-        worker::run(&settings, worker::shutdown_signal())
-            .await
-            .map_err(|err| err.to_string())
-    }))
+    let default_filter = telemetry::DEFAULT_LOG_FILTER;
+    actix_system().block_on(with_telemetry(
+        &settings.logging,
+        default_filter,
+        secrets,
+        async {
+            worker::run(&settings, worker::shutdown_signal())
+                .await
+                .map_err(|err| err.to_string())
+        },
+    ))
 }
 
 /// A small store for a one-off command.
@@ -339,7 +359,10 @@ fn migrate(args: MigrateArgs, secrets: Secrets) -> Result<(), String> {
 
 fn demo(args: DemoArgs, secrets: Secrets) -> Result<(), String> {
     let logging = args.settings.logging.clone();
-    actix_system().block_on(with_telemetry(&logging, secrets, async {
+    // the demo's own output is its progress bar and summary: the worker only says what is
+    // wrong, unless RUST_LOG asks for more
+    let default_filter = crate::demo::LOG_FILTER;
+    actix_system().block_on(with_telemetry(&logging, default_filter, secrets, async {
         crate::demo::run(args).await.map_err(|err| err.to_string())
     }))
 }

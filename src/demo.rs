@@ -10,7 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
 use serde_json::json;
@@ -38,6 +39,27 @@ pub struct DemoArgs {
     /// of the kubeconfig, for example the KServe stand-in).
     #[command(flatten)]
     pub settings: Settings,
+}
+
+/// The demo's log filter when `RUST_LOG` is unset: its own output is the progress bar and the
+/// summary, so the worker only reports what goes wrong.
+pub const LOG_FILTER: &str = "warn";
+
+/// Where the demo serves metrics and probes unless told otherwise: any free port, so a taken
+/// 8080 never stops a demo.
+const HTTP_LISTEN: &str = "127.0.0.1:0";
+
+impl DemoArgs {
+    /// Moves the HTTP port (metrics and probes) to any free port of 127.0.0.1 unless the user
+    /// chose an address (`--http-listen` or `HTTP_LISTEN`); `matches` are the demo command's.
+    pub fn free_port_unless_chosen(&mut self, matches: &ArgMatches) {
+        let chosen = matches
+            .value_source("http_listen")
+            .is_some_and(|source| source != ValueSource::DefaultValue);
+        if !chosen {
+            self.settings.http_listen = HTTP_LISTEN.to_owned();
+        }
+    }
 }
 
 /// Why the demo failed.
@@ -157,6 +179,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     };
 
     let worker = Worker::start(&settings).await?;
+    let http_addr = worker.http_addr();
+    println!("demo: the worker serves /metrics, /healthz and /readyz on http://{http_addr}");
     let db = worker.store().db().clone();
 
     // Seed: per tenant one project and one model version per intent kind.
@@ -307,6 +331,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             l.p99_ms.unwrap_or_default()
         );
     }
+    println!("  metrics, probes   were on http://{http_addr}");
     println!("  outcomes per tenant:");
     for o in &outcomes {
         println!("    {}  {:<9} {}", o.tenant_id, o.status, o.endpoints);

@@ -5,9 +5,9 @@
 //! missing and never changes an existing one. It binds one durable pull consumer per subject it
 //! acts on, with explicit acks, so several worker replicas can share the work.
 //!
-//! An event only says "look at endpoint X" (DESIGN §3, level-triggered): the payload is decoded
-//! strictly — a JSON object no larger than [`MAX_EVENT_BYTES`], `endpoint_id` a UUID, the other
-//! fields UUIDs or strings when present — and everything else is read from Postgres. Unknown
+//! An event only says "look at endpoint X" (level-triggered: ARCHITECTURE.md): the payload is
+//! decoded strictly — a JSON object no larger than [`MAX_EVENT_BYTES`], `endpoint_id` a UUID, the
+//! other fields UUIDs or strings when present — and everything else is read from Postgres. Unknown
 //! fields are ignored so the platform can add fields without breaking older workers.
 
 use std::time::Duration;

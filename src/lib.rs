@@ -1,7 +1,9 @@
 //! deploy-worker: turns endpoint intents stored in Postgres into KServe InferenceServices,
 //! driven by NATS JetStream events, for a multi-tenant MLOps platform.
 //!
-//! How a deploy flows through the modules:
+//! How a deploy flows through the modules (`ARCHITECTURE.md` at the repository's root tells
+//! the design behind it: the event path, the actor lifecycle, the fences, following after
+//! Ready, the failure rules):
 //!
 //! ```text
 //! JetStream ──▶ supervisor ──▶ endpoint_actor ──▶ pass ──▶ store (load intent)

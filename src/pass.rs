@@ -2,7 +2,7 @@
 //!
 //! The endpoint actor runs passes one at a time; everything queued for the endpoint while a
 //! pass runs is covered by the next one, so a burst of events becomes one deploy of the latest
-//! intent (level-triggered, DESIGN §3). A pass:
+//! intent (level-triggered; ARCHITECTURE.md, "Actor lifecycle"). A pass:
 //!
 //! 1. loads the endpoint row (batched with other actors' loads);
 //! 2. refuses deliveries whose tenant/project do not match the row (terminated, recorded; the

@@ -5,11 +5,12 @@
 //!
 //! - the **loader** gathers the ids requested while the previous query ran and reads them with
 //!   one `SELECT … WHERE id IN (…)`, so a burst of events costs a handful of round trips;
-//! - the **committer** does the same for writes (group commit, DESIGN §3): all status changes,
-//!   history rows and rejected-event records queued while the previous transaction committed
-//!   go into one transaction — one `UPDATE … FROM jsonb_to_recordset(…)`, two multi-row
-//!   `INSERT`s — and every waiter learns the result when it has committed. Actors ack their
-//!   messages only after that, so an acked event always has a durable outcome.
+//! - the **committer** does the same for writes (group commit; ARCHITECTURE.md, "The event
+//!   path"): all status changes, history rows and rejected-event records queued while the
+//!   previous transaction committed go into one transaction — one
+//!   `UPDATE … FROM jsonb_to_recordset(…)`, two multi-row `INSERT`s — and every waiter learns
+//!   the result when it has committed. Actors ack their messages only after that, so an acked
+//!   event always has a durable outcome.
 //!
 //! A failed query or commit is reported to every waiter as [`StoreError`]; the actors hand
 //! their messages back to JetStream with a delay, and the pool reconnects when Postgres is back.

@@ -1,15 +1,15 @@
 //! Telemetry: structured logs, OpenTelemetry traces and W3C trace-context propagation.
 //!
-//! **One trace per event** (DESIGN §3). The platform's API publishes each serving event with
-//! W3C `traceparent`/`tracestate` NATS headers; the supervisor extracts them
+//! **One trace per event** (ARCHITECTURE.md, "The event path"). The platform's API publishes each
+//! serving event with W3C `traceparent`/`tracestate` NATS headers; the supervisor extracts them
 //! ([`extract_context`]) and opens a `receive` span whose parent is the publisher's span
 //! ([`receive_span`]). A pass over an endpoint is a child of the receive span of the newest
-//! delivery it covers, with span links to the other deliveries it coalesced, and has one child
-//! per step ([`Step`]): `load_intent`, `render`, `deploy` (with `apply` and `wait_ready`, made
-//! by the deployers through [`deploy_step_span`]) and `persist` (the group-commit wait). Every
-//! step carries the same attributes, recorded as they become known ([`SpanLabels`]):
-//! `tenant_id`, `project_id`, `endpoint_id`, `isvc_name`, `generation` and `outcome`; failures
-//! set the span's status to error and its `error` attribute ([`record_error`]).
+//! delivery it covers, with span links to the other deliveries it coalesced, and has one child per
+//! step ([`Step`]): `load_intent`, `render`, `deploy` (with `apply` and `wait_ready`, made by the
+//! deployers through [`deploy_step_span`]) and `persist` (the group-commit wait). Every step
+//! carries the same attributes, recorded as they become known ([`SpanLabels`]): `tenant_id`,
+//! `project_id`, `endpoint_id`, `isvc_name`, `generation` and `outcome`; failures set the span's
+//! status to error and its `error` attribute ([`record_error`]).
 //!
 //! **Export** is configured only by the standard `OTEL_*` variables ([`ExportConfig`]) and is
 //! off unless an OTLP endpoint is set. Spans are still created when export is off: trace ids
@@ -19,10 +19,13 @@
 //! runs as a task on the worker's tokio runtime: [`init`] must be called inside it, and
 //! [`Telemetry::shutdown`] flushes what is buffered before the process exits.
 //!
-//! **Logs** go to stderr, `compact` (one line per event, the trace id among the span fields) or
-//! `json` (one object per line with top-level `trace_id` and `span_id`), filtered by `RUST_LOG`
-//! (default `info`). The `RUST_LOG` filter applies to logs only; the trace layer always sees the
-//! worker's own spans, so quieting the logs never breaks traces.
+//! **Logs** go to stderr, `compact` (one line per event) or `json` (one object per line, with
+//! `trace_id` and `span_id`), filtered by `RUST_LOG` (default `info`; the demo's is `warn`).
+//! A line carries each field once: the event's own fields, then for each other name the value
+//! of the innermost enclosing span that has it — the spans of a pass all declare `endpoint_id`,
+//! `trace_id`, … and a line that printed every span's fields would repeat them. The `RUST_LOG`
+//! filter applies to logs only; the trace layer always sees the worker's own spans, so
+//! quieting the logs never breaks traces.
 //!
 //! **Redaction.** Known secrets — passwords and tokens in `DATABASE_URL`/`NATS_URL` (in the
 //! userinfo or as `password`/`sslpassword`/`…token…` query parameters), OTLP header values, the
@@ -46,7 +49,7 @@ use opentelemetry::trace::{Status, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, SdkTracerProvider};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Dispatch, Event, Level, Metadata, Span, Subscriber};
@@ -69,10 +72,13 @@ const TRACER_NAME: &str = "deploy-worker";
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
-    /// One human-readable line per event; span fields (with `trace_id`) in front.
+    /// One human-readable line per event: time, level, the spans in scope, target, message,
+    /// then `name=value` for each field once (the enclosing spans' fields, `trace_id` among
+    /// them, after the event's own).
     #[default]
     Compact,
-    /// One JSON object per line, with top-level `trace_id` and `span_id`.
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`, `spans`,
+    /// `span_id`, `trace_id` and each field once, all at the top level.
     Json,
 }
 
@@ -594,12 +600,26 @@ impl Telemetry {
     }
 }
 
+/// The log filter when `RUST_LOG` is unset: what the worker and its commands log.
+pub const DEFAULT_LOG_FILTER: &str = "info";
+
 /// Sets up logs and traces from the environment (`RUST_LOG`, `OTEL_*`) and installs them as
 /// the global subscriber. Call inside the tokio runtime that will run the worker.
 pub fn init(format: LogFormat, secrets: Secrets) -> Result<Telemetry, TelemetryError> {
+    init_with_filter(format, DEFAULT_LOG_FILTER, secrets)
+}
+
+/// [`init`] with `default_filter` (`RUST_LOG` syntax) instead of [`DEFAULT_LOG_FILTER`] when
+/// `RUST_LOG` is unset: a command whose own output is the point (the demo) logs less.
+pub fn init_with_filter(
+    format: LogFormat,
+    default_filter: &str,
+    secrets: Secrets,
+) -> Result<Telemetry, TelemetryError> {
     let config = ExportConfig::from_env()?;
     let provider = config.provider()?;
-    install(format, provider, config.protocol.is_some(), secrets)
+    let exporting = config.protocol.is_some();
+    install_with_filter(format, default_filter, provider, exporting, secrets)
 }
 
 /// Logs only, no trace export: for short commands such as `migrate` and `render`.
@@ -615,9 +635,19 @@ pub fn install(
     exporting: bool,
     secrets: Secrets,
 ) -> Result<Telemetry, TelemetryError> {
+    install_with_filter(format, DEFAULT_LOG_FILTER, provider, exporting, secrets)
+}
+
+fn install_with_filter(
+    format: LogFormat,
+    default_filter: &str,
+    provider: SdkTracerProvider,
+    exporting: bool,
+    secrets: Secrets,
+) -> Result<Telemetry, TelemetryError> {
     use tracing_subscriber::util::SubscriberInitExt;
     register_secrets(secrets);
-    subscriber(format, &provider, io::stderr)
+    logs_and_traces(&provider, vec![(format, io::stderr)], default_filter)
         .try_init()
         .map_err(|err| TelemetryError::AlreadyInstalled(err.to_string()))?;
     Ok(Telemetry {
@@ -649,11 +679,22 @@ pub fn subscriber_with_logs<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    logs_and_traces(provider, outputs, DEFAULT_LOG_FILTER)
+}
+
+fn logs_and_traces<W>(
+    provider: &SdkTracerProvider,
+    outputs: Vec<(LogFormat, W)>,
+    default_filter: &str,
+) -> impl Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     // stacked rather than collected in a Vec: a Vec of layers does not pass the dispatch on,
-    // which the JSON layer needs for the trace ids
+    // which the log layer needs for the trace ids
     let logs = outputs
         .into_iter()
-        .map(|(format, writer)| log_layer(format, Redacting::new(writer)))
+        .map(|(format, writer)| log_layer(format, Redacting::new(writer), default_filter))
         .reduce(|stack, next| Box::new(stack.and_then(next)))
         .unwrap_or_else(|| Box::new(tracing_subscriber::layer::Identity::new()));
     let traces = tracing_opentelemetry::layer()
@@ -663,29 +704,47 @@ where
     Registry::default().with(logs).with(traces)
 }
 
-/// One log output, filtered by `RUST_LOG`.
-fn log_layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>
+/// One log output: its lines filtered by `RUST_LOG` (`default_filter` when unset or blank).
+/// The worker's own spans at info and above are always seen, whatever the filter says, so a
+/// warning inside a pass still names its endpoint and trace when only warnings are logged.
+fn log_layer<W>(
+    format: LogFormat,
+    writer: W,
+    default_filter: &str,
+) -> Box<dyn Layer<Registry> + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = match EnvFilter::try_from_default_env() {
-        Ok(filter) => filter,
-        Err(err) => {
-            if std::env::var_os("RUST_LOG").is_some() {
-                eprintln!("RUST_LOG is invalid ({err}); logging at info");
-            }
-            EnvFilter::new("info")
+    let requested = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| !value.trim().is_empty());
+    let filter = match requested.map(|value| EnvFilter::try_new(&value)) {
+        Some(Ok(filter)) => filter,
+        Some(Err(err)) => {
+            eprintln!("RUST_LOG is invalid ({err}); logging at {default_filter}");
+            EnvFilter::new(default_filter)
         }
+        None => EnvFilter::new(default_filter),
     };
-    match format {
-        LogFormat::Compact => tracing_subscriber::fmt::layer()
-            .compact()
-            .with_ansi(io::stderr().is_terminal())
-            .with_writer(writer)
-            .with_filter(filter)
-            .boxed(),
-        LogFormat::Json => JsonLayer::new(writer).with_filter(filter).boxed(),
-    }
+    let ansi = format == LogFormat::Compact && io::stderr().is_terminal();
+    LogLayer::new(format, ansi, writer)
+        .with_filter(with_context_spans(filter))
+        .boxed()
+}
+
+/// `lines` (what to log), also letting the worker's own spans at info and above through, so
+/// the lines it lets through carry their fields.
+fn with_context_spans(
+    lines: EnvFilter,
+) -> impl tracing_subscriber::layer::Filter<Registry> + Send + Sync + 'static {
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
+    // decided once per callsite (the function reads metadata only), and capped at info so the
+    // global level hint stays what `lines` alone would make it at info or above
+    let context = filter_fn(|meta| {
+        meta.is_span() && meta.target().starts_with("deploy_worker") && *meta.level() <= Level::INFO
+    })
+    .with_max_level_hint(LevelFilter::INFO);
+    lines.or(context)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -963,57 +1022,228 @@ pub fn record_error(span: &Span, error: &dyn Display) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// JSON log lines.
+// Log lines.
+//
+// One layer writes both formats. A line inside a pass sits in up to four spans (receive, pass,
+// a step, a deployer's step) that all declare `endpoint_id`, `tenant_id`, … so printing every
+// span's fields, as the stock formatters do, repeats each of them several times. Here a line
+// carries each field once: the event's own fields, then for every other name the value of the
+// innermost span that has it (the most specific, e.g. the step's `outcome` rather than the
+// pass's).
 
-/// Span fields as JSON, kept in the span's extensions for the JSON log layer.
-struct JsonFields(Map<String, Value>);
-
-struct JsonVisitor<'a>(&'a mut Map<String, Value>);
-
-impl Visit for JsonVisitor<'_> {
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(value.to_string()));
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(format!("{value:?}")));
-    }
+/// One recorded field value, kept typed so each format renders it its own way.
+#[derive(Debug, Clone)]
+enum FieldValue {
+    /// A string recorded as such (`name = "x"`): quoted in text lines.
+    Str(String),
+    /// A value recorded through `Debug` or `Display` (`?x`, `%x`, errors): shown as is.
+    Shown(String),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
 }
 
-/// Writes one JSON object per event: `timestamp`, `level`, `target`, `message`, `fields`,
-/// `spans` (names, root first), `span` (the fields of every span in scope) and the
-/// OpenTelemetry `trace_id`/`span_id` of the innermost span.
-struct JsonLayer<W> {
-    writer: W,
-    dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
-}
-
-impl<W> JsonLayer<W> {
-    fn new(writer: W) -> Self {
-        Self {
-            writer,
-            dispatch: OnceLock::new(),
+impl FieldValue {
+    fn to_json(&self) -> Value {
+        match self {
+            Self::Str(s) | Self::Shown(s) => Value::from(s.as_str()),
+            Self::I64(v) => Value::from(*v),
+            Self::U64(v) => Value::from(*v),
+            Self::F64(v) => Value::from(*v),
+            Self::Bool(v) => Value::from(*v),
         }
     }
 }
 
-impl<S, W> Layer<S> for JsonLayer<W>
+impl std::fmt::Display for FieldValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Str(s) => write!(f, "{s:?}"),
+            Self::Shown(s) => f.write_str(s),
+            Self::I64(v) => write!(f, "{v}"),
+            Self::U64(v) => write!(f, "{v}"),
+            Self::F64(v) => write!(f, "{v}"),
+            Self::Bool(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// Fields in the order they were declared or first recorded; a name appears once (recording
+/// it again replaces its value).
+#[derive(Debug, Default)]
+struct Fields(Vec<(&'static str, FieldValue)>);
+
+impl Fields {
+    fn set(&mut self, name: &'static str, value: FieldValue) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| *n == name)
+    }
+
+    fn take(&mut self, name: &str) -> Option<FieldValue> {
+        let at = self.0.iter().position(|(n, _)| *n == name)?;
+        Some(self.0.remove(at).1)
+    }
+}
+
+impl Visit for Fields {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.set(field.name(), FieldValue::F64(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.set(field.name(), FieldValue::I64(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.set(field.name(), FieldValue::U64(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.set(field.name(), FieldValue::Bool(value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.set(field.name(), FieldValue::Str(value.to_owned()));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.set(field.name(), FieldValue::Shown(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.set(field.name(), FieldValue::Shown(format!("{value:?}")));
+    }
+}
+
+/// A span's fields, kept in its extensions by [`LogLayer`].
+struct SpanFields(Fields);
+
+/// Writes one line per event in `format` (see [`LogFormat`]), each field once.
+struct LogLayer<W> {
+    format: LogFormat,
+    ansi: bool,
+    writer: W,
+    dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
+}
+
+impl<W> LogLayer<W> {
+    fn new(format: LogFormat, ansi: bool, writer: W) -> Self {
+        Self {
+            format,
+            ansi,
+            writer,
+            dispatch: OnceLock::new(),
+        }
+    }
+
+    /// The OpenTelemetry trace and span ids of span `id`, when it is traced.
+    fn otel_ids(&self, id: &Id) -> Option<(String, String)> {
+        let dispatch = self.dispatch.get()?.upgrade()?;
+        let cx = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
+        let span_ref = cx.span();
+        let sc = span_ref.span_context();
+        sc.is_valid()
+            .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+    }
+}
+
+/// What one log line says, before it is written in either format.
+struct LogLine<'a> {
+    level: Level,
+    target: Cow<'a, str>,
+    /// Names of the spans in scope, root first.
+    spans: Vec<&'static str>,
+    message: Option<FieldValue>,
+    /// The event's fields, then the innermost value of every span field not among them.
+    fields: Fields,
+}
+
+impl LogLine<'_> {
+    fn text(&self, ansi: bool) -> String {
+        use std::fmt::Write as _;
+        let mut out = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let level = self.level.as_str();
+        if ansi {
+            let colour = match self.level {
+                Level::ERROR => "31",
+                Level::WARN => "33",
+                Level::INFO => "32",
+                Level::DEBUG => "34",
+                Level::TRACE => "35",
+            };
+            let _ = write!(out, " \x1b[{colour}m{level:>5}\x1b[0m");
+        } else {
+            let _ = write!(out, " {level:>5}");
+        }
+        if !self.spans.is_empty() {
+            let _ = write!(out, " {}:", self.spans.join(":"));
+        }
+        let _ = write!(out, " {}:", self.target);
+        if let Some(message) = &self.message {
+            let _ = write!(out, " {message}");
+        }
+        for (name, value) in &self.fields.0 {
+            let _ = write!(out, " {name}={value}");
+        }
+        out.push('\n');
+        out
+    }
+
+    /// One JSON object, keys in this order: `timestamp`, `level`, `target`, `message`,
+    /// `spans`, `span_id`, `trace_id` (the innermost span's, when no field has one), then the
+    /// fields, all at the top level.
+    fn json(self, otel: Option<(String, String)>) -> Option<Vec<u8>> {
+        let mut line: Vec<(Cow<'_, str>, Value)> = vec![
+            (
+                "timestamp".into(),
+                Value::from(
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                ),
+            ),
+            ("level".into(), Value::from(self.level.as_str())),
+            ("target".into(), Value::from(self.target.as_ref())),
+        ];
+        if let Some(message) = &self.message {
+            line.push(("message".into(), Value::from(message.to_string())));
+        }
+        if !self.spans.is_empty() {
+            let names = self.spans.iter().map(|s| Value::from(*s)).collect();
+            line.push(("spans".into(), Value::Array(names)));
+        }
+        if let Some((trace_id, span_id)) = otel {
+            line.push(("span_id".into(), Value::from(span_id)));
+            if !self.fields.has("trace_id") {
+                line.push(("trace_id".into(), Value::from(trace_id)));
+            }
+        }
+        for (name, value) in &self.fields.0 {
+            // The line's own keys come first; a field by one of those names is kept under
+            // `field.<name>` rather than repeating the key.
+            let key = if line.iter().any(|(key, _)| key == name) {
+                Cow::Owned(format!("field.{name}"))
+            } else {
+                Cow::Borrowed(*name)
+            };
+            line.push((key, value.to_json()));
+        }
+        // Written by hand rather than through a map: a map would sort the keys, and a person
+        // reads `timestamp`, `level` and `message` first.
+        let mut bytes = vec![b'{'];
+        for (i, (key, value)) in line.iter().enumerate() {
+            if i > 0 {
+                bytes.push(b',');
+            }
+            serde_json::to_writer(&mut bytes, key.as_ref()).ok()?;
+            bytes.push(b':');
+            serde_json::to_writer(&mut bytes, value).ok()?;
+        }
+        bytes.extend_from_slice(b"}\n");
+        Some(bytes)
+    }
+}
+
+impl<S, W> Layer<S> for LogLayer<W>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + 'static,
@@ -1023,69 +1253,75 @@ where
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut fields = Map::new();
-        attrs.record(&mut JsonVisitor(&mut fields));
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(JsonFields(fields));
+        let Some(span) = ctx.span(id) else { return };
+        let mut extensions = span.extensions_mut();
+        // Several log outputs share the span: the first one keeps its fields for all.
+        if extensions.get_mut::<SpanFields>().is_none() {
+            let mut fields = Fields::default();
+            attrs.record(&mut fields);
+            extensions.insert(SpanFields(fields));
         }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(id)
-            && let Some(fields) = span.extensions_mut().get_mut::<JsonFields>()
+            && let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
         {
-            values.record(&mut JsonVisitor(&mut fields.0));
+            values.record(&mut fields.0);
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
-        let mut fields = Map::new();
-        event.record(&mut JsonVisitor(&mut fields));
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-        );
-        line.insert("level".into(), Value::from(meta.level().as_str()));
-        line.insert("target".into(), Value::from(meta.target()));
-        if let Some(message) = fields.remove("message") {
-            line.insert("message".into(), message);
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        // Lines bridged from the `log` crate carry their real target (and source position,
+        // which the worker's own lines do not show either) as fields.
+        let target = match fields.take("log.target") {
+            Some(FieldValue::Str(t) | FieldValue::Shown(t)) => Cow::Owned(t),
+            _ => Cow::Borrowed(meta.target()),
+        };
+        for name in ["log.module_path", "log.file", "log.line"] {
+            fields.take(name);
         }
-        if !fields.is_empty() {
-            line.insert("fields".into(), Value::Object(fields));
-        }
+        let message = fields.take("message");
+        let mut spans = Vec::new();
         let mut innermost = None;
         if let Some(scope) = ctx.event_scope(event) {
-            let mut names = Vec::new();
-            let mut span_fields = Map::new();
-            for span in scope.from_root() {
-                names.push(Value::from(span.name()));
-                if let Some(fields) = span.extensions().get::<JsonFields>() {
-                    span_fields.extend(fields.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+            for span in scope {
+                spans.push(span.name());
+                innermost.get_or_insert_with(|| span.id());
+                if let Some(SpanFields(span_fields)) = span.extensions().get::<SpanFields>() {
+                    for (name, value) in &span_fields.0 {
+                        // `otel.*` fields instruct the trace layer; they say nothing to a reader
+                        if !fields.has(name) && *name != "message" && !name.starts_with("otel.") {
+                            fields.0.push((name, value.clone()));
+                        }
+                    }
                 }
-                innermost = Some(span.id());
-            }
-            line.insert("spans".into(), Value::Array(names));
-            line.insert("span".into(), Value::Object(span_fields));
-        }
-        // No extension lock is held here: the OpenTelemetry layer takes its own.
-        if let Some(id) = innermost
-            && let Some(dispatch) = self.dispatch.get().and_then(|weak| weak.upgrade())
-            && let Some(cx) = tracing_opentelemetry::get_otel_context(&id, &dispatch)
-        {
-            let span_ref = cx.span();
-            let sc = span_ref.span_context();
-            if sc.is_valid() {
-                line.insert("trace_id".into(), Value::from(sc.trace_id().to_string()));
-                line.insert("span_id".into(), Value::from(sc.span_id().to_string()));
             }
         }
-        let Ok(mut bytes) = serde_json::to_vec(&Value::Object(line)) else {
-            return;
+        spans.reverse();
+        let line = LogLine {
+            level: *meta.level(),
+            target,
+            spans,
+            message,
+            fields,
         };
-        bytes.push(b'\n');
-        // A log line that cannot be written has nowhere else to go.
+        let bytes = match self.format {
+            LogFormat::Compact => line.text(self.ansi).into_bytes(),
+            LogFormat::Json => {
+                // No extension lock is held here: the OpenTelemetry layer takes its own.
+                let otel = innermost.and_then(|id| self.otel_ids(&id));
+                match line.json(otel) {
+                    Some(bytes) => bytes,
+                    None => return,
+                }
+            }
+        };
+        // One write per line, so the redacting writer sees whole lines; a line that cannot
+        // be written has nowhere else to go.
         let _ = self.writer.make_writer_for(meta).write_all(&bytes);
     }
 }
@@ -1219,6 +1455,108 @@ mod tests {
         }
         assert_eq!(String::from_utf8(out).unwrap(), "header [redacted] sent\n");
         assert_eq!(redacted("x tok-12345".into()), "x [redacted]");
+    }
+
+    /// A log output kept in memory.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Lines {
+        type Writer = Lines;
+        fn make_writer(&'a self) -> Lines {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_line_names_each_field_once_with_the_innermost_value_and_is_redacted() {
+        register_secrets(Secrets::new(["log-secret-42".to_owned()]));
+        let (compact, json) = (Lines::default(), Lines::default());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = subscriber_with_logs(
+            &provider,
+            vec![
+                (LogFormat::Compact, compact.clone()),
+                (LogFormat::Json, json.clone()),
+            ],
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!(
+                "outer",
+                otel.kind = "consumer",
+                endpoint_id = 1,
+                outcome = "outer",
+                tenant = "t"
+            );
+            let _outer = outer.enter();
+            let inner =
+                tracing::info_span!("inner", endpoint_id = 1, outcome = tracing::field::Empty);
+            let _inner = inner.enter();
+            inner.record("outcome", "inner");
+            tracing::info!(endpoint_id = 1, error = "failed: log-secret-42", "done");
+        });
+        let compact = String::from_utf8(compact.0.lock().unwrap().clone()).unwrap();
+        let line = compact.lines().next().unwrap();
+        assert!(line.ends_with(
+            " INFO outer:inner: deploy_worker::telemetry::tests: done endpoint_id=1 error=\"failed: [redacted]\" outcome=\"inner\" tenant=\"t\""
+        ), "{line}");
+        let json = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+        let value: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "endpoint_id",
+                "error",
+                "level",
+                "message",
+                "outcome",
+                "span_id",
+                "spans",
+                "target",
+                "tenant",
+                "timestamp",
+                "trace_id"
+            ],
+            "{json}"
+        );
+        assert_eq!(value["outcome"], "inner");
+        assert_eq!(value["error"], "failed: [redacted]");
+        assert_eq!(value["spans"], serde_json::json!(["outer", "inner"]));
+    }
+
+    #[test]
+    fn a_warning_inside_a_span_below_the_filter_still_carries_its_fields() {
+        let lines = Lines::default();
+        let layer = LogLayer::new(LogFormat::Compact, false, lines.clone())
+            .with_filter(with_context_spans(EnvFilter::new("warn")));
+        tracing::subscriber::with_default(Registry::default().with(layer), || {
+            let pass = tracing::info_span!("pass", endpoint_id = 7);
+            let _pass = pass.enter();
+            tracing::info!("not logged at warn");
+            tracing::warn!("logged");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.ends_with(" WARN pass: deploy_worker::telemetry::tests: logged endpoint_id=7\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! [`Worker::start`] must run inside an actix `System` (the binary runs one on a multi-threaded
 //! tokio runtime: actors live on the system thread, database and NATS I/O on tokio's workers).
-//! [`Worker::shutdown`] implements the graceful stop of DESIGN §3: stop fetching, let running
-//! passes finish within the grace period, hand back everything else, flush NATS, return.
+//! [`Worker::shutdown`] implements the graceful stop (ARCHITECTURE.md, "Actor lifecycle"): stop
+//! fetching, let running passes finish within the grace period, hand back everything else, flush
+//! NATS, return.
 //!
 //! The worker also serves its HTTP port ([`crate::http`]: metrics, liveness, readiness) from
 //! the moment it has connected until the end of [`Worker::shutdown`]; readiness turns 503 as

@@ -10,11 +10,9 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Env, http_get, wait_for, wait_http};
+use common::{Capture, Env, http_get, wait_for, wait_http};
 use deploy_worker::config::DeployMode;
 use deploy_worker::events::EventKind;
 use deploy_worker::kserve::isvc_name;
@@ -33,33 +31,6 @@ const SCHEMA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../shared/kserve/inferenceservice-v1beta1.schema.json"
 );
-
-/// A log output kept in memory.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("capture lock")).into_owned()
-    }
-}
 
 /// Every row of `table` (`columns`) as JSON text.
 async fn rows(db: &sea_orm::DatabaseConnection, table: &str, columns: &str) -> Vec<String> {

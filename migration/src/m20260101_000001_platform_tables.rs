@@ -2,7 +2,7 @@
 //!
 //! The platform's API owns these tables. On its database they already exist and this
 //! migration leaves them alone; on an empty database (demo, tests, a fresh install) it
-//! creates them with the columns the platform contract names (DESIGN §1).
+//! creates them with the columns the platform contract names (README, "Platform contracts").
 
 use sea_orm_migration::prelude::*;
 
