@@ -79,7 +79,7 @@ fn promtool_checks_the_rules_and_their_unit_tests_pass() {
         &[Path::new("check"), Path::new("rules"), &repo(RULES)],
     );
     assert!(ok, "promtool check rules: {out}");
-    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
     let (ok, out) = run(
         &promtool,
         &[Path::new("test"), Path::new("rules"), &repo(RULE_TESTS)],
@@ -165,5 +165,5 @@ fn the_prometheus_rule_carries_the_same_groups_as_the_rules_file() {
         resource["spec"]["groups"], rules["groups"],
         "deploy/prometheus/prometheusrule.yaml and {RULES} differ"
     );
-    assert_eq!(alert_names(&rules).len(), 6);
+    assert_eq!(alert_names(&rules).len(), 8);
 }

@@ -327,6 +327,7 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exposed_by_a_running
         "deploy_worker_database_errors_total",
         "deploy_worker_group_commit_batch_size_sum",
         "deploy_worker_oldest_deploying_age_seconds",
+        "deploy_worker_follow_total",
     ] {
         assert!(
             dashboard_metrics.contains(wanted),
@@ -334,7 +335,7 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exposed_by_a_running
         );
     }
     let alerts: BTreeSet<&str> = rules.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(alerts.len(), 6, "{alerts:?}");
+    assert_eq!(alerts.len(), 8, "{alerts:?}");
 
     // And the values say what happened: everything consumed, nothing stuck.
     let value = |sample: &str, labels: &[(&str, &str)]| {
