@@ -466,7 +466,7 @@ fn reconcile(args: ReconcileArgs, secrets: Secrets) -> Result<(), String> {
                 .unwrap_or_default(),
             outcome.trace_id.as_deref().unwrap_or("-"),
         );
-        if outcome.outcome == crate::store::outcome::ERROR {
+        if outcome.outcome == crate::outcome::Outcome::Error.as_str() {
             return Err(format!(
                 "endpoint {} ended ERROR: {}",
                 args.endpoint_id,

@@ -169,10 +169,7 @@ impl EndpointActor {
         let metrics = &self.ctx.metrics;
         metrics.retries(crate::metrics::retry::SHUTDOWN, deliveries.len());
         for delivery in &deliveries {
-            metrics.event(
-                delivery.subject(),
-                crate::metrics::event_outcome::HANDED_BACK,
-            );
+            metrics.event(delivery.subject(), crate::outcome::Outcome::HandedBack);
         }
         let work = async move { answer_all(&deliveries, AckKind::Nak(None)).await };
         ctx.spawn(work.into_actor(self).map(|(), act, ctx| {

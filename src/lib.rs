@@ -20,6 +20,7 @@
 //!   what a tenant may ask for (storage URI schemes, service accounts);
 //! - [`deployer`]: simulate mode and k8s mode, with one shared watch ([`deployer::informer`]);
 //!   [`follow`]: following endpoints after Ready, repairs and the guarded garbage collection;
+//! - [`outcome`]: how handling an event ended, one word for history, metrics and spans;
 //! - [`store`]: Postgres with batched reads and group commit; [`admission`]: tenant fairness;
 //!   [`retention`]: pruning old history; [`grants`]: the least-privilege database role;
 //! - [`tls`]: encrypted, authenticated connections to NATS and the OTLP collector;
@@ -46,6 +47,7 @@ pub mod intent;
 pub mod kserve;
 pub mod metrics;
 pub mod ops;
+pub mod outcome;
 pub mod pass;
 pub mod platform;
 pub mod policy;

@@ -35,7 +35,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::admission::Admission;
 use crate::events::{DELETE_SUBJECT, DEPLOY_SUBJECT};
-use crate::store::outcome;
+use crate::outcome::Outcome;
 use crate::supervisor;
 
 /// Prefix of every metric name.
@@ -99,14 +99,6 @@ pub struct DeployingState {
 struct Polled {
     consumers: Option<Vec<ConsumerState>>,
     deploying: Option<(DeployingState, Instant)>,
-}
-
-/// Label `outcome` of `deploy_worker_events_total` for answers that are not a pass outcome.
-pub mod event_outcome {
-    /// Terminated and recorded in `rejected_events`.
-    pub const REFUSED: &str = "refused";
-    /// Handed back (nak) for a later retry.
-    pub const HANDED_BACK: &str = "handed_back";
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -280,18 +272,11 @@ impl Metrics {
         // Known label values start at zero, so `rate()` and alerts work before the first
         // occurrence.
         for subject in [DEPLOY_SUBJECT, DELETE_SUBJECT] {
-            for outcome in [
-                outcome::READY,
-                outcome::ERROR,
-                outcome::DELETED,
-                outcome::UNCHANGED,
-                outcome::SUPERSEDED,
-                outcome::SKIPPED,
-                outcome::PAUSED,
-                event_outcome::REFUSED,
-                event_outcome::HANDED_BACK,
-            ] {
-                let _ = events.get_or_create(&EventLabels { subject, outcome });
+            for outcome in Outcome::ALL {
+                let _ = events.get_or_create(&EventLabels {
+                    subject,
+                    outcome: outcome.as_str(),
+                });
             }
         }
         for reason in [
@@ -348,11 +333,11 @@ impl Metrics {
     }
 
     /// A message on `subject` was answered with `outcome`.
-    pub fn event(&self, subject: &str, outcome: &'static str) {
+    pub fn event(&self, subject: &str, outcome: Outcome) {
         self.events
             .get_or_create(&EventLabels {
                 subject: subject_label(subject),
-                outcome,
+                outcome: outcome.as_str(),
             })
             .inc();
     }
@@ -363,9 +348,11 @@ impl Metrics {
     }
 
     /// A deploy pass ended with `outcome` after `seconds`.
-    pub fn deploy_finished(&self, outcome: &'static str, seconds: f64) {
+    pub fn deploy_finished(&self, outcome: Outcome, seconds: f64) {
         self.deploy_duration
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
             .observe(seconds.max(0.0));
     }
 
@@ -620,12 +607,12 @@ mod tests {
         metrics.register_live_state(admission.clone(), actors);
         let tenant = uuid::Uuid::new_v4();
         let permit = admission.acquire(tenant).await;
-        metrics.event(DEPLOY_SUBJECT, "ready");
-        metrics.event("mlops.serving.surprise", "refused");
+        metrics.event(DEPLOY_SUBJECT, Outcome::Ready);
+        metrics.event("mlops.serving.surprise", Outcome::Refused);
         metrics.kube_error(429);
         metrics.retries(retry::DATABASE, 3);
         metrics.commit_batch(7);
-        metrics.deploy_finished("ready", 0.25);
+        metrics.deploy_finished(Outcome::Ready, 0.25);
         let text = metrics.encode().unwrap();
         assert!(text.ends_with("# EOF\n"), "{text}");
         for needle in [

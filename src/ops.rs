@@ -27,8 +27,9 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::events::EventKind;
+use crate::outcome::Outcome;
 use crate::platform::{self, EventFields, ModelVersionRef};
-use crate::store::{PAUSED_REASON, outcome};
+use crate::store::PAUSED_REASON;
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +203,7 @@ pub async fn wait_outcome(
             [
                 endpoint_id.into(),
                 history_before.into(),
-                outcome::SUPERSEDED.into(),
+                Outcome::Superseded.as_str().into(),
             ],
         ))
         .one(db)

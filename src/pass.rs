@@ -44,10 +44,11 @@ use crate::deployer::{
 use crate::events::EventKind;
 use crate::follow::RepairLimiter;
 use crate::kserve::{self, InferenceService, RenderOptions};
-use crate::metrics::{Metrics, event_outcome, follow, retry};
+use crate::metrics::{Metrics, follow, retry};
+use crate::outcome::Outcome;
 use crate::store::{
     Applied, EndpointRecord, HistoryEntry, PAUSED_REASON, RejectedEvent, StatusWrite, Store,
-    UrlChange, Write, outcome,
+    UrlChange, Write,
 };
 use crate::telemetry::{self, SpanLabels, Step};
 
@@ -144,7 +145,7 @@ pub enum Phase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PassResult {
     /// Outcome committed and messages answered; the history row says which.
-    Done(&'static str),
+    Done(Outcome),
     /// Messages refused (terminated and recorded).
     Refused,
     /// Messages handed back for a retry.
@@ -153,11 +154,11 @@ pub enum PassResult {
 
 impl PassResult {
     /// The outcome as a metric label / span attribute.
-    pub fn label(&self) -> &'static str {
+    pub fn label(&self) -> Outcome {
         match self {
-            Self::Done(outcome) => outcome,
-            Self::Refused => event_outcome::REFUSED,
-            Self::HandedBack => event_outcome::HANDED_BACK,
+            Self::Done(outcome) => *outcome,
+            Self::Refused => Outcome::Refused,
+            Self::HandedBack => Outcome::HandedBack,
         }
     }
 }
@@ -206,7 +207,7 @@ pub async fn run(
                 .await
         }
     };
-    telemetry::record_outcome(&span, result.label());
+    telemetry::record_outcome(&span, result.label().as_str());
     result
 }
 
@@ -270,7 +271,7 @@ async fn recover(
             project_id: owner.project_id,
             generation: owner.generation,
             action: action.as_str(),
-            outcome: outcome::ERROR,
+            outcome: Outcome::Error,
             reason: Some(reason.clone()),
             isvc_name: ctx.deployer.name_for(&ctx.render.name_prefix, endpoint_id),
             url: None,
@@ -292,10 +293,10 @@ async fn recover(
         match ctx.store.write(Write::Status(write)).await {
             Ok(_) => {
                 for delivery in unanswered {
-                    answered(ctx, delivery, outcome::ERROR);
+                    answered(ctx, delivery, Outcome::Error);
                     delivery.answer(AckKind::Term).await;
                 }
-                return PassResult::Done(outcome::ERROR);
+                return PassResult::Done(Outcome::Error);
             }
             Err(err) => {
                 tracing::warn!(%endpoint_id, error = %err, "cannot record the ERROR; handing events back");
@@ -392,12 +393,12 @@ async fn run_pass(
         pass.follow().await
     } else if record.is_deleted() {
         pass.record_only(
-            outcome::SKIPPED,
+            Outcome::Skipped,
             Some("endpoint is deleted; deploy request ignored"),
         )
         .await
     } else if record.is_converged() {
-        pass.record_only(outcome::UNCHANGED, None).await
+        pass.record_only(Outcome::Unchanged, None).await
     } else if record.tenant_paused {
         pass.hold_for_pause().await
     } else {
@@ -420,9 +421,9 @@ fn labels<'a>(record: &EndpointRecord, name: &'a str) -> SpanLabels<'a> {
 }
 
 /// Counts `delivery` as answered with `outcome` and records it on its `receive` span.
-fn answered(ctx: &PassContext, delivery: &Delivery, outcome: &'static str) {
+fn answered(ctx: &PassContext, delivery: &Delivery, outcome: Outcome) {
     ctx.metrics.event(delivery.subject(), outcome);
-    telemetry::record_outcome(&delivery.span, outcome);
+    telemetry::record_outcome(&delivery.span, outcome.as_str());
 }
 
 /// Hands `batch` back to JetStream for a retry because of `reason` (see [`retry`]): after a
@@ -431,7 +432,7 @@ fn answered(ctx: &PassContext, delivery: &Delivery, outcome: &'static str) {
 async fn hand_back(ctx: &PassContext, batch: &[Delivery], reason: &'static str) {
     ctx.metrics.retries(reason, batch.len());
     for delivery in batch {
-        answered(ctx, delivery, event_outcome::HANDED_BACK);
+        answered(ctx, delivery, Outcome::HandedBack);
     }
     if reason == retry::SHUTDOWN {
         answer_all(batch, AckKind::Nak(None)).await;
@@ -495,7 +496,7 @@ pub async fn refuse(ctx: &PassContext, batch: &[Delivery], reason: &str) {
         );
         match ctx.store.record_rejected(record).await {
             Ok(()) => {
-                answered(ctx, delivery, event_outcome::REFUSED);
+                answered(ctx, delivery, Outcome::Refused);
                 telemetry::record_error(&delivery.span, &reason);
                 delivery.answer(AckKind::Term).await;
             }
@@ -582,7 +583,7 @@ impl<'a> Pass<'a> {
     fn history(
         &self,
         action: EventKind,
-        outcome: &'static str,
+        outcome: Outcome,
         reason: Option<String>,
         url: Option<String>,
     ) -> HistoryEntry {
@@ -596,7 +597,7 @@ impl<'a> Pass<'a> {
     fn history_as(
         &self,
         action: &'static str,
-        outcome: &'static str,
+        outcome: Outcome,
         reason: Option<String>,
         url: Option<String>,
     ) -> HistoryEntry {
@@ -625,7 +626,7 @@ impl<'a> Pass<'a> {
                 history: Some(h), ..
             })
             | Write::History(h) => h.outcome,
-            _ => outcome::ERROR,
+            _ => Outcome::Error,
         };
         let write_kind = match &write {
             Write::Status(s) => Some(s.status),
@@ -637,8 +638,8 @@ impl<'a> Pass<'a> {
         };
         match applied {
             Applied::Yes => {
-                telemetry::record_outcome(&persist, outcome);
-                if outcome == outcome::READY {
+                telemetry::record_outcome(&persist, outcome.as_str());
+                if outcome == Outcome::Ready {
                     let now = Utc::now();
                     for published in self.batch.iter().filter_map(|d| d.published_at) {
                         let micros = (now - published).num_microseconds().unwrap_or(i64::MAX);
@@ -653,7 +654,7 @@ impl<'a> Pass<'a> {
                 PassResult::Done(outcome)
             }
             Applied::Superseded => {
-                self.log_committed(outcome::SUPERSEDED);
+                self.log_committed(Outcome::Superseded);
                 if matches!(&write_kind, Some(s) if *s != status::DELETED) {
                     self.remove_if_deleted().await;
                 }
@@ -688,24 +689,24 @@ impl<'a> Pass<'a> {
     /// Acks the batch as superseded: a newer intent (or a delete) got there first, and its own
     /// event drives it.
     async fn superseded(&self, persist: &Span) -> PassResult {
-        telemetry::record_outcome(persist, outcome::SUPERSEDED);
+        telemetry::record_outcome(persist, Outcome::Superseded.as_str());
         for delivery in self.batch {
-            answered(self.ctx, delivery, outcome::SUPERSEDED);
+            answered(self.ctx, delivery, Outcome::Superseded);
         }
         answer_all(self.batch, AckKind::Ack).await;
-        PassResult::Done(outcome::SUPERSEDED)
+        PassResult::Done(Outcome::Superseded)
     }
 
     /// Logs a committed outcome with the trace id that leads to the pass's trace.
-    fn log_committed(&self, outcome: &'static str) {
+    fn log_committed(&self, outcome: Outcome) {
         let trace_id = self.trace_id.as_deref().unwrap_or("-");
         match outcome {
-            outcome::READY | outcome::ERROR | outcome::DELETED => tracing::info!(
+            Outcome::Ready | Outcome::Error | Outcome::Deleted => tracing::info!(
                 endpoint_id = %self.record.id, generation = self.record.spec_generation,
-                outcome, trace_id, "outcome committed"),
+                outcome = outcome.as_str(), trace_id, "outcome committed"),
             _ => tracing::debug!(
                 endpoint_id = %self.record.id, generation = self.record.spec_generation,
-                outcome, trace_id, "outcome committed"),
+                outcome = outcome.as_str(), trace_id, "outcome committed"),
         }
     }
 
@@ -741,7 +742,7 @@ impl<'a> Pass<'a> {
                 tracing::info!(endpoint_id = %record.id, "InferenceService Ready again; endpoint READY");
                 let history = self.history_as(
                     ACTION_FOLLOW,
-                    outcome::READY,
+                    Outcome::Ready,
                     Some("the InferenceService is Ready again".to_owned()),
                     Some(url.clone()),
                 );
@@ -772,7 +773,7 @@ impl<'a> Pass<'a> {
                 self.ctx.metrics.followed(follow::NOT_READY, 1);
                 tracing::info!(endpoint_id = %record.id, %reason, "InferenceService not Ready past the debounce; endpoint ERROR");
                 let history =
-                    self.history_as(ACTION_FOLLOW, outcome::ERROR, Some(reason.clone()), None);
+                    self.history_as(ACTION_FOLLOW, Outcome::Error, Some(reason.clone()), None);
                 let write =
                     self.status_write(status::ERROR, UrlChange::Keep, Some(reason), Some(history));
                 self.commit_then_answer(Write::Status(write), AckKind::Ack)
@@ -808,16 +809,16 @@ impl<'a> Pass<'a> {
     /// duplicate event of a converged endpoint) are recorded as `unchanged` as usual.
     async fn nothing_to_follow(&self) -> PassResult {
         if self.batch.iter().any(|d| d.message.is_some()) {
-            return self.record_only(outcome::UNCHANGED, None).await;
+            return self.record_only(Outcome::Unchanged, None).await;
         }
         for delivery in self.batch {
-            answered(self.ctx, delivery, outcome::UNCHANGED);
+            answered(self.ctx, delivery, Outcome::Unchanged);
         }
         answer_all(self.batch, AckKind::Ack).await;
-        PassResult::Done(outcome::UNCHANGED)
+        PassResult::Done(Outcome::Unchanged)
     }
 
-    async fn record_only(&self, outcome: &'static str, reason: Option<&str>) -> PassResult {
+    async fn record_only(&self, outcome: Outcome, reason: Option<&str>) -> PassResult {
         let entry = self.history(
             EventKind::Deploy,
             outcome,
@@ -854,7 +855,7 @@ impl<'a> Pass<'a> {
         let reason = PAUSED_REASON.to_owned();
         let history = self.history(
             EventKind::Deploy,
-            outcome::PAUSED,
+            Outcome::Paused,
             Some(reason.clone()),
             self.record.url.clone(),
         );
@@ -871,7 +872,7 @@ impl<'a> Pass<'a> {
     async fn fail(&self, action: EventKind, reason: String) -> PassResult {
         telemetry::record_error(&self.span, &reason);
         tracing::info!(endpoint_id = %self.record.id, %reason, "endpoint ends in ERROR");
-        let history = self.history(action, outcome::ERROR, Some(reason.clone()), None);
+        let history = self.history(action, Outcome::Error, Some(reason.clone()), None);
         let write = self.status_write(status::ERROR, UrlChange::Keep, Some(reason), Some(history));
         self.commit_then_answer(Write::Status(write), AckKind::Term)
             .await
@@ -961,7 +962,7 @@ impl<'a> Pass<'a> {
             .metrics
             .retries(retry::MISCONFIGURED, self.batch.len());
         for delivery in self.batch {
-            answered(self.ctx, delivery, event_outcome::HANDED_BACK);
+            answered(self.ctx, delivery, Outcome::HandedBack);
             delivery
                 .answer(AckKind::Nak(Some(self.ctx.backoff.max)))
                 .await;
@@ -994,7 +995,7 @@ impl<'a> Pass<'a> {
         let reason = format!(
             "a newer intent arrived while waiting for {what}; the next pass converges to it"
         );
-        self.record_only(outcome::SUPERSEDED, Some(&reason)).await
+        self.record_only(Outcome::Superseded, Some(&reason)).await
     }
 
     async fn deploy_rendered(
@@ -1070,7 +1071,7 @@ impl<'a> Pass<'a> {
         match &deployed {
             Some(Ok(DeployOutcome::Ready { .. })) => telemetry::record_outcome(&deploy, "ready"),
             Some(Ok(DeployOutcome::Superseded)) => {
-                telemetry::record_outcome(&deploy, outcome::SUPERSEDED)
+                telemetry::record_outcome(&deploy, Outcome::Superseded.as_str())
             }
             Some(Ok(DeployOutcome::Interrupted)) => {
                 telemetry::record_outcome(&deploy, "interrupted")
@@ -1090,7 +1091,7 @@ impl<'a> Pass<'a> {
         match deployed {
             Some(Ok(DeployOutcome::Ready { url })) => {
                 let history =
-                    self.history(EventKind::Deploy, outcome::READY, None, Some(url.clone()));
+                    self.history(EventKind::Deploy, Outcome::Ready, None, Some(url.clone()));
                 let mut write =
                     self.status_write(status::READY, UrlChange::Set(url), None, Some(history));
                 write.ready_generation = Some(self.record.spec_generation);
@@ -1102,7 +1103,7 @@ impl<'a> Pass<'a> {
             }
             Some(Ok(DeployOutcome::Superseded)) => {
                 let reason = "the InferenceService already records a newer spec generation";
-                self.record_only(outcome::SUPERSEDED, Some(reason)).await
+                self.record_only(Outcome::Superseded, Some(reason)).await
             }
             Some(Ok(DeployOutcome::Interrupted)) => self.interrupted("the deploy").await,
             Some(Err(DeployError::Misconfigured(reason))) => self.misconfigured(reason).await,
@@ -1144,7 +1145,7 @@ impl<'a> Pass<'a> {
         drop(delete);
         match deleted {
             Some(Ok(DeleteOutcome::Deleted)) => {
-                let history = self.history(EventKind::Delete, outcome::DELETED, None, None);
+                let history = self.history(EventKind::Delete, Outcome::Deleted, None, None);
                 let mut write =
                     self.status_write(status::DELETED, UrlChange::Clear, None, Some(history));
                 // A delete applies whatever the generation.

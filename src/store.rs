@@ -35,6 +35,7 @@ use uuid::Uuid;
 
 use crate::intent::Intent;
 use crate::metrics::Metrics;
+use crate::outcome::Outcome;
 
 /// A database operation failed. Cheap to clone: one failed group commit answers every write
 /// in it.
@@ -217,9 +218,9 @@ pub struct HistoryEntry {
     pub generation: i64,
     /// `deploy` or `delete`.
     pub action: &'static str,
-    /// How the pass ended (see [`outcome`]); the committer may turn it into `superseded`.
+    /// How the pass ended; the committer may turn it into [`Outcome::Superseded`].
     #[serde(skip)]
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     /// Reason for an error or a skip.
     #[serde(serialize_with = "db_text_opt")]
     pub reason: Option<String>,
@@ -238,25 +239,6 @@ pub struct HistoryEntry {
     pub started_at: DateTime<Utc>,
     /// When the pass finished (before the commit).
     pub finished_at: DateTime<Utc>,
-}
-
-/// Values of `deployment_history.outcome`.
-pub mod outcome {
-    /// The InferenceService is Ready at the pass's generation.
-    pub const READY: &str = "ready";
-    /// The pass ended in `ERROR`.
-    pub const ERROR: &str = "error";
-    /// The InferenceService was removed.
-    pub const DELETED: &str = "deleted";
-    /// Nothing to do: this generation was already Ready.
-    pub const UNCHANGED: &str = "unchanged";
-    /// A newer intent arrived while the pass ran; its own pass records the outcome.
-    pub const SUPERSEDED: &str = "superseded";
-    /// The endpoint was deleted; a deploy request for it does nothing.
-    pub const SKIPPED: &str = "skipped";
-    /// The endpoint's tenant is paused: the endpoint is recorded `DEPLOYING` with
-    /// [`PAUSED_REASON`](super::PAUSED_REASON) and deployed when the tenant is resumed.
-    pub const PAUSED: &str = "paused";
 }
 
 /// `endpoints.status_reason` of an endpoint held `DEPLOYING` by a tenant pause.
@@ -809,13 +791,13 @@ async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Applied
                 ..
             }) => Some(HistoryRow {
                 outcome: match applied {
-                    Applied::Yes => entry.outcome,
-                    Applied::Superseded => outcome::SUPERSEDED,
+                    Applied::Yes => entry.outcome.as_str(),
+                    Applied::Superseded => Outcome::Superseded.as_str(),
                 },
                 entry,
             }),
             Write::History(entry) => Some(HistoryRow {
-                outcome: entry.outcome,
+                outcome: entry.outcome.as_str(),
                 entry,
             }),
             _ => None,

@@ -26,7 +26,8 @@ use uuid::Uuid;
 use crate::delivery::{Delivery, Follow};
 use crate::endpoint_actor::{Deliver, Drain, EndpointActor, Idle, Reports, Stop, Stopped};
 use crate::events::{Consumers, EventKind, ServingEvent};
-use crate::metrics::{event_outcome, retry};
+use crate::metrics::retry;
+use crate::outcome::Outcome;
 use crate::pass::PassContext;
 use crate::store::RejectedEvent;
 use crate::telemetry;
@@ -214,7 +215,7 @@ impl Handler<Incoming> for Supervisor {
         if self.draining.is_some() {
             // Fetching has stopped; give what was already in flight back untouched.
             let metrics = &self.ctx.metrics;
-            metrics.event(message.subject.as_str(), event_outcome::HANDED_BACK);
+            metrics.event(message.subject.as_str(), Outcome::HandedBack);
             metrics.retries(retry::SHUTDOWN, 1);
             tokio::spawn(async move {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -270,14 +271,14 @@ impl Handler<Incoming> for Supervisor {
                     let subject = message.subject.as_str();
                     let answer = match store.record_rejected(record).await {
                         Ok(()) => {
-                            metrics.event(subject, event_outcome::REFUSED);
-                            telemetry::record_outcome(&span, event_outcome::REFUSED);
+                            metrics.event(subject, Outcome::Refused);
+                            telemetry::record_outcome(&span, Outcome::Refused.as_str());
                             AckKind::Term
                         }
                         Err(_) => {
-                            metrics.event(subject, event_outcome::HANDED_BACK);
+                            metrics.event(subject, Outcome::HandedBack);
                             metrics.retries(retry::DATABASE, 1);
-                            telemetry::record_outcome(&span, event_outcome::HANDED_BACK);
+                            telemetry::record_outcome(&span, Outcome::HandedBack.as_str());
                             let delivered = message.info().map_or(1, |info| info.delivered);
                             AckKind::Nak(Some(backoff.delay(delivered)))
                         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{Env, wait_for};
 use deploy_worker::events::EventKind;
 use deploy_worker::metrics::Metrics;
+use deploy_worker::outcome::Outcome;
 use deploy_worker::platform::{self, NewEndpoint};
 use deploy_worker::store::{
     Applied, HistoryEntry, StatusWrite, Store, StoreError, StoreSettings, UrlChange, Write,
@@ -338,7 +339,7 @@ fn history_entry(tenant: &common::Tenant, id: Uuid, reason: Option<&str>) -> His
         project_id: tenant.project_id,
         generation: 1,
         action: "deploy",
-        outcome: "ready",
+        outcome: Outcome::Ready,
         reason: reason.map(str::to_owned),
         isvc_name: "isvc-test".into(),
         url: Some("http://isvc-test.example.local".into()),

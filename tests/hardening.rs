@@ -11,11 +11,11 @@ use std::time::Duration;
 use chrono::Utc;
 use common::{Env, wait_for};
 use deploy_worker::events::EventKind;
+use deploy_worker::outcome::Outcome;
 use deploy_worker::retention::{self, Pruned, RetentionArgs};
 use deploy_worker::sandbox::LocalPostgres;
 use deploy_worker::store::{
     Applied, HistoryEntry, RejectedEvent, StatusWrite, Store, StoreSettings, UrlChange, Write,
-    outcome,
 };
 use deploy_worker::worker::Worker;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
@@ -273,7 +273,7 @@ fn history_entry(endpoint_id: Uuid, tenant_id: Uuid, project_id: Uuid) -> Histor
         project_id,
         generation: 1,
         action: "deploy",
-        outcome: outcome::READY,
+        outcome: Outcome::Ready,
         reason: None,
         isvc_name: "isvc-test".into(),
         url: Some("http://isvc-test.example.local".into()),
