@@ -62,8 +62,6 @@ use std::fmt;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::kserve::{Batcher, ResourceMetricName, ScaleMetric};
-
 /// An endpoint row's serving fields plus the model version's `artifact_uri`; also the format of
 /// intent files.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -269,6 +267,59 @@ impl DeploymentMode {
     }
 }
 
+/// The metric an autoscaler scales on, as the intent names it (`autoscaling.scaleMetric`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AutoscaleMetric {
+    /// CPU utilization (HPA).
+    Cpu,
+    /// Memory utilization (HPA).
+    Memory,
+    /// In-flight requests per pod (Knative).
+    Concurrency,
+    /// Requests per second (Knative).
+    Rps,
+}
+
+impl AutoscaleMetric {
+    /// Every value.
+    pub const ALL: [AutoscaleMetric; 4] = [
+        AutoscaleMetric::Cpu,
+        AutoscaleMetric::Memory,
+        AutoscaleMetric::Concurrency,
+        AutoscaleMetric::Rps,
+    ];
+
+    /// The name the intent (and KServe) spells it with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutoscaleMetric::Cpu => "cpu",
+            AutoscaleMetric::Memory => "memory",
+            AutoscaleMetric::Concurrency => "concurrency",
+            AutoscaleMetric::Rps => "rps",
+        }
+    }
+}
+
+/// The container resource whose utilization KEDA scales on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UtilizationMetric {
+    /// CPU.
+    Cpu,
+    /// Memory.
+    Memory,
+}
+
+/// Request batching as the intent asks for it (`runtime_config.batcher`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Batching {
+    /// Requests per batch.
+    pub max_batch_size: Option<i64>,
+    /// Longest wait for a batch to fill, in milliseconds.
+    pub max_latency: Option<i64>,
+    /// Timeout of the batching sidecar's call to the model server, in seconds.
+    pub timeout: Option<i64>,
+}
+
 /// How the predictor scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Autoscaler {
@@ -276,14 +327,14 @@ pub enum Autoscaler {
     /// `scaleMetric`/`scaleTarget` when set.
     Default {
         /// `autoscaling.scaleMetric`.
-        metric: Option<ScaleMetric>,
+        metric: Option<AutoscaleMetric>,
         /// `autoscaling.scaleTarget`.
         target: Option<i32>,
     },
     /// KEDA, scaling on a resource utilization percentage.
     Keda {
         /// Resource whose utilization drives scaling.
-        metric: ResourceMetricName,
+        metric: UtilizationMetric,
         /// Target utilization in percent, `1..=100`.
         target: i32,
     },
@@ -535,7 +586,7 @@ pub struct ServingSpec<'a> {
     /// Requests and limits; `None` when neither is set.
     pub resources: Option<Resources<'a>>,
     /// KServe request batching.
-    pub batcher: Option<Batcher>,
+    pub batcher: Option<Batching>,
     /// Request timeout in seconds.
     pub timeout: Option<i64>,
     /// Service account of the predictor pods.
@@ -867,18 +918,18 @@ fn resolve_mode(
     }
 }
 
-fn is_utilization(metric: ScaleMetric) -> bool {
-    matches!(metric, ScaleMetric::Cpu | ScaleMetric::Memory)
+fn is_utilization(metric: AutoscaleMetric) -> bool {
+    matches!(metric, AutoscaleMetric::Cpu | AutoscaleMetric::Memory)
 }
 
-fn check_target(metric: ScaleMetric, target: Option<i32>) -> Result<(), IntentError> {
+fn check_target(metric: AutoscaleMetric, target: Option<i32>) -> Result<(), IntentError> {
     match target {
         Some(t) if is_utilization(metric) && t > 100 => Err(IntentError::OutOfRange {
             field: "autoscaling.scaleTarget".into(),
             value: t.to_string(),
             range: format!("1..=100 (a utilization percentage for {})", metric.as_str()),
         }),
-        None if metric == ScaleMetric::Memory => Err(IntentError::Conflict {
+        None if metric == AutoscaleMetric::Memory => Err(IntentError::Conflict {
             field: "autoscaling.scaleTarget".into(),
             problem: "is required when scaleMetric is memory (KServe has no default memory target); set a utilization percentage 1..=100".into(),
         }),
@@ -888,17 +939,17 @@ fn check_target(metric: ScaleMetric, target: Option<i32>) -> Result<(), IntentEr
 
 fn check_scaling(
     mode: Option<DeploymentMode>,
-    metric: Option<ScaleMetric>,
+    metric: Option<AutoscaleMetric>,
     target: Option<i32>,
 ) -> Result<(), IntentError> {
     let effective = match (metric, mode) {
         (Some(m), _) => m,
         // the autoscaler's own default metric, for the range check
-        (None, Some(DeploymentMode::Standard)) => ScaleMetric::Cpu,
-        (None, _) => ScaleMetric::Concurrency,
+        (None, Some(DeploymentMode::Standard)) => AutoscaleMetric::Cpu,
+        (None, _) => AutoscaleMetric::Concurrency,
     };
     match (mode, effective) {
-        (Some(DeploymentMode::Knative), ScaleMetric::Cpu | ScaleMetric::Memory) => {
+        (Some(DeploymentMode::Knative), AutoscaleMetric::Cpu | AutoscaleMetric::Memory) => {
             return Err(IntentError::Conflict {
                 field: "autoscaling.scaleMetric".into(),
                 problem: format!(
@@ -907,7 +958,7 @@ fn check_scaling(
                 ),
             });
         }
-        (Some(DeploymentMode::Standard), ScaleMetric::Concurrency | ScaleMetric::Rps) => {
+        (Some(DeploymentMode::Standard), AutoscaleMetric::Concurrency | AutoscaleMetric::Rps) => {
             return Err(IntentError::Conflict {
                 field: "autoscaling.scaleMetric".into(),
                 problem: format!(
@@ -922,14 +973,14 @@ fn check_scaling(
 }
 
 fn keda_autoscaler(
-    metric: Option<ScaleMetric>,
+    metric: Option<AutoscaleMetric>,
     target: Option<i32>,
 ) -> Result<Autoscaler, IntentError> {
-    let metric = metric.unwrap_or(ScaleMetric::Cpu);
+    let metric = metric.unwrap_or(AutoscaleMetric::Cpu);
     let resource = match metric {
-        ScaleMetric::Cpu => ResourceMetricName::Cpu,
-        ScaleMetric::Memory => ResourceMetricName::Memory,
-        ScaleMetric::Concurrency | ScaleMetric::Rps => {
+        AutoscaleMetric::Cpu => UtilizationMetric::Cpu,
+        AutoscaleMetric::Memory => UtilizationMetric::Memory,
+        AutoscaleMetric::Concurrency | AutoscaleMetric::Rps => {
             return Err(IntentError::Conflict {
                 field: "autoscaling.scaleMetric".into(),
                 problem: format!(
@@ -1157,9 +1208,9 @@ fn runtime_version<'a>(v: &'a Value, field: &str) -> Result<&'a str, IntentError
     }
 }
 
-fn scale_metric(v: &Value, field: &str) -> Result<ScaleMetric, IntentError> {
+fn scale_metric(v: &Value, field: &str) -> Result<AutoscaleMetric, IntentError> {
     let s = string(v, field)?;
-    ScaleMetric::ALL
+    AutoscaleMetric::ALL
         .iter()
         .copied()
         .find(|m| m.as_str().eq_ignore_ascii_case(s))
@@ -1206,14 +1257,14 @@ fn service_account<'a>(v: &'a Value, field: &str) -> Result<&'a str, IntentError
     }
 }
 
-fn batcher(v: &Value) -> Result<Batcher, IntentError> {
+fn batcher(v: &Value) -> Result<Batching, IntentError> {
     let m = object(Some(v), "runtime_config.batcher")?;
     let field = |key: &str, path: &str, range: &str| {
         member(m, key)
             .map(|v| int_in(v, path, 1, i64::from(i32::MAX), range))
             .transpose()
     };
-    Ok(Batcher {
+    Ok(Batching {
         max_batch_size: field(
             "maxBatchSize",
             "runtime_config.batcher.maxBatchSize",

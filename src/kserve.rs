@@ -37,8 +37,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::intent::{
-    Autoscaler, DefaultResources, DeploymentMode, Intent, IntentError, QuantityRef, ResourceIter,
-    ServingSpec,
+    AutoscaleMetric, Autoscaler, Batching, DefaultResources, DeploymentMode, Intent, IntentError,
+    QuantityRef, ResourceIter, ServingSpec, UtilizationMetric,
 };
 use crate::policy::TenantPolicy;
 
@@ -521,6 +521,27 @@ impl ScaleMetric {
     }
 }
 
+impl From<AutoscaleMetric> for ScaleMetric {
+    fn from(metric: AutoscaleMetric) -> Self {
+        match metric {
+            AutoscaleMetric::Cpu => ScaleMetric::Cpu,
+            AutoscaleMetric::Memory => ScaleMetric::Memory,
+            AutoscaleMetric::Concurrency => ScaleMetric::Concurrency,
+            AutoscaleMetric::Rps => ScaleMetric::Rps,
+        }
+    }
+}
+
+impl From<Batching> for Batcher {
+    fn from(b: Batching) -> Self {
+        Batcher {
+            max_batch_size: b.max_batch_size,
+            max_latency: b.max_latency,
+            timeout: b.timeout,
+        }
+    }
+}
+
 /// `spec.predictor.autoScaling`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -572,6 +593,15 @@ pub enum ResourceMetricName {
     Cpu,
     /// Memory.
     Memory,
+}
+
+impl From<UtilizationMetric> for ResourceMetricName {
+    fn from(metric: UtilizationMetric) -> Self {
+        match metric {
+            UtilizationMetric::Cpu => ResourceMetricName::Cpu,
+            UtilizationMetric::Memory => ResourceMetricName::Memory,
+        }
+    }
 }
 
 /// `...target` of a metric.
@@ -1003,12 +1033,12 @@ fn build(intent: &Intent, spec: &ServingSpec<'_>, opts: &RenderOptions) -> Infer
         (LABEL_TENANT_ID.to_owned(), intent.tenant_id.to_string()),
     ]);
     let (scale_metric, scale_target, auto_scaling) = match spec.autoscaler {
-        Autoscaler::Default { metric, target } => (metric, target, None),
+        Autoscaler::Default { metric, target } => (metric.map(ScaleMetric::from), target, None),
         Autoscaler::Keda { metric, target } => (
             None,
             None,
             Some(AutoScalingSpec {
-                metrics: vec![keda_metrics(metric, target)],
+                metrics: vec![keda_metrics(metric.into(), target)],
             }),
         ),
     };
@@ -1029,7 +1059,7 @@ fn build(intent: &Intent, spec: &ServingSpec<'_>, opts: &RenderOptions) -> Infer
                 auto_scaling,
                 timeout: spec.timeout,
                 canary_traffic_percent: spec.canary_traffic_percent,
-                batcher: spec.batcher,
+                batcher: spec.batcher.map(Batcher::from),
                 service_account_name: spec.service_account_name.map(str::to_owned),
                 model: Some(ModelSpec {
                     model_format: Some(ModelFormat {
@@ -1317,8 +1347,8 @@ fn write_predictor(w: &mut Json<'_>, spec: &ServingSpec<'_>) {
             m.key(key!("type")).plain("Resource");
             let mut resource = m.key(key!("resource")).object();
             resource.key(key!("name")).plain(match metric {
-                ResourceMetricName::Cpu => "cpu",
-                ResourceMetricName::Memory => "memory",
+                UtilizationMetric::Cpu => "cpu",
+                UtilizationMetric::Memory => "memory",
             });
             let mut t = resource.key(key!("target")).object();
             t.key(key!("type")).plain("Utilization");
