@@ -36,7 +36,6 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::admission::Admission;
 use crate::events::{DELETE_SUBJECT, DEPLOY_SUBJECT};
 use crate::outcome::Outcome;
-use crate::supervisor;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "deploy_worker";
@@ -318,11 +317,18 @@ impl Metrics {
     }
 
     /// Adds the gauges sampled at scrape time: deploys in flight per tenant and waiting for a
-    /// permit, in total and per tenant (from `admission`), and endpoint actors alive (the size
-    /// of `actors`).
-    pub fn register_live_state(&mut self, admission: Admission, actors: Arc<supervisor::Registry>) {
-        self.registry
-            .register_collector(Box::new(LiveState { admission, actors }));
+    /// permit, in total and per tenant (from `admission`), and endpoint actors alive (what
+    /// `actors` counts at scrape time). A count, not the supervisor's registry, so metrics
+    /// depend on nothing that counts into them.
+    pub fn register_live_state(
+        &mut self,
+        admission: Admission,
+        actors: impl Fn() -> usize + Send + Sync + 'static,
+    ) {
+        self.registry.register_collector(Box::new(LiveState {
+            admission,
+            actors: Box::new(actors),
+        }));
     }
 
     /// The OpenMetrics text exposition (ends with `# EOF`).
@@ -547,7 +553,8 @@ fn encode_per_tenant(
 /// Scrape-time gauges.
 struct LiveState {
     admission: Admission,
-    actors: Arc<supervisor::Registry>,
+    /// Endpoint actors alive, counted at scrape time.
+    actors: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
 impl std::fmt::Debug for LiveState {
@@ -580,7 +587,7 @@ impl Collector for LiveState {
              none are absent); JetStream's consumer lag does not include them",
             snapshot.waiting_per_tenant,
         )?;
-        let actors = i64::try_from(self.actors.len()).unwrap_or(i64::MAX);
+        let actors = i64::try_from((self.actors)()).unwrap_or(i64::MAX);
         ConstGauge::new(actors).encode(encoder.encode_descriptor(
             "endpoint_actors",
             "Endpoint actors alive (endpoints with work or recently active)",
@@ -602,9 +609,8 @@ mod tests {
             global: 10,
             per_tenant: 10,
         });
-        let actors = Arc::new(supervisor::Registry::new());
         let mut metrics = Metrics::new();
-        metrics.register_live_state(admission.clone(), actors);
+        metrics.register_live_state(admission.clone(), || 0);
         let tenant = uuid::Uuid::new_v4();
         let permit = admission.acquire(tenant).await;
         metrics.event(DEPLOY_SUBJECT, Outcome::Ready);
@@ -643,7 +649,7 @@ mod tests {
             per_tenant: 1,
         });
         let mut metrics = Metrics::new();
-        metrics.register_live_state(admission.clone(), Arc::new(supervisor::Registry::new()));
+        metrics.register_live_state(admission.clone(), || 0);
         let text = metrics.encode().unwrap();
         for needle in [
             "deploy_worker_kube_api_forbidden_total 0",

@@ -127,7 +127,8 @@ impl Worker {
         let admission = Admission::new(settings.caps());
         let registry = Arc::new(Registry::new());
         let mut metrics = Metrics::new();
-        metrics.register_live_state(admission.clone(), registry.clone());
+        let actors = registry.clone();
+        metrics.register_live_state(admission.clone(), move || actors.len());
         let metrics = Arc::new(metrics);
         let timeout = Duration::from_secs(settings.deploy_timeout_seconds);
         // connected to the supervisor once it runs; the informer routes followed changes to it
