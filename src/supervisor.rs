@@ -237,7 +237,7 @@ impl Handler<Incoming> for Supervisor {
                     .ctx
                     .deployer
                     .name_for(&self.ctx.render.name_prefix, event.endpoint_id);
-                telemetry::record_event(&span, &event, &name);
+                record_event(&span, &event, &name);
                 let delivery = Delivery {
                     kind,
                     endpoint_id: event.endpoint_id,
@@ -377,4 +377,16 @@ impl Handler<Terminate> for Supervisor {
     fn handle(&mut self, _: Terminate, ctx: &mut Self::Context) {
         ctx.stop();
     }
+}
+
+/// Records what a decoded event says on its `receive` span.
+fn record_event(span: &tracing::Span, event: &ServingEvent, isvc_name: &str) {
+    span.record("endpoint_id", tracing::field::display(event.endpoint_id));
+    if let Some(tenant) = event.tenant_id {
+        span.record("tenant_id", tracing::field::display(tenant));
+    }
+    if let Some(project) = event.project_id {
+        span.record("project_id", tracing::field::display(project));
+    }
+    span.record("isvc_name", isvc_name);
 }

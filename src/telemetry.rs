@@ -6,7 +6,7 @@
 //! ([`receive_span`]). A pass over an endpoint is a child of the receive span of the newest
 //! delivery it covers, with span links to the other deliveries it coalesced, and has one child per
 //! step ([`Step`]): `load_intent`, `render`, `deploy` (with `apply` and `wait_ready`, made by the
-//! deployers through [`deploy_step_span`]) and `persist` (the group-commit wait). Every step
+//! deployers through `deployer::deploy_step_span`) and `persist` (the group-commit wait). Every step
 //! carries the same attributes, recorded as they become known ([`SpanLabels`]): `tenant_id`,
 //! `project_id`, `endpoint_id`, `isvc_name`, `generation` and `outcome`; failures set the span's
 //! status to error and its `error` attribute ([`record_error`]).
@@ -60,8 +60,6 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 use uuid::Uuid;
-
-use crate::deployer::DeployRequest;
 
 /// Service name reported to the collector unless `OTEL_SERVICE_NAME` says otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "deploy-worker";
@@ -838,18 +836,6 @@ pub fn receive_span(message: &jetstream::Message) -> Span {
     span
 }
 
-/// Records what a decoded event says on its `receive` span.
-pub fn record_event(span: &Span, event: &crate::events::ServingEvent, isvc_name: &str) {
-    span.record("endpoint_id", tracing::field::display(event.endpoint_id));
-    if let Some(tenant) = event.tenant_id {
-        span.record("tenant_id", tracing::field::display(tenant));
-    }
-    if let Some(project) = event.project_id {
-        span.record("project_id", tracing::field::display(project));
-    }
-    span.record("isvc_name", isvc_name);
-}
-
 /// The `receive` span of a synthetic delivery (an endpoint resumed at start-up, or followed
 /// after its object changed; `source` says which): a new trace.
 pub fn synthetic_span(endpoint_id: Uuid, source: &'static str) -> Span {
@@ -978,34 +964,6 @@ impl SpanLabels<'_> {
         span.record("isvc_name", self.isvc_name);
         span.record("generation", self.generation);
     }
-}
-
-/// Which part of a deploy a deployer is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeployStep {
-    /// Sending the manifest.
-    Apply,
-    /// Waiting for Ready.
-    WaitReady,
-}
-
-/// The span a deployer opens for `step` of `request` (a child of the pass's `deploy` span),
-/// labelled like every other step. Deployers instrument the work with it and record the
-/// outcome with [`record_outcome`] or the failure with [`record_error`].
-pub fn deploy_step_span(step: DeployStep, request: &DeployRequest<'_>) -> Span {
-    let span = step_span(match step {
-        DeployStep::Apply => Step::Apply,
-        DeployStep::WaitReady => Step::WaitReady,
-    });
-    SpanLabels {
-        tenant_id: request.tenant_id,
-        project_id: request.project_id,
-        endpoint_id: request.endpoint_id,
-        isvc_name: request.name,
-        generation: request.generation,
-    }
-    .record(&span);
-    span
 }
 
 /// Records how the work of `span` ended.

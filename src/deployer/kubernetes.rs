@@ -42,7 +42,8 @@ use uuid::Uuid;
 
 use super::informer::{Informer, Router, Sighting};
 use super::{
-    Alarm, DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Interrupt, Observation,
+    Alarm, DeleteOutcome, DeployError, DeployOutcome, DeployRequest, DeployStep, Interrupt,
+    Observation, deploy_step_span,
 };
 use crate::delivery::Backoff;
 use crate::intent::DeploymentMode;
@@ -51,7 +52,7 @@ use crate::kserve::{
     spec_hash,
 };
 use crate::metrics::Metrics;
-use crate::telemetry::{self, DeployStep};
+use crate::telemetry;
 
 /// `Ready=False` reasons after which KServe will not become Ready without a new spec.
 const TERMINAL_REASONS: &[&str] = &[
@@ -359,7 +360,7 @@ impl KubernetesDeployer {
                 Ok(object) => object,
                 Err(outcome) => return outcome,
             };
-            let wait = telemetry::deploy_step_span(DeployStep::WaitReady, &request);
+            let wait = deploy_step_span(DeployStep::WaitReady, &request);
             let waited = self
                 .wait_ready(&request, &object, deadline)
                 .instrument(wait.clone())
@@ -399,7 +400,7 @@ impl KubernetesDeployer {
         request: &DeployRequest<'_>,
         deadline: Instant,
     ) -> Result<Box<InferenceService>, Result<DeployOutcome, DeployError>> {
-        let apply = telemetry::deploy_step_span(DeployStep::Apply, request);
+        let apply = deploy_step_span(DeployStep::Apply, request);
         let applied = self
             .apply(request, deadline)
             .instrument(apply.clone())

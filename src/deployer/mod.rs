@@ -13,7 +13,7 @@
 //! [`DeployError`] is transient and the message is handed back to JetStream to retry later.
 //!
 //! Tracing: the pass wraps a deploy in a `deploy` span; each deployer opens its `apply` and
-//! `wait_ready` children with [`telemetry::deploy_step_span`](crate::telemetry::deploy_step_span)
+//! `wait_ready` children with [`deploy_step_span`]
 //! so both modes produce the same span tree. Kubernetes API error responses are counted with
 //! [`Metrics::kube_error`](crate::metrics::Metrics::kube_error).
 
@@ -24,9 +24,11 @@ pub mod simulate;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+use tracing::Span;
 use uuid::Uuid;
 
 use crate::kserve::InferenceService;
+use crate::telemetry::{self, SpanLabels, Step};
 
 /// Every verb the worker uses on `inferenceservices` (group `serving.kserve.io`) in its
 /// namespace: `patch` (server-side apply), `get`, `list` and `watch` (waiting for Ready),
@@ -253,4 +255,32 @@ impl Deployer {
             Self::Kubernetes(d) => Box::pin(d.delete(endpoint_id, name)).await,
         }
     }
+}
+
+/// Which part of a deploy a deployer is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployStep {
+    /// Sending the manifest.
+    Apply,
+    /// Waiting for Ready.
+    WaitReady,
+}
+
+/// The span a deployer opens for `step` of `request` (a child of the pass's `deploy` span),
+/// labelled like every other step. Deployers instrument the work with it and record the
+/// outcome with [`telemetry::record_outcome`] or the failure with [`telemetry::record_error`].
+pub fn deploy_step_span(step: DeployStep, request: &DeployRequest<'_>) -> Span {
+    let span = telemetry::step_span(match step {
+        DeployStep::Apply => Step::Apply,
+        DeployStep::WaitReady => Step::WaitReady,
+    });
+    SpanLabels {
+        tenant_id: request.tenant_id,
+        project_id: request.project_id,
+        endpoint_id: request.endpoint_id,
+        isvc_name: request.name,
+        generation: request.generation,
+    }
+    .record(&span);
+    span
 }

@@ -8,8 +8,10 @@ use std::time::Duration;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{DeleteOutcome, DeployError, DeployOutcome, DeployRequest};
-use crate::telemetry::{self, DeployStep};
+use super::{
+    DeleteOutcome, DeployError, DeployOutcome, DeployRequest, DeployStep, deploy_step_span,
+};
+use crate::telemetry;
 
 /// Deployer for `DEPLOY_MODE=simulate`.
 #[derive(Debug, Clone)]
@@ -33,10 +35,10 @@ impl SimulateDeployer {
         request: DeployRequest<'_>,
     ) -> Result<DeployOutcome, DeployError> {
         // Nothing to send: the apply step is instantaneous, but traced like a real one.
-        let apply = telemetry::deploy_step_span(DeployStep::Apply, &request);
+        let apply = deploy_step_span(DeployStep::Apply, &request);
         telemetry::record_outcome(&apply, "applied");
         drop(apply);
-        let wait = telemetry::deploy_step_span(DeployStep::WaitReady, &request);
+        let wait = deploy_step_span(DeployStep::WaitReady, &request);
         if !self.delay.is_zero() {
             tokio::select! {
                 () = tokio::time::sleep(self.delay).instrument(wait.clone()) => {}
