@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, ValueEnum};
 
 use crate::admission::Caps;
-use crate::delivery::Backoff;
+use crate::backoff::Backoff;
 use crate::events::ConsumerSettings;
 use crate::intent::{DefaultResources, ResourceList};
 use crate::kserve::{self, ModeNames, RenderOptions};

@@ -24,6 +24,7 @@ use async_nats::jetstream::{self, AckKind};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::events::{EventKind, ServingEvent};
 
 /// One event for one endpoint.
@@ -60,23 +61,6 @@ pub enum Follow {
     /// Its object outlived the endpoint (`DELETED`, or no row at all): remove it. Only the
     /// guarded start-up reconcile asks for this.
     Collect,
-}
-
-/// Delays for handing messages back after transient failures.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// Delay after the first failed delivery.
-    pub base: Duration,
-    /// Upper bound of the delay.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// Exponential delay for the `delivered`-th attempt (1-based), capped at `max`.
-    pub fn delay(&self, delivered: i64) -> Duration {
-        let exponent = u32::try_from(delivered.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-        self.base.saturating_mul(1 << exponent).min(self.max)
-    }
 }
 
 impl Delivery {
@@ -218,24 +202,5 @@ pub async fn keep_alive<F: std::future::Future>(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let backoff = Backoff {
-            base: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        };
-        assert_eq!(backoff.delay(1), Duration::from_millis(500));
-        assert_eq!(backoff.delay(2), Duration::from_secs(1));
-        assert_eq!(backoff.delay(4), Duration::from_secs(4));
-        assert_eq!(backoff.delay(8), Duration::from_secs(30));
-        assert_eq!(backoff.delay(i64::MAX), Duration::from_secs(30));
-        assert_eq!(backoff.delay(0), Duration::from_millis(500));
     }
 }

@@ -25,7 +25,8 @@ use dashmap::DashMap;
 use entity::status;
 use uuid::Uuid;
 
-use crate::delivery::{Backoff, Follow};
+use crate::backoff::Backoff;
+use crate::delivery::Follow;
 use crate::deployer::informer::Informer;
 use crate::metrics::{Metrics, follow};
 use crate::store::Store;

@@ -16,6 +16,7 @@
 //! - [`events`]: the stream, consumers and payload contract;
 //! - [`supervisor`] and [`endpoint_actor`]: the actor shape (one actor per endpoint);
 //! - [`pass`]: what one pass over an endpoint does, and [`delivery`]: answering JetStream;
+//!   [`backoff`]: the retry delay policy every retrying part shares;
 //! - [`intent`] and [`kserve`]: the pure intent → InferenceService mapping, and [`policy`]:
 //!   what a tenant may ask for (storage URI schemes, service accounts);
 //! - [`deployer`]: simulate mode and k8s mode, with one shared watch ([`deployer::informer`]);
@@ -33,6 +34,7 @@
 //!   `tenant pause|resume|list`).
 
 pub mod admission;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod delivery;

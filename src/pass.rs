@@ -37,7 +37,8 @@ use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::admission::Admission;
-use crate::delivery::{Backoff, Delivery, Follow, answer_all, hand_back_all, keep_alive};
+use crate::backoff::Backoff;
+use crate::delivery::{Delivery, Follow, answer_all, hand_back_all, keep_alive};
 use crate::deployer::{
     DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Deployer, Interrupt, Observation,
 };

@@ -37,7 +37,8 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::delivery::{Backoff, Follow};
+use crate::backoff::Backoff;
+use crate::delivery::Follow;
 use crate::kserve::{InferenceService, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::metrics::Metrics;
 

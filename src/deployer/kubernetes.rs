@@ -45,7 +45,7 @@ use super::{
     Alarm, DeleteOutcome, DeployError, DeployOutcome, DeployRequest, DeployStep, Interrupt,
     Observation, deploy_step_span,
 };
-use crate::delivery::Backoff;
+use crate::backoff::Backoff;
 use crate::intent::DeploymentMode;
 use crate::kserve::{
     self, ANNOTATION_DEPLOYMENT_MODE, ANNOTATION_SPEC_HASH, FIELD_MANAGER, InferenceService,
