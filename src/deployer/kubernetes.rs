@@ -127,7 +127,7 @@ pub struct KubernetesDeployer {
 }
 
 /// What one read-check-apply round decided.
-enum Applied {
+enum ApplyDecision {
     /// Written; the object as the API server returned it.
     Written(Box<InferenceService>),
     /// Final refusal (foreign object, mode change, invalid manifest).
@@ -406,16 +406,16 @@ impl KubernetesDeployer {
             .instrument(apply.clone())
             .await;
         match applied {
-            Ok(Applied::Written(object)) => {
+            Ok(ApplyDecision::Written(object)) => {
                 telemetry::record_outcome(&apply, "applied");
                 Ok(object)
             }
-            Ok(Applied::Refused(reason)) => {
+            Ok(ApplyDecision::Refused(reason)) => {
                 telemetry::record_outcome(&apply, "refused");
                 telemetry::record_error(&apply, &reason);
                 Err(Ok(DeployOutcome::Failed { reason }))
             }
-            Ok(Applied::Superseded) => {
+            Ok(ApplyDecision::Superseded) => {
                 telemetry::record_outcome(&apply, "superseded");
                 Err(Ok(DeployOutcome::Superseded))
             }
@@ -435,7 +435,11 @@ impl KubernetesDeployer {
     }
 
     /// Read, check, apply — repeated after conflicts and transient errors until `deadline`.
-    async fn apply(&self, request: &DeployRequest<'_>, deadline: Instant) -> Result<Applied, Halt> {
+    async fn apply(
+        &self,
+        request: &DeployRequest<'_>,
+        deadline: Instant,
+    ) -> Result<ApplyDecision, Halt> {
         let what = format!("apply InferenceService {}/{}", self.namespace, request.name);
         let conflicted = &std::sync::atomic::AtomicBool::new(false);
         match self
@@ -451,7 +455,7 @@ impl KubernetesDeployer {
             .await?
         {
             Ok(applied) => Ok(applied),
-            Err(err) => Ok(Applied::Refused(format!(
+            Err(err) => Ok(ApplyDecision::Refused(format!(
                 "Kubernetes refused InferenceService {}/{}: {}",
                 self.namespace,
                 request.name,
@@ -516,7 +520,7 @@ impl KubernetesDeployer {
         &self,
         request: &DeployRequest<'_>,
         fresh: bool,
-    ) -> Result<Applied, kube::Error> {
+    ) -> Result<ApplyDecision, kube::Error> {
         // an object of the earlier worker is not in the cache until adopted: read it
         let adopting = self.legacy.contains_key(&request.endpoint_id);
         let existing = if !fresh && !adopting && self.informer.is_synced() {
@@ -530,17 +534,17 @@ impl KubernetesDeployer {
                 ..Default::default()
             };
             let created = self.api.create(&params, &with_spec_hash(request)).await?;
-            return Ok(Applied::Written(Box::new(created)));
+            return Ok(ApplyDecision::Written(Box::new(created)));
         };
         if let Some(reason) = self.refusal(request, &existing) {
-            return Ok(Applied::Refused(reason));
+            return Ok(ApplyDecision::Refused(reason));
         }
         if !request.overwrite_newer
             && existing
                 .spec_generation()
                 .is_some_and(|theirs| theirs > request.generation)
         {
-            return Ok(Applied::Superseded);
+            return Ok(ApplyDecision::Superseded);
         }
         let mut manifest = with_spec_hash(request);
         // Precondition: only if nobody wrote the object since we checked it.
@@ -550,7 +554,7 @@ impl KubernetesDeployer {
             .api
             .patch(request.name, &params, &Patch::Apply(&manifest))
             .await?;
-        Ok(Applied::Written(Box::new(written)))
+        Ok(ApplyDecision::Written(Box::new(written)))
     }
 
     /// Why an existing object must not be overwritten by this request, if it must not.
