@@ -33,13 +33,13 @@ use crate::store::RejectedEvent;
 use crate::telemetry;
 
 /// An endpoint actor as the supervisor knows it.
-pub struct RegistryEntry {
+pub struct ActorEntry {
     addr: Addr<EndpointActor>,
     routed: u64,
 }
 
 /// Endpoint id → its live actor.
-pub type Registry = DashMap<Uuid, RegistryEntry>;
+pub type ActorRegistry = DashMap<Uuid, ActorEntry>;
 
 /// A message pulled from a consumer.
 #[derive(Message)]
@@ -75,7 +75,7 @@ pub struct Terminate;
 /// The supervisor actor.
 pub struct Supervisor {
     ctx: Arc<PassContext>,
-    registry: Arc<Registry>,
+    registry: Arc<ActorRegistry>,
     consumers: Option<Consumers>,
     idle_after: Duration,
     fetchers: Vec<tokio::task::JoinHandle<()>>,
@@ -88,7 +88,7 @@ impl Supervisor {
     pub fn new(
         ctx: Arc<PassContext>,
         consumers: Consumers,
-        registry: Arc<Registry>,
+        registry: Arc<ActorRegistry>,
         idle_after: Duration,
     ) -> Self {
         Self {
@@ -110,7 +110,7 @@ impl Supervisor {
                 stopped: ctx.address().recipient(),
             };
             let actor = EndpointActor::new(endpoint_id, self.ctx.clone(), reports, self.idle_after);
-            RegistryEntry {
+            ActorEntry {
                 addr: actor.start(),
                 routed: 0,
             }

@@ -30,7 +30,7 @@ use crate::pass::{PassContext, Phase};
 use crate::poller;
 use crate::store::{ConnectError, Store};
 use crate::supervisor::{
-    FollowUp, Registry, Resume, Shutdown, StopFetching, Supervisor, Terminate,
+    ActorRegistry, FollowUp, Resume, Shutdown, StopFetching, Supervisor, Terminate,
 };
 
 /// Why the worker could not start or stop cleanly.
@@ -67,7 +67,7 @@ pub enum WorkerError {
 /// A running worker.
 pub struct Worker {
     supervisor: Addr<Supervisor>,
-    registry: Arc<Registry>,
+    registry: Arc<ActorRegistry>,
     admission: Admission,
     store: Store,
     nats: async_nats::Client,
@@ -125,7 +125,7 @@ impl Worker {
             .map_err(|err| WorkerError::Invalid(err.to_string()))?;
         // Metrics first: the store, the passes and the deployers all count into them.
         let admission = Admission::new(settings.caps());
-        let registry = Arc::new(Registry::new());
+        let registry = Arc::new(ActorRegistry::new());
         let mut metrics = Metrics::new();
         let actors = registry.clone();
         metrics.register_live_state(admission.clone(), move || actors.len());
