@@ -17,14 +17,21 @@ use crate::policy::{self, ServiceAccountRule, StorageSchemes, TenantPolicy};
 use crate::store::StoreSettings;
 use crate::telemetry::LogFormat;
 
-/// Where InferenceServices go.
+/// Where the worker sends InferenceServices (`DEPLOY_MODE`): a simulation or a real cluster.
+/// Not to be confused with KServe's own deployment mode
+/// ([`DeploymentMode`](crate::intent::DeploymentMode)), which an intent chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeployMode {
+pub enum WorkerMode {
     /// No cluster: Ready after `SIMULATE_DELAY_MS` at `http://<name>.example.local`.
     Simulate,
     /// A real cluster through the Kubernetes API (in-cluster credentials or a kubeconfig).
     K8s,
 }
+
+/// The former name of [`WorkerMode`], kept only while the demo, on its way to a crate of its
+/// own, still spells it this way; new code says `WorkerMode`.
+#[doc(hidden)]
+pub type DeployMode = WorkerMode;
 
 /// Which deployment-mode names the `serving.kserve.io/deploymentMode` annotation uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,8 +117,8 @@ pub struct LogArgs {
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// `simulate` (no cluster) or `k8s`.
-    #[arg(long, env = "DEPLOY_MODE", value_enum, default_value_t = DeployMode::Simulate)]
-    pub deploy_mode: DeployMode,
+    #[arg(long, env = "DEPLOY_MODE", value_enum, default_value_t = WorkerMode::Simulate)]
+    pub deploy_mode: WorkerMode,
 
     /// Postgres URL, e.g. postgres://user:pass@host:5432/mlops.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

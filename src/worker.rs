@@ -19,7 +19,7 @@ use sea_orm_migration::MigratorTrait;
 use tokio::sync::{oneshot, watch};
 
 use crate::admission::Admission;
-use crate::config::{DeployMode, Settings};
+use crate::config::{Settings, WorkerMode};
 use crate::deployer::informer::Router;
 use crate::deployer::{Deployer, kubernetes::KubernetesDeployer, simulate::SimulateDeployer};
 use crate::events;
@@ -134,10 +134,10 @@ impl Worker {
         // connected to the supervisor once it runs; the informer routes followed changes to it
         let router = Router::default();
         let deployer = match settings.deploy_mode {
-            DeployMode::Simulate => Deployer::Simulate(SimulateDeployer::new(
+            WorkerMode::Simulate => Deployer::Simulate(SimulateDeployer::new(
                 Duration::from_millis(settings.simulate_delay_ms),
             )),
-            DeployMode::K8s => Deployer::Kubernetes(Box::new(
+            WorkerMode::K8s => Deployer::Kubernetes(Box::new(
                 KubernetesDeployer::connect(
                     settings.kubeconfig.as_deref(),
                     &render.namespace,

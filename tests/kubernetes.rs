@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{Env, Tenant, wait_for};
-use deploy_worker::config::DeployMode;
+use deploy_worker::config::WorkerMode;
 use deploy_worker::deployer::INFERENCESERVICE_VERBS;
 use deploy_worker::events::EventKind;
 use deploy_worker::kserve::{ANNOTATION_DEPLOYMENT_MODE, isvc_name};
@@ -53,7 +53,7 @@ impl Cluster {
 
     fn settings(&self) -> deploy_worker::config::Settings {
         let mut s = self.env.settings();
-        s.deploy_mode = DeployMode::K8s;
+        s.deploy_mode = WorkerMode::K8s;
         s.kubeconfig = Some(self.kubeconfig.clone());
         s.deploy_timeout_seconds = 30;
         s

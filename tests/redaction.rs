@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Capture, Env, http_get, wait_for, wait_http};
-use deploy_worker::config::DeployMode;
+use deploy_worker::config::WorkerMode;
 use deploy_worker::events::EventKind;
 use deploy_worker::kserve::isvc_name;
 use deploy_worker::platform::{self, NewEndpoint};
@@ -104,7 +104,7 @@ async fn secrets_from_urls_and_the_kubeconfig_never_leave_the_process() {
         "postgres://postgres:{userinfo_pw}@127.0.0.1:{}/postgres?password={query_pw}",
         env.pg.port()
     ));
-    settings.deploy_mode = DeployMode::K8s;
+    settings.deploy_mode = WorkerMode::K8s;
     settings.kubeconfig = Some(kubeconfig_path);
     settings.deploy_timeout_seconds = 30;
     let worker = Worker::start(&settings).await.expect("worker");
