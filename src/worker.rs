@@ -44,18 +44,32 @@ pub enum WorkerError {
     /// Postgres is unreachable.
     #[error(transparent)]
     Database(#[from] ConnectError),
-    /// Migrations failed or are pending.
+    /// Migrations could not be read or applied.
     #[error("database schema: {0}")]
-    Schema(String),
+    Schema(#[source] sea_orm::DbErr),
+    /// Migrations are pending and the worker may not apply them.
+    #[error(
+        "database schema: {0} migration(s) pending; run `deploy-worker migrate` or set DATABASE_MIGRATE=true"
+    )]
+    PendingMigrations(usize),
+    /// The endpoints left `DEPLOYING` could not be read at start-up.
+    #[error("database schema: {0}")]
+    Resume(#[source] crate::store::StoreError),
     /// NATS is unreachable.
     #[error("cannot connect to NATS: {0}; check NATS_URL")]
-    Nats(String),
+    Nats(#[source] async_nats::ConnectError),
     /// The stream or consumers could not be bound.
     #[error(transparent)]
     Bind(#[from] events::BindError),
-    /// A setting has a value the worker cannot use.
+    /// The rendering settings (name prefix, default resources, …) cannot be used.
     #[error("invalid setting: {0}")]
-    Invalid(String),
+    Render(#[source] crate::kserve::OptionsError),
+    /// The Kubernetes client cannot be configured (k8s mode).
+    #[error("invalid setting: {0}")]
+    Kubeconfig(#[source] crate::deployer::kubernetes::KubeConfigError),
+    /// The NATS security settings cannot be used.
+    #[error("invalid setting: {0}")]
+    NatsSecurity(#[source] crate::tls::TlsError),
     /// The supervisor went away unexpectedly.
     #[error("the supervisor stopped unexpectedly")]
     SupervisorGone,
@@ -91,18 +105,13 @@ pub async fn migrate(store: &Store, apply: bool) -> Result<(), WorkerError> {
     let db = store.db();
     let pending = migration::Migrator::get_pending_migrations_read_only(db)
         .await
-        .map_err(|err| WorkerError::Schema(err.to_string()))?;
+        .map_err(WorkerError::Schema)?;
     if pending.is_empty() {
         Ok(())
     } else if apply {
-        migration::up_locked(db)
-            .await
-            .map_err(|err| WorkerError::Schema(err.to_string()))
+        migration::up_locked(db).await.map_err(WorkerError::Schema)
     } else {
-        Err(WorkerError::Schema(format!(
-            "{} migration(s) pending; run `deploy-worker migrate` or set DATABASE_MIGRATE=true",
-            pending.len()
-        )))
+        Err(WorkerError::PendingMigrations(pending.len()))
     }
 }
 
@@ -120,9 +129,7 @@ impl Worker {
         // what the URLs hold is redacted from every output, also when embedded without the CLI
         crate::telemetry::register_secrets(settings.secrets());
         let render = settings.kserve.render_options();
-        render
-            .validate()
-            .map_err(|err| WorkerError::Invalid(err.to_string()))?;
+        render.validate().map_err(WorkerError::Render)?;
         // Metrics first: the store, the passes and the deployers all count into them.
         let admission = Admission::new(settings.caps());
         let registry = Arc::new(ActorRegistry::new());
@@ -147,7 +154,7 @@ impl Worker {
                     settings.follow.debounce(),
                 )
                 .await
-                .map_err(|err| WorkerError::Invalid(err.to_string()))?,
+                .map_err(WorkerError::Kubeconfig)?,
             )),
         };
 
@@ -159,12 +166,12 @@ impl Worker {
             .nats_security
             .connect_options()
             .await
-            .map_err(|err| WorkerError::Invalid(err.to_string()))?
+            .map_err(WorkerError::NatsSecurity)?
             .name("deploy-worker")
             .retry_on_initial_connect()
             .connect(nats_url)
             .await
-            .map_err(|err| WorkerError::Nats(err.to_string()))?;
+            .map_err(WorkerError::Nats)?;
         let js = async_nats::jetstream::new(nats.clone());
         let consumers = events::bind(&js, settings.consumer_settings()).await?;
         let readiness = Readiness::new(
@@ -178,7 +185,7 @@ impl Worker {
         let resume = store
             .deploying_endpoints()
             .await
-            .map_err(|err| WorkerError::Schema(err.to_string()))?;
+            .map_err(WorkerError::Resume)?;
         let http = HttpServer::start(&settings.http_listen, metrics.clone(), readiness.clone())?;
         let retention = crate::retention::spawn(store.db().clone(), settings.retention.settings());
 
