@@ -97,13 +97,18 @@ pub enum TelemetryError {
     #[error(
         "cannot build the OTLP trace exporter: {0}; check OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_PROTOCOL"
     )]
-    Exporter(String),
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    /// The HTTP client of the OTLP exporter could not be built.
+    #[error(
+        "cannot build the OTLP trace exporter: {0}; check OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_PROTOCOL"
+    )]
+    ExporterClient(#[source] crate::tls::TlsError),
     /// Export needs a tokio runtime for its batch task.
     #[error("trace export needs a tokio runtime; call telemetry::init inside one")]
     NoRuntime,
     /// A global subscriber was installed already.
     #[error("a global tracing subscriber is already installed: {0}")]
-    AlreadyInstalled(String),
+    AlreadyInstalled(#[source] tracing_subscriber::util::TryInitError),
     /// Flushing or shutting the exporter down failed.
     #[error("flushing traces failed: {0}; spans still buffered were lost")]
     Shutdown(String),
@@ -233,10 +238,7 @@ impl ExportConfig {
             OtlpProtocol::HttpProtobuf => {
                 use opentelemetry_otlp::WithExportConfig;
                 use opentelemetry_otlp::WithHttpConfig;
-                let client = self
-                    .http
-                    .client()
-                    .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
+                let client = self.http.client().map_err(TelemetryError::ExporterClient)?;
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_http_client(client)
@@ -247,7 +249,7 @@ impl ExportConfig {
                 .with_tonic()
                 .build(),
         }
-        .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
+        .map_err(TelemetryError::Exporter)?;
         // The exporter is async: its batch task runs on the worker's tokio runtime rather than
         // on the SDK's own thread, which has no reactor for reqwest or tonic.
         let processor =
@@ -647,7 +649,7 @@ fn install_with_filter(
     register_secrets(secrets);
     logs_and_traces(&provider, vec![(format, io::stderr)], default_filter)
         .try_init()
-        .map_err(|err| TelemetryError::AlreadyInstalled(err.to_string()))?;
+        .map_err(TelemetryError::AlreadyInstalled)?;
     Ok(Telemetry {
         provider,
         exporting,

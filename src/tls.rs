@@ -46,9 +46,12 @@ pub enum TlsError {
     /// A setting needs another one.
     #[error("{0} needs {1} as well")]
     Needs(&'static str, &'static str),
+    /// The TLS configuration for the collector could not be built.
+    #[error("cannot build the OTLP HTTP client: {0}")]
+    ClientTls(#[source] rustls::Error),
     /// The HTTP client for the collector could not be built.
     #[error("cannot build the OTLP HTTP client: {0}")]
-    Client(String),
+    Client(#[source] reqwest::Error),
 }
 
 /// NATS security settings (flags and environment variables). All are optional; with none
@@ -231,14 +234,14 @@ impl OtlpHttp {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|err| TlsError::Client(err.to_string()))?
+            .map_err(TlsError::ClientTls)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         reqwest::Client::builder()
             .tls_backend_preconfigured(config)
             .timeout(self.timeout)
             .build()
-            .map_err(|err| TlsError::Client(err.to_string()))
+            .map_err(TlsError::Client)
     }
 }
 
