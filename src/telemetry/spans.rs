@@ -1,0 +1,202 @@
+//! The spans of the event path (`receive`, `pass`, its steps) and what they record. They know
+//! ids and names, never the worker's domain types: the code that holds those (the supervisor,
+//! the deployers) records them.
+
+use std::fmt::Display;
+
+use async_nats::jetstream;
+use opentelemetry::trace::{Status, TraceContextExt};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use super::*;
+
+/// The hex trace id of `span`, when it is traced.
+pub fn trace_id(span: &Span) -> Option<String> {
+    let cx = span.context();
+    let span_ref = cx.span();
+    let sc = span_ref.span_context();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The span context of `span` (invalid when it is not traced), e.g. to link to it.
+pub fn span_context(span: &Span) -> opentelemetry::trace::SpanContext {
+    span.context().span().span_context().clone()
+}
+
+/// The `receive` span of one JetStream message: its parent is the publisher's span from the
+/// message headers (a new trace when there is none), and it lives until the message is
+/// answered. Records `trace_id` so compact log lines carry it.
+pub fn receive_span(message: &jetstream::Message) -> Span {
+    let info = message.info().ok();
+    let span = tracing::info_span!(
+        "receive",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.destination.name = %message.subject,
+        stream_sequence = info.as_ref().map(|i| i.stream_sequence),
+        delivered = info.as_ref().map(|i| i.delivered),
+        tenant_id = tracing::field::Empty,
+        project_id = tracing::field::Empty,
+        endpoint_id = tracing::field::Empty,
+        isvc_name = tracing::field::Empty,
+        generation = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        answer = tracing::field::Empty,
+        error = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = extract_context(message.headers.as_ref());
+    if parent.span().span_context().is_valid() {
+        // Only fails when the span is not traced at all; there is nothing to attach then.
+        let _ = span.set_parent(parent);
+    }
+    if let Some(id) = trace_id(&span) {
+        span.record("trace_id", id.as_str());
+    }
+    span
+}
+
+/// The `receive` span of a synthetic delivery (an endpoint resumed at start-up, or followed
+/// after its object changed; `source` says which): a new trace.
+pub fn synthetic_span(endpoint_id: Uuid, source: &'static str) -> Span {
+    let span = tracing::info_span!(
+        "receive",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.destination.name = source,
+        tenant_id = tracing::field::Empty,
+        project_id = tracing::field::Empty,
+        endpoint_id = %endpoint_id,
+        isvc_name = tracing::field::Empty,
+        generation = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        answer = tracing::field::Empty,
+        error = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(id) = trace_id(&span) {
+        span.record("trace_id", id.as_str());
+    }
+    span
+}
+
+/// The span of one pass, a child of `parent` (the receive span of the newest delivery it
+/// covers), linked to `others` (the other deliveries' receive spans).
+pub fn pass_span<'a>(
+    parent: &Span,
+    others: impl IntoIterator<Item = &'a Span>,
+    endpoint_id: Uuid,
+    events: usize,
+) -> Span {
+    let span = tracing::info_span!(
+        parent: parent,
+        "pass",
+        tenant_id = tracing::field::Empty,
+        project_id = tracing::field::Empty,
+        endpoint_id = %endpoint_id,
+        isvc_name = tracing::field::Empty,
+        generation = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        error = tracing::field::Empty,
+        events = events,
+        trace_id = tracing::field::Empty,
+    );
+    for other in others {
+        span.add_link(span_context(other));
+    }
+    if let Some(id) = trace_id(&span) {
+        span.record("trace_id", id.as_str());
+    }
+    span
+}
+
+/// The steps of a pass, each a child span of the pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the endpoint row (a batched load).
+    LoadIntent,
+    /// Validating the intent and rendering the manifest.
+    Render,
+    /// Making the InferenceService real (parent of `apply` and `wait_ready`).
+    Deploy,
+    /// Removing the InferenceService.
+    Delete,
+    /// Sending the manifest to the cluster (server-side apply).
+    Apply,
+    /// Waiting until the cluster reports this generation Ready.
+    WaitReady,
+    /// Waiting for the group commit that makes a status durable.
+    Persist,
+}
+
+macro_rules! step_span {
+    ($name:literal) => {
+        tracing::info_span!(
+            $name,
+            tenant_id = tracing::field::Empty,
+            project_id = tracing::field::Empty,
+            endpoint_id = tracing::field::Empty,
+            isvc_name = tracing::field::Empty,
+            generation = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            error = tracing::field::Empty,
+        )
+    };
+}
+
+/// A span for `step`, a child of the current span, with the attribute set every step carries
+/// (empty until recorded, e.g. with [`SpanLabels::record`]).
+pub fn step_span(step: Step) -> Span {
+    // Span names must be literals for `tracing`, hence one arm per step.
+    match step {
+        Step::LoadIntent => step_span!("load_intent"),
+        Step::Render => step_span!("render"),
+        Step::Deploy => step_span!("deploy"),
+        Step::Delete => step_span!("delete"),
+        Step::Apply => step_span!("apply"),
+        Step::WaitReady => step_span!("wait_ready"),
+        Step::Persist => step_span!("persist"),
+    }
+}
+
+/// The attributes every span of a pass carries.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanLabels<'a> {
+    /// Owning tenant.
+    pub tenant_id: Uuid,
+    /// Owning project.
+    pub project_id: Uuid,
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// InferenceService name.
+    pub isvc_name: &'a str,
+    /// Spec generation.
+    pub generation: i64,
+}
+
+impl SpanLabels<'_> {
+    /// Records the labels on `span` (which must have declared the fields, as every span made
+    /// here does).
+    pub fn record(&self, span: &Span) {
+        span.record("tenant_id", tracing::field::display(self.tenant_id));
+        span.record("project_id", tracing::field::display(self.project_id));
+        span.record("endpoint_id", tracing::field::display(self.endpoint_id));
+        span.record("isvc_name", self.isvc_name);
+        span.record("generation", self.generation);
+    }
+}
+
+/// Records how the work of `span` ended.
+pub fn record_outcome(span: &Span, outcome: &str) {
+    span.record("outcome", outcome);
+}
+
+/// Marks `span` as failed: status error with `error` as its description, and the `error`
+/// attribute.
+pub fn record_error(span: &Span, error: &dyn Display) {
+    let text = redacted(error.to_string());
+    span.record("error", text.as_str());
+    span.set_status(Status::error(text));
+}
