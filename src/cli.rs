@@ -1,4 +1,4 @@
-//! The command line: `run` (default), `migrate`, `demo`, `render`, `kserve-sim`, and the
+//! The command line: `run` (default), `migrate`, `demo`, `render`, and the
 //! operator commands `reconcile`, `rejected list|replay`, `tenant pause|resume|list`
 //! (implemented in [`crate::ops`]).
 
@@ -43,9 +43,6 @@ enum Command {
     Demo(Box<DemoArgs>),
     /// Print the InferenceService manifest for an intent.
     Render(RenderArgs),
-    /// Run the KServe stand-in: a Kubernetes API server for InferenceServices with a
-    /// simulated KServe controller, for trying k8s mode without a cluster.
-    KserveSim(kserve_sim::SimArgs),
     /// Converge one endpoint now: publish a deploy event for it as the platform would.
     Reconcile(ReconcileArgs),
     /// Inspect and re-publish the events the worker refused (`rejected_events`).
@@ -257,7 +254,6 @@ pub fn main() -> ExitCode {
         Some(Command::Migrate(args)) => Secrets::collect([Some(args.database_url.as_str())]),
         Some(Command::Demo(args)) => args.settings.secrets(),
         Some(Command::Render(args)) => Secrets::collect([args.database_url.as_deref()]),
-        Some(Command::KserveSim(_)) => Secrets::collect([]),
         Some(Command::Reconcile(args)) => args.connection.secrets(),
         Some(Command::Rejected { command }) => command.connection().secrets(),
         Some(Command::Tenant { command }) => command.connection().secrets(),
@@ -268,10 +264,6 @@ pub fn main() -> ExitCode {
         Some(Command::Migrate(args)) => migrate(args, secrets.clone()),
         Some(Command::Demo(args)) => demo(*args, secrets.clone()),
         Some(Command::Render(args)) => render(args, secrets.clone()),
-        Some(Command::KserveSim(args)) => runtime().map_err(|err| err.to_string()).and_then(|rt| {
-            rt.block_on(kserve_sim::run(args))
-                .map_err(|err| format!("{err:#}"))
-        }),
         Some(Command::Reconcile(args)) => reconcile(args, secrets.clone()),
         Some(Command::Rejected { command }) => rejected(command, secrets.clone()),
         Some(Command::Tenant { command }) => tenant(command, secrets.clone()),
