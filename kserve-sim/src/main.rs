@@ -2,7 +2,8 @@
 //! k8s mode (and `kubectl`) without a cluster:
 //!
 //! ```text
-//! cargo run --release --locked -p kserve-sim -- --listen 127.0.0.1:6443 --kubeconfig-out kserve-sim.kubeconfig
+//! cargo build --release --locked --workspace --bin kserve-sim
+//! target/release/kserve-sim --listen 127.0.0.1:6443 --kubeconfig-out kserve-sim.kubeconfig
 //! kubectl --kubeconfig kserve-sim.kubeconfig get isvc --watch
 //! ```
 //!
