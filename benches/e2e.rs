@@ -784,19 +784,8 @@ async fn rollback(scale: &Scale) {
     let n = scale.rollback_endpoints;
     let setup = setup(scale, n, true).await;
     let db = &setup.env.db;
-    let config = kserve_sim::SimConfig {
-        ready_delay: KSERVE_READY_DELAY,
-        stale_status: Duration::ZERO,
-        ..Default::default()
-    };
-    let sim = kserve_sim::KserveSim::start(config)
-        .await
-        .expect("stand-in");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = dir.path().join("kubeconfig");
+    let (sim, _dir, kubeconfig) = start_sim().await;
     let options = RenderOptions::default();
-    sim.write_kubeconfig(&kubeconfig, &options.namespace)
-        .expect("kubeconfig");
     let timeout = 600;
     let worker = spawn_worker(
         &setup,
