@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use deploy_worker::events::{self, EventKind};
 use deploy_worker::kserve::RenderOptions;
-use deploy_worker::platform::{self, EventFields, NewEndpoint, NewModelVersion};
-use deploy_worker::sandbox::LocalPostgres;
+use devkit::platform::{self, EventFields, NewEndpoint, NewModelVersion};
+use devkit::sandbox::LocalPostgres;
 use futures::{StreamExt, TryStreamExt};
 use kserve_sim::{SimHandle, Verb, VerbCounts};
 use kube::api::{
@@ -208,7 +208,7 @@ struct WorkerProcess {
 }
 
 fn spawn_worker(setup: &Setup, env: &[(&str, String)]) -> WorkerProcess {
-    let http_port = deploy_worker::sandbox::free_port().expect("free port");
+    let http_port = devkit::sandbox::free_port().expect("free port");
     let mut command = Command::new(env!("CARGO_BIN_EXE_deploy-worker"));
     command
         .arg("run")
@@ -784,19 +784,8 @@ async fn rollback(scale: &Scale) {
     let n = scale.rollback_endpoints;
     let setup = setup(scale, n, true).await;
     let db = &setup.env.db;
-    let config = kserve_sim::SimConfig {
-        ready_delay: KSERVE_READY_DELAY,
-        stale_status: Duration::ZERO,
-        ..Default::default()
-    };
-    let sim = kserve_sim::KserveSim::start(config)
-        .await
-        .expect("stand-in");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = dir.path().join("kubeconfig");
+    let (sim, _dir, kubeconfig) = start_sim().await;
     let options = RenderOptions::default();
-    sim.write_kubeconfig(&kubeconfig, &options.namespace)
-        .expect("kubeconfig");
     let timeout = 600;
     let worker = spawn_worker(
         &setup,
@@ -808,7 +797,7 @@ async fn rollback(scale: &Scale) {
     );
     wait_count(db, "READY", n, Duration::from_secs(600)).await;
 
-    let change = |percent: i64| deploy_worker::platform::ServingPatch {
+    let change = |percent: i64| devkit::platform::ServingPatch {
         traffic: Some(Some(json!({ "canaryTrafficPercent": percent }))),
         ..Default::default()
     };

@@ -13,7 +13,7 @@
 
 use clap::Parser;
 use deploy_worker::events::{self, EventKind};
-use deploy_worker::platform::{self, EventFields, ModelVersionRef};
+use deploy_worker::publish::{self, EventFields, ModelVersionRef};
 use opentelemetry::trace::TraceContextExt;
 use uuid::Uuid;
 
@@ -71,19 +71,19 @@ async fn main() -> Result<(), async_nats::Error> {
         .message_id
         .unwrap_or_else(|| Uuid::new_v4().to_string());
     // The trace of the API request that publishes: the worker's spans become its children.
-    let cx = platform::publisher_context();
-    platform::publish_traced(&js, EventKind::Deploy, &fields, &message_id, &cx).await?;
+    let cx = publish::publisher_context();
+    publish::publish_traced(&js, EventKind::Deploy, &fields, &message_id, &cx).await?;
 
     let trace_id = cx.span().span_context().trace_id();
     println!("subject:     {}", events::DEPLOY_SUBJECT);
     println!(
         "payload:     {}",
-        String::from_utf8_lossy(&platform::payload(&fields))
+        String::from_utf8_lossy(&publish::payload(&fields))
     );
     println!("Nats-Msg-Id: {message_id}");
     println!(
         "traceparent: {}",
-        platform::traceparent(&cx).unwrap_or_default()
+        publish::traceparent(&cx).unwrap_or_default()
     );
     println!("find it in Jaeger: search for trace id {trace_id} (service deploy-worker)");
     Ok(())

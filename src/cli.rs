@@ -1,4 +1,4 @@
-//! The command line: `run` (default), `migrate`, `demo`, `render`, `kserve-sim`, and the
+//! The command line: `run` (default), `migrate`, `render`, and the
 //! operator commands `reconcile`, `rejected list|replay`, `tenant pause|resume|list`
 //! (implemented in [`crate::ops`]).
 
@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
 use crate::config::{KserveArgs, LogArgs, Settings};
-use crate::demo::DemoArgs;
 use crate::intent::Intent;
 use crate::kserve;
 use crate::ops::{self, ReplayResult, ReplaySelection};
@@ -38,14 +37,8 @@ enum Command {
     Run(Box<Settings>),
     /// Apply the database migrations and exit.
     Migrate(MigrateArgs),
-    /// Self-contained demo: throw-away Postgres and NATS (unless URLs are given), a few hundred
-    /// endpoints across several tenants, the worker in simulate mode, a summary.
-    Demo(Box<DemoArgs>),
     /// Print the InferenceService manifest for an intent.
     Render(RenderArgs),
-    /// Run the KServe stand-in: a Kubernetes API server for InferenceServices with a
-    /// simulated KServe controller, for trying k8s mode without a cluster.
-    KserveSim(kserve_sim::SimArgs),
     /// Converge one endpoint now: publish a deploy event for it as the platform would.
     Reconcile(ReconcileArgs),
     /// Inspect and re-publish the events the worker refused (`rejected_events`).
@@ -238,26 +231,13 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    use clap::{CommandFactory, FromArgMatches};
-    // parsed in two steps: the demo asks the matches where its HTTP address came from
-    let matches = Cli::command().get_matches();
-    let mut cli = match Cli::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(err) => err.format(&mut Cli::command()).exit(),
-    };
-    if let Some(Command::Demo(args)) = &mut cli.command
-        && let Some(("demo", demo_matches)) = matches.subcommand()
-    {
-        args.free_port_unless_chosen(demo_matches);
-    }
+    let cli = Cli::parse();
     // Secrets known from the settings are redacted from logs and from the final error message.
     let secrets = match &cli.command {
         None => cli.run.secrets(),
         Some(Command::Run(settings)) => settings.secrets(),
         Some(Command::Migrate(args)) => Secrets::collect([Some(args.database_url.as_str())]),
-        Some(Command::Demo(args)) => args.settings.secrets(),
         Some(Command::Render(args)) => Secrets::collect([args.database_url.as_deref()]),
-        Some(Command::KserveSim(_)) => Secrets::collect([]),
         Some(Command::Reconcile(args)) => args.connection.secrets(),
         Some(Command::Rejected { command }) => command.connection().secrets(),
         Some(Command::Tenant { command }) => command.connection().secrets(),
@@ -266,12 +246,7 @@ pub fn main() -> ExitCode {
         None => run_worker(cli.run, secrets.clone()),
         Some(Command::Run(settings)) => run_worker(*settings, secrets.clone()),
         Some(Command::Migrate(args)) => migrate(args, secrets.clone()),
-        Some(Command::Demo(args)) => demo(*args, secrets.clone()),
         Some(Command::Render(args)) => render(args, secrets.clone()),
-        Some(Command::KserveSim(args)) => runtime().map_err(|err| err.to_string()).and_then(|rt| {
-            rt.block_on(kserve_sim::run(args))
-                .map_err(|err| format!("{err:#}"))
-        }),
         Some(Command::Reconcile(args)) => reconcile(args, secrets.clone()),
         Some(Command::Rejected { command }) => rejected(command, secrets.clone()),
         Some(Command::Tenant { command }) => tenant(command, secrets.clone()),
@@ -355,16 +330,6 @@ fn migrate(args: MigrateArgs, secrets: Secrets) -> Result<(), String> {
         }
         Ok(())
     })
-}
-
-fn demo(args: DemoArgs, secrets: Secrets) -> Result<(), String> {
-    let logging = args.settings.logging.clone();
-    // the demo's own output is its progress bar and summary: the worker only says what is
-    // wrong, unless RUST_LOG asks for more
-    let default_filter = crate::demo::LOG_FILTER;
-    actix_system().block_on(with_telemetry(&logging, default_filter, secrets, async {
-        crate::demo::run(args).await.map_err(|err| err.to_string())
-    }))
 }
 
 fn render(args: RenderArgs, secrets: Secrets) -> Result<(), String> {

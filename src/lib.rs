@@ -25,20 +25,24 @@
 //! - [`store`]: Postgres with batched reads and group commit; [`admission`]: tenant fairness;
 //!   [`retention`]: pruning old history; [`grants`]: the least-privilege database role;
 //! - [`tls`]: encrypted, authenticated connections to NATS and the OTLP collector;
-//! - [`config`], [`worker`], [`cli`]: settings, wiring, commands; [`demo`] and [`sandbox`]:
-//!   the self-contained demo and the throw-away servers it and the tests use;
+//! - [`config`], [`worker`], [`cli`]: settings, wiring, commands;
 //! - [`telemetry`] (logs, traces, trace-context propagation), [`metrics`] (Prometheus),
 //!   [`poller`] (consumer lag and stuck deploys, read periodically) and [`http`] (`/metrics`,
 //!   `/healthz`, `/readyz`): observability;
 //! - [`ops`]: the operator commands (`reconcile`, `rejected list|replay`,
-//!   `tenant pause|resume|list`).
+//!   `tenant pause|resume|list`), which publish events as the platform does through
+//!   [`publish`].
+//!
+//! The crate is the worker and nothing else. The repository's tooling lives beside it: the
+//! KServe stand-in is the `kserve-sim` crate (and binary); the demo, the throw-away Postgres and
+//! NATS servers, and the platform's row writing that the demo, tests and benches use are the
+//! dev-only `devkit` crate (its `demo` binary is what `scripts/demo` runs).
 
 pub mod admission;
 pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod delivery;
-pub mod demo;
 pub mod deployer;
 pub mod endpoint_actor;
 pub mod events;
@@ -51,11 +55,10 @@ pub mod metrics;
 pub mod ops;
 pub mod outcome;
 pub mod pass;
-pub mod platform;
 pub mod policy;
 pub mod poller;
+pub mod publish;
 pub mod retention;
-pub mod sandbox;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;

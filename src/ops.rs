@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::events::EventKind;
 use crate::outcome::Outcome;
-use crate::platform::{self, EventFields, ModelVersionRef};
+use crate::publish::{self, EventFields, ModelVersionRef};
 use crate::store::PAUSED_REASON;
 
 /// Why an operator command failed.
@@ -77,12 +77,12 @@ async fn publish_traced(
     kind: EventKind,
     fields: &EventFields<'_>,
 ) -> Result<(String, Option<String>), OpsError> {
-    let cx = platform::publisher_context();
+    let cx = publish::publisher_context();
     let message_id = Uuid::new_v4().to_string();
-    platform::publish_traced(js, kind, fields, &message_id, &cx)
+    publish::publish_traced(js, kind, fields, &message_id, &cx)
         .await
         .map_err(|err| OpsError::Publish(err.to_string()))?;
-    Ok((message_id, platform::traceparent(&cx)))
+    Ok((message_id, publish::traceparent(&cx)))
 }
 
 /// The fields of an endpoint row that go into its events.
@@ -331,7 +331,7 @@ pub async fn replay_rejected(
             }
         };
         let message_id = Uuid::new_v4().to_string();
-        platform::publish_raw(js, kind, payload, Some(&message_id))
+        publish::publish_raw(js, kind, payload, Some(&message_id))
             .await
             .map_err(|err| OpsError::Publish(err.to_string()))?;
         // Published first: should marking fail, a second replay publishes a duplicate, which
@@ -436,7 +436,7 @@ pub async fn resume_tenant(
     .all(db)
     .await?;
     let republished =
-        platform::publish_all(js, held.iter().map(|row| (EventKind::Deploy, row.fields())))
+        publish::publish_all(js, held.iter().map(|row| (EventKind::Deploy, row.fields())))
             .await
             .map_err(|err| OpsError::Publish(err.to_string()))?;
     Ok(Resumed {

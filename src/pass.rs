@@ -780,7 +780,8 @@ impl<'a> Pass<'a> {
                 self.commit_then_answer(Write::Status(write), AckKind::Ack)
                     .await
             }
-            Observation::Missing | Observation::Drifted if ready => {
+            // a paused tenant's objects are left as they are until the pause is lifted
+            Observation::Missing | Observation::Drifted if ready && !record.tenant_paused => {
                 let what = if observed == Observation::Missing {
                     follow::REPAIR_MISSING
                 } else {

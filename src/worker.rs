@@ -38,7 +38,7 @@ use crate::supervisor::{
 pub enum WorkerError {
     /// A required setting is missing.
     #[error(
-        "{0} is not set; set it, or try `deploy-worker demo`, which starts throw-away Postgres and NATS"
+        "{0} is not set; set it, or try `scripts/demo`, which starts throw-away Postgres and NATS"
     )]
     Missing(&'static str),
     /// Postgres is unreachable.

@@ -10,11 +10,11 @@ use common::{Env, wait_for};
 use deploy_worker::events::EventKind;
 use deploy_worker::metrics::Metrics;
 use deploy_worker::outcome::Outcome;
-use deploy_worker::platform::{self, NewEndpoint};
 use deploy_worker::store::{
     Applied, HistoryEntry, StatusWrite, Store, StoreError, StoreSettings, UrlChange, Write,
 };
 use deploy_worker::worker::Worker;
+use devkit::platform::{self, NewEndpoint};
 use serde_json::json;
 use uuid::Uuid;
 

@@ -76,7 +76,7 @@ fn run_without_a_database_url_says_what_to_do() {
     let (ok, _, err) = deploy_worker(&[], &[("NATS_URL", "nats://127.0.0.1:1")]);
     assert!(!ok);
     assert!(err.contains("DATABASE_URL is not set"), "{err}");
-    assert!(err.contains("deploy-worker demo"), "{err}");
+    assert!(err.contains("scripts/demo"), "{err}");
 }
 
 #[test]
@@ -197,8 +197,8 @@ fn render_refuses_an_invalid_intent_with_the_validation_message() {
 
 #[tokio::test]
 async fn render_reads_the_intent_of_an_endpoint_from_the_database() {
-    use deploy_worker::platform::{self, NewEndpoint, NewModelVersion};
-    let pg = deploy_worker::sandbox::LocalPostgres::start().unwrap();
+    use devkit::platform::{self, NewEndpoint, NewModelVersion};
+    let pg = devkit::sandbox::LocalPostgres::start().unwrap();
     let store = deploy_worker::store::Store::connect(
         &pg.url(),
         deploy_worker::store::StoreSettings {
@@ -268,4 +268,29 @@ async fn render_reads_the_intent_of_an_endpoint_from_the_database() {
     );
     assert!(!ok);
     assert!(stderr.contains("not found"), "{stderr}");
+}
+
+#[test]
+fn the_worker_binary_carries_no_tooling_commands() {
+    // the demo is the devkit crate's `demo` binary, the KServe stand-in is `kserve-sim`'s
+    let (ok, help, _) = deploy_worker(&["--help"], &[]);
+    assert!(ok);
+    for command in ["migrate", "render", "reconcile", "rejected", "tenant"] {
+        assert!(
+            help.lines()
+                .any(|line| line.trim_start().starts_with(command)),
+            "{command} missing from:\n{help}"
+        );
+    }
+    for tooling in ["demo", "kserve-sim"] {
+        assert!(
+            !help
+                .lines()
+                .any(|line| line.trim_start().starts_with(tooling)),
+            "{tooling} is listed:\n{help}"
+        );
+        let (ok, _, err) = deploy_worker(&[tooling], &[]);
+        assert!(!ok, "`deploy-worker {tooling}` should not run");
+        assert!(err.contains(&format!("'{tooling}'")), "{err}");
+    }
 }

@@ -13,11 +13,11 @@ use common::{Env, wait_for};
 use deploy_worker::events::EventKind;
 use deploy_worker::outcome::Outcome;
 use deploy_worker::retention::{self, Pruned, RetentionArgs};
-use deploy_worker::sandbox::LocalPostgres;
 use deploy_worker::store::{
     Applied, HistoryEntry, RejectedEvent, StatusWrite, Store, StoreSettings, UrlChange, Write,
 };
 use deploy_worker::worker::Worker;
+use devkit::sandbox::LocalPostgres;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use sea_orm::{TransactionTrait, Value};
 use uuid::Uuid;

@@ -12,9 +12,9 @@ use common::{
 };
 use deploy_worker::events::EventKind;
 use deploy_worker::http::ReadinessReport;
-use deploy_worker::platform;
-use deploy_worker::sandbox::{LocalNats, LocalPostgres};
 use deploy_worker::worker::Worker;
+use devkit::platform;
+use devkit::sandbox::{LocalNats, LocalPostgres};
 
 async fn scrape(worker: &Worker) -> BTreeMap<String, Family> {
     let response = http_get(worker.http_addr(), "/metrics")

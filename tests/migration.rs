@@ -6,8 +6,8 @@ mod common;
 
 use std::process::Command;
 
-use deploy_worker::sandbox::LocalPostgres;
 use deploy_worker::store::{Store, StoreSettings};
+use devkit::sandbox::LocalPostgres;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
 /// The platform's own schema, written independently of ours: its trigger function has another

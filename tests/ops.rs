@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::{Env, deploy_worker_cli, wait_for};
 use deploy_worker::events::EventKind;
-use deploy_worker::platform::{self, ServingPatch};
 use deploy_worker::store::PAUSED_REASON;
 use deploy_worker::worker::Worker;
+use devkit::platform::{self, ServingPatch};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::json;
 use uuid::Uuid;
@@ -20,12 +20,7 @@ const LONG: Duration = Duration::from_secs(60);
 const BAD_PAYLOAD: &[u8] = b"{not json\x00\xff";
 
 impl Env {
-    fn urls(
-        &self,
-    ) -> Option<(
-        &deploy_worker::sandbox::LocalPostgres,
-        &deploy_worker::sandbox::LocalNats,
-    )> {
+    fn urls(&self) -> Option<(&devkit::sandbox::LocalPostgres, &devkit::sandbox::LocalNats)> {
         Some((&self.pg, &self.nats))
     }
 }

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use common::{Env, wait_for, wait_http, wait_status};
 use deploy_worker::events::EventKind;
-use deploy_worker::sandbox::{LocalNats, LocalPostgres};
 use deploy_worker::store::{Store, StoreSettings};
 use deploy_worker::tls::NatsSecurityArgs;
 use deploy_worker::worker::Worker;
+use devkit::sandbox::{LocalNats, LocalPostgres};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use rcgen::{

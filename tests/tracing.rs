@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::{create_endpoint, history, publish_deploy, publisher_context, wait_status};
 use deploy_worker::kserve;
-use deploy_worker::platform::{self, NewModelVersion, ServingPatch};
-use deploy_worker::sandbox::{LocalNats, LocalPostgres};
 use deploy_worker::telemetry::{self, LogFormat};
 use deploy_worker::worker::Worker;
+use devkit::platform::{self, NewModelVersion, ServingPatch};
+use devkit::sandbox::{LocalNats, LocalPostgres};
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use common::{Env, wait_for};
 use deploy_worker::events::EventKind;
 use deploy_worker::kserve::isvc_name;
-use deploy_worker::platform::{self, ServingPatch};
 use deploy_worker::worker::Worker;
+use devkit::platform::{self, ServingPatch};
 use serde_json::json;
 use uuid::Uuid;
 

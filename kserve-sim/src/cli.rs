@@ -1,5 +1,5 @@
-//! Command-line interface: [`SimArgs`] (flattened into the main binary as
-//! `deploy-worker kserve-sim ...`) and [`run`], which serves until Ctrl-C or SIGTERM.
+//! Command-line interface: [`SimArgs`] (the options of the `kserve-sim` binary, `src/main.rs`)
+//! and [`run`], which serves until Ctrl-C or SIGTERM.
 //! Every flag has a `KSERVE_SIM_*` environment variable.
 
 use crate::config::SimConfig;

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use deploy_worker::sandbox::LocalPostgres;
+use devkit::sandbox::LocalPostgres;
 
 fn migration(url: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_migration"))

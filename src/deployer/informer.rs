@@ -3,8 +3,10 @@
 //! Every deploy used to open its own list and watch, so a thousand deploys in flight held a
 //! thousand watch connections and cost a list each. The informer instead keeps **one**
 //! label-selected watch (`app.kubernetes.io/managed-by=deploy-worker` in `KSERVE_NAMESPACE`)
-//! through kube-runtime's watcher and reflector — relists after `410 Gone`, reconnects and
-//! bookmarks are theirs — and a cache of every object of ours.
+//! through kube-runtime's watcher — relists after `410 Gone`, reconnects and bookmarks are
+//! its — and a cache of every object of ours. Objects are parsed without their managed fields
+//! ([`LeanInferenceService`]) and each is held once, in an `Arc` the cache and the
+//! subscribers share.
 //!
 //! Each deploy or delete *subscribes* to its own object by name: a [`Subscription`] is a
 //! `watch` channel holding the latest [`Sighting`] of that object, so it always sees the newest
@@ -24,7 +26,6 @@
 //! object with the endpoint's row and decides; the informer only notices.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -32,11 +33,11 @@ use dashmap::DashMap;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::lean::LeanInferenceService;
 use crate::backoff::Backoff;
 use crate::delivery::Follow;
 use crate::kserve::{InferenceService, LABEL_MANAGED_BY, MANAGED_BY};
@@ -182,16 +183,18 @@ impl kube::runtime::utils::Backoff for Reconnect {
 /// Consecutive watch failures after which the watch starts over with a fresh list.
 const RELIST_AFTER_FAILURES: u32 = 5;
 
+/// Every object of ours by name, each held once.
+type Cache = DashMap<String, Arc<InferenceService>>;
+
 /// The shared watch and its cache; cheap to share in an `Arc`. Dropping the last handle stops
 /// the watch.
 pub struct Informer {
-    cache: reflector::Store<InferenceService>,
+    cache: Arc<Cache>,
     subscribers: Arc<DashMap<String, watch::Sender<Sighting>>>,
     /// The last watch error, while the API server cannot be watched.
     trouble: Arc<Mutex<Option<String>>>,
     /// Whether the first full list has arrived (before it, "not cached" means "not known").
-    synced: Arc<AtomicBool>,
-    namespace: String,
+    synced: watch::Sender<bool>,
     router: Router,
     task: tokio::task::JoinHandle<()>,
 }
@@ -212,16 +215,15 @@ impl Informer {
     /// to objects nobody waits on go to `router`; an object that stops being Ready is routed
     /// again after `debounce`.
     pub fn start(
-        api: Api<InferenceService>,
-        namespace: &str,
+        api: Api<LeanInferenceService>,
         metrics: Arc<Metrics>,
         router: Router,
         debounce: Duration,
     ) -> Self {
-        let (cache, mut writer) = reflector::store();
+        let cache: Arc<Cache> = Arc::default();
         let subscribers: Arc<DashMap<String, watch::Sender<Sighting>>> = Arc::default();
         let trouble: Arc<Mutex<Option<String>>> = Arc::default();
-        let synced = Arc::new(AtomicBool::new(false));
+        let synced = watch::Sender::new(false);
         let config = watcher::Config::default().labels(&selector());
         let watch = move || {
             watcher::watcher(api.clone(), config.clone())
@@ -235,7 +237,6 @@ impl Informer {
             let synced = synced.clone();
             let cache = cache.clone();
             let router = router.clone();
-            let namespace = namespace.to_owned();
             tokio::spawn(async move {
                 // names the relist under way has shown
                 let mut relisted: HashSet<String> = HashSet::new();
@@ -265,23 +266,31 @@ impl Informer {
                     };
                     failures = 0;
                     lock(&trouble).take();
+                    let event = match event {
+                        Event::Init => Event::Init,
+                        Event::InitApply(object) => Event::InitApply(Arc::new(object.into())),
+                        Event::InitDone => Event::InitDone,
+                        Event::Apply(object) => Event::Apply(Arc::new(object.into())),
+                        Event::Delete(object) => Event::Delete(Arc::new(object.into())),
+                    };
                     // decided against the cache as it was before this event
                     let follow = Noticed {
                         cache: &cache,
                         subscribers: &subscribers,
-                        namespace: &namespace,
                     };
                     follow.route(&event, &relisted, &router, debounce);
-                    writer.apply_watcher_event(&event);
                     match event {
                         Event::Init => relisted.clear(),
                         Event::InitApply(object) => {
                             let name = object.metadata.name.clone().unwrap_or_default();
                             relisted.insert(name.clone());
-                            notify(&subscribers, &name, Sighting::Seen(Arc::new(object)));
+                            cache.insert(name.clone(), object.clone());
+                            notify(&subscribers, &name, Sighting::Seen(object));
                         }
                         Event::InitDone => {
-                            synced.store(true, Ordering::Release);
+                            // what the relist no longer shows is gone
+                            cache.retain(|name, _| relisted.contains(name));
+                            synced.send_replace(true);
                             let missing: Vec<String> = subscribers
                                 .iter()
                                 .map(|entry| entry.key().clone())
@@ -294,10 +303,12 @@ impl Informer {
                         }
                         Event::Apply(object) => {
                             let name = object.metadata.name.clone().unwrap_or_default();
-                            notify(&subscribers, &name, Sighting::Seen(Arc::new(object)));
+                            cache.insert(name.clone(), object.clone());
+                            notify(&subscribers, &name, Sighting::Seen(object));
                         }
                         Event::Delete(object) => {
                             let name = object.metadata.name.clone().unwrap_or_default();
+                            cache.remove(&name);
                             let uid = object.metadata.uid.clone();
                             notify(&subscribers, &name, Sighting::Gone { uid });
                         }
@@ -310,7 +321,6 @@ impl Informer {
             subscribers,
             trouble,
             synced,
-            namespace: namespace.to_owned(),
             router,
             task,
         }
@@ -323,15 +333,14 @@ impl Informer {
 
     /// Every cached object, once synced (see [`Informer::wait_synced`]).
     pub fn objects(&self) -> Vec<Arc<InferenceService>> {
-        self.cache.state()
+        self.cache.iter().map(|entry| entry.value().clone()).collect()
     }
 
     /// Waits until the first full list has arrived.
     pub async fn wait_synced(&self) {
-        // the reflector's own readiness signal; it only errors if the writer is gone
-        if self.cache.wait_until_ready().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        let mut synced = self.synced.subscribe();
+        // an error means the sender is gone, which `self` holds: it cannot happen
+        let _ = synced.wait_for(|synced| *synced).await;
     }
 
     /// Subscribes to the object called `name`; the first sighting is what the cache holds.
@@ -355,13 +364,12 @@ impl Informer {
 
     /// The cached object called `name`, if the cache holds one.
     pub fn cached(&self, name: &str) -> Option<Arc<InferenceService>> {
-        self.cache
-            .get(&ObjectRef::new(name).within(&self.namespace))
+        self.cache.get(name).map(|entry| entry.value().clone())
     }
 
     /// Whether the first full list has arrived: only then does "not cached" mean "absent".
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        *self.synced.borrow()
     }
 
     /// The last watch error while the API server cannot be watched, if it cannot.
@@ -378,16 +386,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// What the informer decides about an event before applying it to the cache.
 struct Noticed<'a> {
-    cache: &'a reflector::Store<InferenceService>,
+    cache: &'a Cache,
     subscribers: &'a DashMap<String, watch::Sender<Sighting>>,
-    namespace: &'a str,
 }
 
 impl Noticed<'_> {
     /// Routes the endpoints `event` concerns that need a follow-up pass.
     fn route(
         &self,
-        event: &Event<InferenceService>,
+        event: &Event<Arc<InferenceService>>,
         relisted: &HashSet<String>,
         router: &Router,
         debounce: Duration,
@@ -397,9 +404,7 @@ impl Noticed<'_> {
                 let Some((id, name)) = self.unwatched(object) else {
                     return;
                 };
-                let before = self
-                    .cache
-                    .get(&ObjectRef::new(&name).within(self.namespace));
+                let before = self.cache.get(&name).map(|entry| entry.value().clone());
                 let now = health(object);
                 let then = before.as_deref().map(health);
                 if object.has_drifted() {
@@ -421,16 +426,9 @@ impl Noticed<'_> {
                 // objects a relist no longer shows were deleted while the watch was away
                 let gone: Vec<Uuid> = self
                     .cache
-                    .state()
                     .iter()
-                    .filter(|object| {
-                        object
-                            .metadata
-                            .name
-                            .as_ref()
-                            .is_some_and(|name| !relisted.contains(name))
-                    })
-                    .filter_map(|object| self.unwatched(object).map(|(id, _)| id))
+                    .filter(|entry| !relisted.contains(entry.key()))
+                    .filter_map(|entry| self.unwatched(entry.value()).map(|(id, _)| id))
                     .collect();
                 router.route(gone, Follow::Check);
             }

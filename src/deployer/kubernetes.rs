@@ -41,6 +41,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::informer::{Informer, Router, Sighting};
+use super::lean::LeanInferenceService;
 use super::{
     Alarm, DeleteOutcome, DeployError, DeployOutcome, DeployRequest, DeployStep, Interrupt,
     Observation, deploy_step_span,
@@ -115,7 +116,8 @@ fn credential_secrets(auth: &kube::config::AuthInfo) -> telemetry::Secrets {
 /// Deployer for `DEPLOY_MODE=k8s`.
 #[derive(Clone)]
 pub struct KubernetesDeployer {
-    api: Api<InferenceService>,
+    /// Parses objects without their managed fields (see [`LeanInferenceService`]).
+    api: Api<LeanInferenceService>,
     namespace: String,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -187,13 +189,14 @@ impl KubernetesDeployer {
         };
         telemetry::register_secrets(credential_secrets(&config.auth_info));
         let client = kube::Client::try_from(config).map_err(KubeConfigError::Client)?;
-        let api: Api<InferenceService> = Api::namespaced(client, namespace);
+        let api: Api<LeanInferenceService> = Api::namespaced(client, namespace);
         let legacy = Arc::new(DashMap::new());
         // one list of objects carrying the earlier worker's endpoint label: those get adopted
         let params = ListParams::default().labels(kserve::LEGACY_LABEL_ENDPOINT_ID);
         match api.list(&params).await {
             Ok(list) => {
                 for object in list {
+                    let object = InferenceService::from(object);
                     let id = object.endpoint_id().and_then(|id| id.parse::<Uuid>().ok());
                     if let (Some(id), Some(name)) = (id, object.metadata.name)
                         && name == kserve::legacy_name(id)
@@ -213,7 +216,6 @@ impl KubernetesDeployer {
         }
         let informer = Arc::new(Informer::start(
             api.clone(),
-            namespace,
             metrics.clone(),
             router,
             debounce,
@@ -291,6 +293,11 @@ impl KubernetesDeployer {
             }
             _ => Observation::Unknown,
         }
+    }
+
+    /// Reads the object called `name` (no managed fields), if it exists.
+    async fn get(&self, name: &str) -> Result<Option<InferenceService>, kube::Error> {
+        Ok(self.api.get_opt(name).await?.map(InferenceService::from))
     }
 
     /// The misconfiguration alarm (see [`Alarm`]).
@@ -526,15 +533,16 @@ impl KubernetesDeployer {
         let existing = if !fresh && !adopting && self.informer.is_synced() {
             self.informer.cached(request.name)
         } else {
-            self.api.get_opt(request.name).await?.map(Arc::new)
+            self.get(request.name).await?.map(Arc::new)
         };
         let Some(existing) = existing else {
             let params = PostParams {
                 field_manager: Some(FIELD_MANAGER.to_owned()),
                 ..Default::default()
             };
-            let created = self.api.create(&params, &with_spec_hash(request)).await?;
-            return Ok(ApplyDecision::Written(Box::new(created)));
+            let manifest = LeanInferenceService::from(with_spec_hash(request));
+            let created = self.api.create(&params, &manifest).await?;
+            return Ok(ApplyDecision::Written(Box::new(created.into())));
         };
         if let Some(reason) = self.refusal(request, &existing) {
             return Ok(ApplyDecision::Refused(reason));
@@ -554,7 +562,7 @@ impl KubernetesDeployer {
             .api
             .patch(request.name, &params, &Patch::Apply(&manifest))
             .await?;
-        Ok(ApplyDecision::Written(Box::new(written)))
+        Ok(ApplyDecision::Written(Box::new(written.into())))
     }
 
     /// Why an existing object must not be overwritten by this request, if it must not.
@@ -635,7 +643,7 @@ impl KubernetesDeployer {
                 Sighting::Gone { uid: Some(uid) } if Some(&uid) == ours => return Ok(None),
                 Sighting::Gone { uid: None } => {
                     // missing from a relist: read it to be sure
-                    match self.api.get_opt(request.name).await {
+                    match self.get(request.name).await {
                         Ok(Some(object)) if object.metadata.uid.as_ref() == ours => {
                             match classify(request, &object, target).settled() {
                                 Ok(outcome) => return Ok(Some(outcome)),
@@ -729,7 +737,7 @@ impl KubernetesDeployer {
         endpoint_id: Uuid,
         name: &str,
     ) -> Result<Result<Option<String>, DeleteOutcome>, kube::Error> {
-        let Some(existing) = self.api.get_opt(name).await? else {
+        let Some(existing) = self.get(name).await? else {
             return Ok(Err(DeleteOutcome::Deleted));
         };
         let ours = endpoint_id.to_string();
@@ -782,7 +790,7 @@ impl KubernetesDeployer {
                 Sighting::Gone { uid: None } | Sighting::Unknown => true,
             };
             if confirm {
-                match self.api.get_opt(name).await {
+                match self.get(name).await {
                     Ok(None) => return Ok(DeleteOutcome::Deleted),
                     Ok(Some(object)) if !same(&object) => return Ok(DeleteOutcome::Deleted),
                     Ok(Some(_)) => {}

@@ -19,6 +19,7 @@
 
 pub mod informer;
 pub mod kubernetes;
+pub mod lean;
 pub mod simulate;
 
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,5 @@
-//! `deploy-worker demo`: the worker's main job end to end on one machine, in one command.
+//! The demo (the `demo` binary, which `scripts/demo` runs): the worker's main job end to end
+//! on one machine, in one command.
 //!
 //! With no `DATABASE_URL`/`NATS_URL` it starts throw-away Postgres and `nats-server -js`
 //! ([`crate::sandbox`]); with them it uses those servers (and leaves its demo rows there). It
@@ -8,22 +9,25 @@
 //! against the cluster of a kubeconfig, such as the KServe stand-in) with a progress bar,
 //! and prints events/s, event-to-READY percentiles and the outcome per tenant.
 
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 use indicatif::{ProgressBar, ProgressStyle};
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::config::{DeployMode, Settings};
-use crate::events::EventKind;
+use deploy_worker::config::{DeployMode, Settings};
+use deploy_worker::events::EventKind;
+use deploy_worker::telemetry::{self, Secrets, TelemetryError};
+use deploy_worker::worker::{Worker, WorkerError};
+
 use crate::platform::{self, EventFields, NewEndpoint, NewModelVersion};
 use crate::sandbox::{LocalNats, LocalPostgres, SandboxError};
-use crate::worker::{Worker, WorkerError};
 
-/// Options of `deploy-worker demo`.
+/// Options of the demo.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Endpoints to create and deploy.
@@ -80,6 +84,66 @@ pub enum DemoError {
     /// Not every endpoint reached READY.
     #[error("{0}")]
     Incomplete(String),
+    /// The async runtime could not start.
+    #[error("cannot start the tokio runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// Logs or trace export could not be set up.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+}
+
+/// The `demo` binary's command line: the demo's options and the worker's settings.
+#[derive(Debug, Parser)]
+#[command(
+    name = "demo",
+    version,
+    about = "Self-contained demo of deploy-worker: throw-away Postgres and NATS (unless URLs are \
+             given), a few hundred endpoints across several tenants, the worker in simulate \
+             mode, a summary."
+)]
+struct Cli {
+    #[command(flatten)]
+    args: DemoArgs,
+}
+
+/// Entry point of the `demo` binary: parses the command line, runs the demo in an actix
+/// `System` with the worker's telemetry, and prints a failure (secrets redacted).
+pub fn main() -> ExitCode {
+    // parsed in two steps: the demo asks the matches where its HTTP address came from
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.format(&mut Cli::command()).exit(),
+    };
+    cli.args.free_port_unless_chosen(&matches);
+    // Secrets known from the settings are redacted from logs and from the final error message.
+    let secrets = cli.args.settings.secrets();
+    match run_with_telemetry(cli.args, secrets.clone()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", secrets.redact(&err.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs [`run`] in an actix `System` on a multi-threaded tokio runtime, with telemetry
+/// installed (inside the runtime: the trace exporter's batch task runs on it) at
+/// [`LOG_FILTER`] unless `RUST_LOG` says otherwise, then flushes the traces it produced.
+fn run_with_telemetry(args: DemoArgs, secrets: Secrets) -> Result<(), DemoError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(DemoError::Runtime)?;
+    actix_rt::System::with_tokio_rt(move || runtime).block_on(async move {
+        let telemetry =
+            telemetry::init_with_filter(args.settings.logging.log_format, LOG_FILTER, secrets)?;
+        let result = run(args).await;
+        if let Err(err) = telemetry.shutdown().await {
+            tracing::warn!(error = %err, "could not flush traces");
+        }
+        result
+    })
 }
 
 /// One kind of serving intent the demo deploys.
