@@ -333,7 +333,10 @@ impl Informer {
 
     /// Every cached object, once synced (see [`Informer::wait_synced`]).
     pub fn objects(&self) -> Vec<Arc<InferenceService>> {
-        self.cache.iter().map(|entry| entry.value().clone()).collect()
+        self.cache
+            .iter()
+            .map(|entry| entry.value().clone())
+            .collect()
     }
 
     /// Waits until the first full list has arrived.
