@@ -28,11 +28,6 @@ pub enum WorkerMode {
     K8s,
 }
 
-/// The former name of [`WorkerMode`], kept only while the demo, on its way to a crate of its
-/// own, still spells it this way; new code says `WorkerMode`.
-#[doc(hidden)]
-pub type DeployMode = WorkerMode;
-
 /// Which deployment-mode names the `serving.kserve.io/deploymentMode` annotation uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeNamesArg {

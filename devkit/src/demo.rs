@@ -19,7 +19,7 @@ use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
 use serde_json::json;
 use uuid::Uuid;
 
-use deploy_worker::config::{DeployMode, Settings};
+use deploy_worker::config::{Settings, WorkerMode};
 use deploy_worker::events::EventKind;
 use deploy_worker::telemetry::{self, Secrets, TelemetryError};
 use deploy_worker::worker::{Worker, WorkerError};
@@ -213,7 +213,7 @@ struct Latency {
 /// Runs the demo (inside an actix `System`).
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let mut settings = args.settings.clone();
-    if settings.deploy_mode == DeployMode::K8s {
+    if settings.deploy_mode == WorkerMode::K8s {
         println!(
             "demo: k8s mode, InferenceServices go to namespace {} of the cluster in {}",
             settings.kserve.kserve_namespace,
