@@ -27,10 +27,6 @@ use uuid::Uuid;
 
 const NS: &str = "mlops-serving";
 const LONG: Duration = Duration::from_secs(60);
-const SCHEMA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/kserve/inferenceservice-v1beta1.schema.json"
-);
 
 /// Every row of `table` (`columns`) as JSON text.
 async fn rows(db: &sea_orm::DatabaseConnection, table: &str, columns: &str) -> Vec<String> {
@@ -83,8 +79,11 @@ async fn secrets_from_urls_and_the_kubeconfig_never_leave_the_process() {
     let all = secrets.join(" ");
 
     let mut env = Env::start().await;
-    let mut config = SimConfig::with_schema(SCHEMA);
-    config.ready_delay = Duration::from_millis(100);
+    // the stand-in's embedded InferenceService schema
+    let config = SimConfig {
+        ready_delay: Duration::from_millis(100),
+        ..SimConfig::default()
+    };
     let sim = KserveSim::start(config).await.expect("stand-in");
     // the stand-in's kubeconfig, with a bearer token (it accepts any)
     let mut kubeconfig: serde_yaml::Value =
