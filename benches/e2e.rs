@@ -183,9 +183,9 @@ async fn setup(scale: &Scale, n: usize, publish_now: bool) -> Setup {
     setup
 }
 
-/// Publishes one deploy event per endpoint of `setup`.
-async fn publish(setup: &Setup) {
-    let events = setup.ids.iter().zip(&setup.endpoints).map(|(id, e)| {
+/// One deploy event per endpoint of `setup`, as the platform publishes them.
+fn deploy_events(setup: &Setup) -> impl Iterator<Item = (EventKind, EventFields<'_>)> {
+    setup.ids.iter().zip(&setup.endpoints).map(|(id, e)| {
         let fields = EventFields {
             tenant_id: e.tenant_id,
             project_id: e.project_id,
@@ -194,8 +194,12 @@ async fn publish(setup: &Setup) {
             model: e.model,
         };
         (EventKind::Deploy, fields)
-    });
-    platform::publish_all(&setup.env.js, events)
+    })
+}
+
+/// Publishes one deploy event per endpoint of `setup`.
+async fn publish(setup: &Setup) {
+    platform::publish_all(&setup.env.js, deploy_events(setup))
         .await
         .expect("publish");
     eprintln!("e2e: published");
@@ -801,21 +805,6 @@ async fn rollback(scale: &Scale) {
         traffic: Some(Some(json!({ "canaryTrafficPercent": percent }))),
         ..Default::default()
     };
-    let events = |ids: &[Uuid]| {
-        ids.iter()
-            .zip(&setup.endpoints)
-            .map(|(id, e)| {
-                let fields = EventFields {
-                    tenant_id: e.tenant_id,
-                    project_id: e.project_id,
-                    endpoint_id: *id,
-                    name: &e.name,
-                    model: e.model,
-                };
-                (EventKind::Deploy, fields)
-            })
-            .collect::<Vec<_>>()
-    };
     for id in &setup.ids {
         let name = deploy_worker::kserve::isvc_name(&options.name_prefix, *id);
         sim.never_ready(&options.namespace, &name);
@@ -823,7 +812,7 @@ async fn rollback(scale: &Scale) {
             .await
             .expect("canary");
     }
-    platform::publish_all(&setup.env.js, events(&setup.ids))
+    platform::publish_all(&setup.env.js, deploy_events(&setup))
         .await
         .expect("publish canaries");
     wait_count(db, "DEPLOYING", n, Duration::from_secs(120)).await;
@@ -836,7 +825,7 @@ async fn rollback(scale: &Scale) {
             .expect("rollback");
     }
     let published = Instant::now();
-    platform::publish_all(&setup.env.js, events(&setup.ids))
+    platform::publish_all(&setup.env.js, deploy_events(&setup))
         .await
         .expect("publish rollbacks");
     let mut latencies = Vec::with_capacity(n);
