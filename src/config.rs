@@ -148,6 +148,16 @@ pub struct Settings {
     #[arg(long, env = "DEPLOY_MAX_IN_FLIGHT_PER_TENANT", default_value_t = 256)]
     pub max_in_flight_per_tenant: usize,
 
+    /// A replica's claim on an endpoint (held while its pass runs, renewed every third of this)
+    /// expires after this long without renewal; another replica then takes the endpoint over.
+    #[arg(long, env = "CLAIM_TTL_SECONDS", default_value_t = 30)]
+    pub claim_ttl_seconds: u64,
+
+    /// How often the database is searched for requests no replica holds (a dead replica's,
+    /// a previous run's, retries that are due).
+    #[arg(long, env = "RESCAN_SECONDS", default_value_t = 5)]
+    pub rescan_seconds: u64,
+
     /// An endpoint actor with nothing to do stops after this long.
     #[arg(long, env = "ENDPOINT_IDLE_SECONDS", default_value_t = 30)]
     pub endpoint_idle_seconds: u64,
@@ -243,6 +253,20 @@ impl Settings {
             global: self.max_in_flight,
             per_tenant: self.max_in_flight_per_tenant,
         }
+    }
+
+    /// How the supervisor schedules passes.
+    pub fn scheduling(&self) -> crate::supervisor::Scheduling {
+        crate::supervisor::Scheduling {
+            caps: self.caps(),
+            rescan_every: Duration::from_secs(self.rescan_seconds.max(1)),
+            idle_after: Duration::from_secs(self.endpoint_idle_seconds),
+        }
+    }
+
+    /// How long a claim lives without renewal.
+    pub fn claim_ttl(&self) -> Duration {
+        Duration::from_secs(self.claim_ttl_seconds.max(1))
     }
 
     /// Hand-back delays.

@@ -1,53 +1,36 @@
-//! A delivered event and what the worker can answer JetStream about it.
+//! What a pass is asked to cover: a claimed convergence request, as deliveries.
 //!
-//! A [`Delivery`] is one JetStream message on its way through the worker (or a synthetic one
-//! made at start-up to resume an endpoint left `DEPLOYING`). Whoever holds it answers exactly
-//! once, through one of:
-//!
-//! - `ack`: the outcome is committed in Postgres;
-//! - `term`: refused for good (bad payload, unknown endpoint, invalid intent…) and recorded;
-//! - [`Delivery::hand_back`]: a transient failure — `nak` with a delay from [`Backoff`], so
-//!   JetStream redelivers it later, to this replica or another;
-//! - [`Delivery::progress`]: not an answer but "still working" (`+WPI`), sent while a long
-//!   deploy outlives the consumer's ack wait.
-//!
-//! If the answer itself cannot be sent (NATS is down), JetStream redelivers after the ack wait
-//! and the next pass finds the outcome already recorded: every pass is idempotent.
-//!
-//! Each delivery carries its `receive` span ([`crate::telemetry::receive_span`]), which stays
-//! open until the delivery is answered and dropped and records the final answer as `answer`.
+//! The JetStream message behind an event is acked as soon as its request is recorded
+//! ([`crate::requests`]); what reaches an endpoint's actor afterwards is a [`Delivery`] built
+//! from the claimed request. It says what the events asked for (deploy or delete), how many
+//! there were, when the oldest was published and the trace contexts of their `receive` spans,
+//! so the pass continues the newest event's trace and links to the others. The worker's own
+//! requests (a start-up resume, the informer's follow-ups) are deliveries too, with no events.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use async_nats::jetstream::{self, AckKind};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::backoff::Backoff;
-use crate::events::{EventKind, ServingEvent};
+use crate::events::{DELETE_SUBJECT, DEPLOY_SUBJECT, EventKind};
+use crate::requests::Claim;
 
-/// One event for one endpoint.
-#[derive(Debug)]
+/// What a pass over one endpoint is asked to cover.
+#[derive(Debug, Clone)]
 pub struct Delivery {
     /// What it asks for.
     pub kind: EventKind,
     /// The endpoint.
     pub endpoint_id: Uuid,
-    /// The decoded payload; `None` for a start-up resume.
-    pub event: Option<ServingEvent>,
-    /// The JetStream message to answer; `None` for a start-up resume.
-    pub message: Option<jetstream::Message>,
-    /// When the publisher's message reached the stream.
+    /// Serving events it stands for (0 for the worker's own requests).
+    pub events: u32,
+    /// When the oldest of those events reached the stream.
     pub published_at: Option<DateTime<Utc>>,
-    /// When this worker received it.
+    /// W3C `traceparent`s of the events' `receive` spans, oldest first: the pass is a child of
+    /// the last and links to the others.
+    pub traceparents: Vec<String>,
+    /// When this worker claimed it.
     pub received_at: Instant,
-    /// Its `receive` span (parent: the publisher's span); passes covering it are its children
-    /// or link to it.
-    pub span: tracing::Span,
-    /// Set once it has been answered (ack, nak or term; progress does not count), so a pass
-    /// that panics can hand back exactly what it had not answered yet.
-    pub answered: AtomicBool,
     /// Set when the informer, not an event, asks for the pass (see [`Follow`]).
     pub follow: Option<Follow>,
 }
@@ -64,143 +47,77 @@ pub enum Follow {
 }
 
 impl Delivery {
-    /// A synthetic deploy delivery that resumes an endpoint found `DEPLOYING` at start-up.
+    /// A delivery that resumes an endpoint (left `DEPLOYING`, or released from a pause).
     pub fn resume(endpoint_id: Uuid) -> Self {
-        Self::synthetic(endpoint_id, None)
+        Self::own(endpoint_id, None)
     }
 
-    /// A synthetic delivery from the informer: look at the endpoint's object (see [`Follow`]).
+    /// A delivery from the informer: look at the endpoint's object (see [`Follow`]).
     pub fn follow(endpoint_id: Uuid, follow: Follow) -> Self {
-        Self::synthetic(endpoint_id, Some(follow))
+        Self::own(endpoint_id, Some(follow))
     }
 
-    fn synthetic(endpoint_id: Uuid, follow: Option<Follow>) -> Self {
-        let source = match follow {
-            None => "resume",
-            Some(Follow::Check) => "follow",
-            Some(Follow::Collect) => "collect",
-        };
+    fn own(endpoint_id: Uuid, follow: Option<Follow>) -> Self {
         Self {
             kind: EventKind::Deploy,
             endpoint_id,
-            event: None,
-            message: None,
+            events: 0,
             published_at: None,
+            traceparents: Vec::new(),
             received_at: Instant::now(),
-            span: crate::telemetry::synthetic_span(endpoint_id, source),
-            answered: AtomicBool::new(false),
             follow,
         }
     }
 
-    /// Whether it has been answered (see [`Delivery::answered`]).
-    pub fn is_answered(&self) -> bool {
-        self.answered.load(Ordering::Relaxed)
-    }
-
-    /// Subject the message arrived on (`resume`, `follow` or `collect` for synthetic
-    /// deliveries).
-    pub fn subject(&self) -> &str {
-        match (&self.message, self.follow) {
-            (Some(message), _) => message.subject.as_str(),
-            (None, None) => "resume",
-            (None, Some(Follow::Check)) => "follow",
-            (None, Some(Follow::Collect)) => "collect",
+    /// What a claimed request asks for: its events (if any) and the informer's follow-up (if
+    /// any), or a resume when it holds neither. Never empty.
+    pub fn from_claim(claim: Claim) -> Vec<Self> {
+        let follow = claim.follow();
+        let mut batch = Vec::with_capacity(1);
+        if claim.events > 0 {
+            batch.push(Self {
+                kind: if claim.wants_delete {
+                    EventKind::Delete
+                } else {
+                    EventKind::Deploy
+                },
+                endpoint_id: claim.endpoint_id,
+                events: u32::try_from(claim.events).unwrap_or(0),
+                published_at: claim.first_published_at,
+                traceparents: claim
+                    .traceparents
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split_ascii_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+                received_at: Instant::now(),
+                follow: None,
+            });
+        } else if claim.wants_delete {
+            // a delete whose events were counted by an earlier, handed-back pass
+            let mut delete = Self::resume(claim.endpoint_id);
+            delete.kind = EventKind::Delete;
+            batch.push(delete);
         }
-    }
-
-    /// The stream sequence, when known.
-    pub fn stream_sequence(&self) -> Option<u64> {
-        self.message
-            .as_ref()
-            .and_then(|m| m.info().ok())
-            .map(|info| info.stream_sequence)
-    }
-
-    /// How many times JetStream has delivered this message (1 for the first delivery).
-    pub fn delivered(&self) -> i64 {
-        self.message
-            .as_ref()
-            .and_then(|m| m.info().ok())
-            .map_or(1, |info| info.delivered)
-    }
-
-    /// Raw payload (empty for synthetic deliveries).
-    pub fn payload(&self) -> &[u8] {
-        self.message.as_ref().map_or(&[][..], |m| &m.payload[..])
-    }
-
-    /// Sends `kind` for this message; a failure is logged (JetStream will redeliver).
-    pub async fn answer(&self, kind: AckKind) {
-        let Some(message) = &self.message else {
-            self.answered
-                .store(!matches!(kind, AckKind::Progress), Ordering::Relaxed);
-            return;
-        };
-        let what = ack_name(&kind);
-        if !matches!(kind, AckKind::Progress) {
-            self.answered.store(true, Ordering::Relaxed);
-            self.span.record("answer", what);
+        if let Some(follow) = follow {
+            batch.push(Self::follow(claim.endpoint_id, follow));
         }
-        if let Err(err) = message.ack_with(kind).await {
-            tracing::warn!(endpoint_id = %self.endpoint_id, error = %err, answer = what,
-                "could not answer JetStream; the message will be redelivered after the ack wait");
+        if batch.is_empty() {
+            batch.push(Self::resume(claim.endpoint_id));
         }
+        batch
     }
 
-    /// Hands the message back for a later retry, delayed by `backoff`.
-    pub async fn hand_back(&self, backoff: &Backoff) {
-        self.answer(AckKind::Nak(Some(backoff.delay(self.delivered()))))
-            .await;
-    }
-
-    /// Tells JetStream the message is still being worked on.
-    pub async fn progress(&self) {
-        self.answer(AckKind::Progress).await;
-    }
-}
-
-fn ack_name(kind: &AckKind) -> &'static str {
-    match kind {
-        AckKind::Ack => "ack",
-        AckKind::Nak(_) => "nak",
-        AckKind::Progress => "progress",
-        AckKind::Next => "next",
-        AckKind::Term => "term",
-    }
-}
-
-/// Answers every delivery in `batch` with the same kind.
-pub async fn answer_all(batch: &[Delivery], kind: AckKind) {
-    for delivery in batch {
-        delivery.answer(kind).await;
-    }
-}
-
-/// Hands every delivery in `batch` back.
-pub async fn hand_back_all(batch: &[Delivery], backoff: &Backoff) {
-    for delivery in batch {
-        delivery.hand_back(backoff).await;
-    }
-}
-
-/// Runs `work` while sending progress acks for `batch` every `every`, so JetStream does not
-/// redeliver messages whose deploy outlives the ack wait.
-pub async fn keep_alive<F: std::future::Future>(
-    batch: &[Delivery],
-    every: Duration,
-    work: F,
-) -> F::Output {
-    let mut work = std::pin::pin!(work);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        tokio::select! {
-            output = &mut work => return output,
-            _ = ticker.tick() => {
-                for delivery in batch {
-                    delivery.progress().await;
-                }
-            }
+    /// The subject it is counted under: the event's, or `resume`, `follow` or `collect` for
+    /// the worker's own requests.
+    pub fn subject(&self) -> &'static str {
+        match (self.events, self.kind, self.follow) {
+            (1.., EventKind::Deploy, _) => DEPLOY_SUBJECT,
+            (1.., EventKind::Delete, _) => DELETE_SUBJECT,
+            (0, _, None) => "resume",
+            (0, _, Some(Follow::Check)) => "follow",
+            (0, _, Some(Follow::Collect)) => "collect",
         }
     }
 }

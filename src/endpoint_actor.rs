@@ -1,37 +1,45 @@
 //! The endpoint actor: one per endpoint with work, serializing everything that happens to it.
 //!
-//! The supervisor routes every delivery for endpoint X to X's actor. The actor runs at most one
-//! [pass](crate::pass) at a time, so a canary rollout and a rollback of the same endpoint can
-//! never interleave, while actors of different endpoints run concurrently (a 10-minute deploy
-//! of one endpoint delays no other). Deliveries arriving during a pass wait in `pending` and are
-//! all covered by the next pass: they coalesce into one deploy of the latest intent.
+//! The supervisor's [scheduler](crate::scheduler) admits an endpoint, claims its convergence
+//! request, and hands the actor what the request covers ([`Deliver`]). The actor runs at most
+//! one [pass](crate::pass) at a time, so a canary rollout and a rollback of the same endpoint
+//! can never interleave, while actors of different endpoints run concurrently (a 10-minute
+//! deploy of one endpoint delays no other). What arrives for the endpoint while its pass runs
+//! is recorded in its request and tells the running pass ([`Nudge`]), which stops waiting if
+//! the intent moved on; the scheduler runs the endpoint again once the pass has ended
+//! ([`PassFinished`]).
 //!
 //! Lifecycle, kept leak-free without locks:
 //! - after `idle_after` with nothing to do the actor tells the supervisor how many deliveries it
 //!   has handled ([`Idle`]); the supervisor, the only one routing to it, stops it only if that
 //!   equals what it routed — so a delivery can never be sent to a stopping actor;
-//! - on [`Drain`] (shutdown) it hands queued deliveries back to JetStream, lets the running pass
-//!   finish (or be aborted at the end of the grace period) and stops.
+//! - on [`Drain`] (shutdown) it lets the running pass finish (or be aborted at the end of the
+//!   grace period) and stops.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::watch;
 use uuid::Uuid;
 
-use async_nats::jetstream::AckKind;
+use crate::delivery::Delivery;
+use crate::pass::{self, Newer, PassContext, PassResult};
 
-use crate::delivery::{Delivery, answer_all};
-use crate::events::EventKind;
-use crate::pass::{self, Newer, PassContext};
-use tokio::sync::watch;
-
-/// A delivery for this actor's endpoint.
+/// What one claimed request asks of this actor's endpoint.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Delivery);
+pub struct Deliver(pub Vec<Delivery>);
 
-/// Shutdown: hand queued deliveries back, finish the running pass, stop.
+/// Something new was asked of the endpoint while its pass runs.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Nudge {
+    /// Whether it asks for a delete.
+    pub delete: bool,
+}
+
+/// Shutdown: finish the running pass, stop.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Drain;
@@ -59,13 +67,26 @@ pub struct Stopped {
     pub endpoint_id: Uuid,
 }
 
-/// Where the actor reports [`Idle`] and [`Stopped`].
+/// Told to the supervisor when a pass has ended, for every [`Deliver`] (also one the actor
+/// could not run because it was draining).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PassFinished {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// How the pass ended.
+    pub result: PassResult,
+}
+
+/// Where the actor reports.
 #[derive(Clone)]
 pub struct Reports {
     /// Idle reports.
     pub idle: Recipient<Idle>,
     /// Stop reports.
     pub stopped: Recipient<Stopped>,
+    /// Ends of passes.
+    pub finished: Recipient<PassFinished>,
 }
 
 /// The actor of one endpoint.
@@ -74,16 +95,11 @@ pub struct EndpointActor {
     ctx: Arc<PassContext>,
     reports: Reports,
     idle_after: Duration,
-    pending: Vec<Delivery>,
+    pending: Vec<Vec<Delivery>>,
     busy: bool,
     draining: bool,
-    /// Hand-backs still being sent; the actor must not stop before they are (a stopping
-    /// actix context drops its futures).
-    answering: usize,
     handled: u64,
     idle_timer: Option<SpawnHandle>,
-    /// Sends progress acks for `pending` while it waits behind a running pass.
-    progress_timer: Option<SpawnHandle>,
     /// Tells the running pass what arrived since it started (see [`pass::Newer`]).
     newer: Option<watch::Sender<Newer>>,
 }
@@ -104,85 +120,48 @@ impl EndpointActor {
             pending: Vec::new(),
             busy: false,
             draining: false,
-            answering: 0,
             handled: 0,
             idle_timer: None,
-            progress_timer: None,
             newer: None,
         }
     }
 
-    /// Keeps queued deliveries alive while they wait for the running pass: without progress
-    /// acks JetStream would redeliver them after its ack wait, again and again, during a long
-    /// deploy.
-    fn arm_progress_timer(&mut self, ctx: &mut Context<Self>) {
-        if self.progress_timer.is_some() {
-            return;
-        }
-        let every = self.ctx.progress_every;
-        let handle = ctx.run_interval(every, |act, _ctx| {
-            let waiting: Vec<_> = act
-                .pending
-                .iter()
-                .filter_map(|d| d.message.clone())
-                .collect();
-            if !waiting.is_empty() {
-                tokio::spawn(async move {
-                    for message in waiting {
-                        let _ = message.ack_with(AckKind::Progress).await;
-                    }
-                });
-            }
-        });
-        self.progress_timer = Some(handle);
-    }
-
-    fn start_pass(&mut self, ctx: &mut Context<Self>) {
-        if let Some(timer) = self.progress_timer.take() {
-            ctx.cancel_future(timer);
-        }
+    fn start_pass(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
         self.busy = true;
-        let batch = std::mem::take(&mut self.pending);
         let (newer, newer_rx) = watch::channel(Newer::default());
         self.newer = Some(newer);
         let work = pass::run(self.ctx.clone(), self.endpoint_id, batch, newer_rx);
-        ctx.spawn(work.into_actor(self).map(|_result, act, ctx| {
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
             act.newer = None;
+            act.finished(result);
             if act.draining {
-                act.stop_when_settled(ctx);
+                act.hand_back_pending();
+                ctx.stop();
             } else if !act.pending.is_empty() {
-                act.start_pass(ctx);
+                let next = act.pending.remove(0);
+                act.start_pass(next, ctx);
             } else {
                 act.arm_idle_timer(ctx);
             }
         }));
     }
 
-    /// Hands `deliveries` back to JetStream for immediate redelivery (to another replica or
-    /// this worker's successor), then stops if draining and nothing else runs.
-    fn hand_back(&mut self, deliveries: Vec<Delivery>, ctx: &mut Context<Self>) {
-        if deliveries.is_empty() {
-            return;
-        }
-        self.answering += 1;
-        let metrics = &self.ctx.metrics;
-        metrics.retries(crate::metrics::retry::SHUTDOWN, deliveries.len());
-        for delivery in &deliveries {
-            metrics.event(delivery.subject(), crate::outcome::Outcome::HandedBack);
-        }
-        let work = async move { answer_all(&deliveries, AckKind::Nak(None)).await };
-        ctx.spawn(work.into_actor(self).map(|(), act, ctx| {
-            act.answering -= 1;
-            if act.draining {
-                act.stop_when_settled(ctx);
-            }
-        }));
+    fn finished(&self, result: PassResult) {
+        self.reports.finished.do_send(PassFinished {
+            endpoint_id: self.endpoint_id,
+            result,
+        });
     }
 
-    fn stop_when_settled(&mut self, ctx: &mut Context<Self>) {
-        if !self.busy && self.answering == 0 {
-            ctx.stop();
+    /// Reports what is queued as handed back: the requests stay, for another replica or the
+    /// next start.
+    fn hand_back_pending(&mut self) {
+        for batch in std::mem::take(&mut self.pending) {
+            self.ctx
+                .metrics
+                .retries(crate::metrics::retry::SHUTDOWN, batch.len());
+            self.finished(PassResult::HandedBack(Some(Duration::ZERO)));
         }
     }
 
@@ -213,34 +192,33 @@ impl Actor for EndpointActor {
 impl Handler<Deliver> for EndpointActor {
     type Result = ();
 
-    fn handle(&mut self, Deliver(delivery): Deliver, ctx: &mut Self::Context) {
+    fn handle(&mut self, Deliver(batch): Deliver, ctx: &mut Self::Context) {
         self.handled += 1;
-        let kind = delivery.kind;
-        if self.draining {
-            self.hand_back(vec![delivery], ctx);
-            return;
-        }
-        // room for exactly one at first: events rarely pile up, and a `Delivery` is ~600
-        // bytes, so the default first growth (four) would hold ~2 KiB per in-flight deploy for
-        // nothing; a pile-up grows as usual from there
-        if self.pending.capacity() == 0 {
-            self.pending.reserve_exact(1);
-        }
-        self.pending.push(delivery);
         if let Some(timer) = self.idle_timer.take() {
             ctx.cancel_future(timer);
         }
-        if self.busy {
-            if let Some(newer) = &self.newer {
-                let delete = kind == EventKind::Delete;
-                newer.send_modify(|newer| {
-                    newer.events += 1;
-                    newer.delete |= delete;
-                });
-            }
-            self.arm_progress_timer(ctx);
+        if self.draining {
+            self.pending.push(batch);
+            self.hand_back_pending();
+        } else if self.busy {
+            // the scheduler runs one pass per endpoint at a time; should a second one arrive
+            // anyway, it waits for the first rather than interleaving with it
+            self.pending.push(batch);
         } else {
-            self.start_pass(ctx);
+            self.start_pass(batch, ctx);
+        }
+    }
+}
+
+impl Handler<Nudge> for EndpointActor {
+    type Result = ();
+
+    fn handle(&mut self, nudge: Nudge, _ctx: &mut Self::Context) {
+        if let Some(newer) = &self.newer {
+            newer.send_modify(|newer| {
+                newer.events += 1;
+                newer.delete |= nudge.delete;
+            });
         }
     }
 }
@@ -250,9 +228,10 @@ impl Handler<Drain> for EndpointActor {
 
     fn handle(&mut self, _: Drain, ctx: &mut Self::Context) {
         self.draining = true;
-        let queued = std::mem::take(&mut self.pending);
-        self.hand_back(queued, ctx);
-        self.stop_when_settled(ctx);
+        self.hand_back_pending();
+        if !self.busy {
+            ctx.stop();
+        }
     }
 }
 

@@ -348,6 +348,17 @@ impl Metrics {
             .inc();
     }
 
+    /// `n` events on `subject` ended with `outcome` (a pass covers every event coalesced into
+    /// its request).
+    pub fn events(&self, subject: &str, outcome: Outcome, n: u32) {
+        self.events
+            .get_or_create(&EventLabels {
+                subject: subject_label(subject),
+                outcome: outcome.as_str(),
+            })
+            .inc_by(u64::from(n));
+    }
+
     /// An endpoint's READY status committed `seconds` after its event was published.
     pub fn event_to_ready(&self, seconds: f64) {
         self.event_to_ready.observe(seconds.max(0.0));

@@ -27,7 +27,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::AckKind;
 use chrono::Utc;
 use dashmap::DashMap;
 use entity::status;
@@ -38,7 +37,7 @@ use uuid::Uuid;
 
 use crate::admission::Admission;
 use crate::backoff::Backoff;
-use crate::delivery::{Delivery, Follow, answer_all, hand_back_all, keep_alive};
+use crate::delivery::{Delivery, Follow};
 use crate::deployer::{
     DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Deployer, Interrupt, Observation,
 };
@@ -48,7 +47,7 @@ use crate::kserve::{self, InferenceService, RenderOptions};
 use crate::metrics::{Metrics, follow, retry};
 use crate::outcome::Outcome;
 use crate::store::{
-    Applied, EndpointRecord, HistoryEntry, PAUSED_REASON, RejectedEvent, StatusWrite, Store,
+    Applied, EndpointRecord, HistoryEntry, PAUSED_REASON, StatusWrite, Store,
     UrlChange, Write,
 };
 use crate::telemetry::{self, SpanLabels, Step};
@@ -65,8 +64,6 @@ pub struct PassContext {
     pub render: RenderOptions,
     /// Delays for handing messages back.
     pub backoff: Backoff,
-    /// Interval of progress acks while a pass waits or deploys.
-    pub progress_every: Duration,
     /// Where shutdown stands; see [`Phase`].
     pub phase: watch::Receiver<Phase>,
     /// The worker's metrics.
@@ -145,12 +142,13 @@ pub enum Phase {
 /// How a pass ended, for the actor's bookkeeping and for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PassResult {
-    /// Outcome committed and messages answered; the history row says which.
+    /// Outcome committed; the history row says which.
     Done(Outcome),
-    /// Messages refused (terminated and recorded).
+    /// Nothing to converge: the endpoint no longer exists.
     Refused,
-    /// Messages handed back for a retry.
-    HandedBack,
+    /// Handed back: the request stays and is retried after the given delay, or after the
+    /// backoff for its attempts so far (`None`).
+    HandedBack(Option<Duration>),
 }
 
 impl PassResult {
@@ -159,7 +157,7 @@ impl PassResult {
         match self {
             Self::Done(outcome) => *outcome,
             Self::Refused => Outcome::Refused,
-            Self::HandedBack => Outcome::HandedBack,
+            Self::HandedBack(_) => Outcome::HandedBack,
         }
     }
 }
@@ -182,15 +180,11 @@ pub async fn run(
     mut batch: Vec<Delivery>,
     newer: watch::Receiver<Newer>,
 ) -> PassResult {
-    let span = match batch.split_last() {
-        Some((newest, others)) => telemetry::pass_span(
-            &newest.span,
-            others.iter().map(|d| &d.span),
-            endpoint_id,
-            batch.len(),
-        ),
-        None => telemetry::pass_span(&Span::none(), [], endpoint_id, 0),
-    };
+    let traceparents: Vec<&str> = batch
+        .iter()
+        .flat_map(|d| d.traceparents.iter().map(String::as_str))
+        .collect();
+    let span = telemetry::pass_span(&traceparents, endpoint_id, events_covered(&batch));
     let owner = OnceLock::new();
     let work =
         AssertUnwindSafe(run_pass(&ctx, endpoint_id, &mut batch, &owner, newer)).catch_unwind();
@@ -221,8 +215,8 @@ struct Owner {
     generation: i64,
 }
 
-/// After a pass panicked: hand back what it had not answered, or after repeated panics at one
-/// generation end the endpoint in `ERROR` and terminate.
+/// After a pass panicked: hand the request back for a retry, or after repeated panics at one
+/// generation end the endpoint in `ERROR`.
 async fn recover(
     ctx: &PassContext,
     endpoint_id: Uuid,
@@ -235,7 +229,6 @@ async fn recover(
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-text panic payload".to_owned());
-    let unanswered: Vec<&Delivery> = batch.iter().filter(|d| !d.is_answered()).collect();
     let in_a_row = match owner {
         Some(owner) => {
             let mut entry = ctx
@@ -276,7 +269,7 @@ async fn recover(
             reason: Some(reason.clone()),
             isvc_name: ctx.deployer.name_for(&ctx.render.name_prefix, endpoint_id),
             url: None,
-            events: i32::try_from(batch.len()).unwrap_or(i32::MAX),
+            events: i32::try_from(events_covered(batch)).unwrap_or(i32::MAX),
             trace_id: telemetry::trace_id(&Span::current()),
             event_published_at: batch.iter().filter_map(|d| d.published_at).min(),
             started_at: now,
@@ -293,9 +286,8 @@ async fn recover(
         };
         match ctx.store.write(Write::Status(write)).await {
             Ok(_) => {
-                for delivery in unanswered {
+                for delivery in batch {
                     answered(ctx, delivery, Outcome::Error);
-                    delivery.answer(AckKind::Term).await;
                 }
                 return PassResult::Done(Outcome::Error);
             }
@@ -304,10 +296,7 @@ async fn recover(
             }
         }
     }
-    for delivery in unanswered {
-        hand_back(ctx, std::slice::from_ref(delivery), retry::PANIC).await;
-    }
-    PassResult::HandedBack
+    hand_back(ctx, batch, retry::PANIC)
 }
 
 async fn run_pass(
@@ -351,41 +340,22 @@ async fn run_pass(
                 let name = ctx.deployer.name_for(&ctx.render.name_prefix, endpoint_id);
                 collect(ctx, endpoint_id, &name).await;
             }
-            let reason = format!(
-                "endpoint {endpoint_id} does not exist; the event names an endpoint the platform \
-                 never created or already purged"
-            );
-            refuse(ctx, batch, &reason).await;
+            tracing::warn!(%endpoint_id, "the endpoint no longer exists; nothing to converge");
+            for delivery in batch.iter() {
+                answered(ctx, delivery, Outcome::Refused);
+            }
             return PassResult::Refused;
         }
         Err(err) => {
             telemetry::record_error(&load, &err);
             telemetry::record_error(&Span::current(), &err);
             tracing::warn!(%endpoint_id, error = %err, "cannot load endpoint; handing events back");
-            hand_back(ctx, batch, retry::DATABASE).await;
-            return PassResult::HandedBack;
+            return hand_back(ctx, batch, retry::DATABASE);
         }
     };
     drop(load);
 
-    // the common case, every event from the endpoint's own tenant, keeps the batch as it is;
-    // otherwise the endpoint's own events move to the front (a stable sort keeps their order)
-    let own = if batch.iter().all(|d| owner_matches(d, &record)) {
-        batch.len()
-    } else {
-        batch.sort_by_key(|d| !owner_matches(d, &record));
-        batch.iter().filter(|d| owner_matches(d, &record)).count()
-    };
-    let (batch, foreign) = batch.split_at(own);
-    for delivery in foreign {
-        let reason = mismatch_reason(delivery, &record);
-        tracing::warn!(%endpoint_id, %reason, "refusing event");
-        refuse(ctx, std::slice::from_ref(delivery), &reason).await;
-    }
-    if batch.is_empty() {
-        return PassResult::Refused;
-    }
-
+    let batch: &[Delivery] = batch;
     let pass = Pass::new(ctx, &record, batch, name, newer);
     let follow_only = batch.iter().all(|d| d.follow.is_some());
     if batch.iter().any(|d| d.kind == EventKind::Delete) {
@@ -421,92 +391,30 @@ fn labels<'a>(record: &EndpointRecord, name: &'a str) -> SpanLabels<'a> {
     }
 }
 
-/// Counts `delivery` as answered with `outcome` and records it on its `receive` span.
+/// Counts the events `delivery` stands for as ended with `outcome`.
 fn answered(ctx: &PassContext, delivery: &Delivery, outcome: Outcome) {
-    ctx.metrics.event(delivery.subject(), outcome);
-    telemetry::record_outcome(&delivery.span, outcome.as_str());
+    ctx.metrics
+        .events(delivery.subject(), outcome, delivery.events.max(1));
 }
 
-/// Hands `batch` back to JetStream for a retry because of `reason` (see [`retry`]): after a
-/// backoff delay for a failure, at once when the worker is stopping (so another replica, or
-/// this worker's successor, takes it straight away).
-async fn hand_back(ctx: &PassContext, batch: &[Delivery], reason: &'static str) {
+/// Events a pass over `batch` covers, for its span and history row (the worker's own requests
+/// count one each).
+fn events_covered(batch: &[Delivery]) -> usize {
+    batch
+        .iter()
+        .map(|d| usize::try_from(d.events.max(1)).unwrap_or(usize::MAX))
+        .sum()
+}
+
+/// Hands `batch` back because of `reason` (see [`retry`]): the request stays, and the
+/// scheduler retries it after a backoff delay (at once on another replica when this one is
+/// stopping).
+fn hand_back(ctx: &PassContext, batch: &[Delivery], reason: &'static str) -> PassResult {
     ctx.metrics.retries(reason, batch.len());
     for delivery in batch {
         answered(ctx, delivery, Outcome::HandedBack);
     }
-    if reason == retry::SHUTDOWN {
-        answer_all(batch, AckKind::Nak(None)).await;
-    } else {
-        hand_back_all(batch, &ctx.backoff).await;
-    }
-}
-
-/// An event's tenant and project must be the row's. A deploy may leave them out (it only
-/// converges the row's own intent, so naming no owner is harmless); a delete removes what is
-/// running and must name both. Start-up resumes carry no event and always match.
-fn owner_matches(delivery: &Delivery, record: &EndpointRecord) -> bool {
-    let Some(event) = delivery.event.as_ref() else {
-        return true;
-    };
-    match delivery.kind {
-        EventKind::Deploy => {
-            event.tenant_id.is_none_or(|t| t == record.tenant_id)
-                && event.project_id.is_none_or(|p| p == record.project_id)
-        }
-        EventKind::Delete => {
-            event.tenant_id == Some(record.tenant_id) && event.project_id == Some(record.project_id)
-        }
-    }
-}
-
-fn mismatch_reason(delivery: &Delivery, record: &EndpointRecord) -> String {
-    let show = |id: Option<Uuid>| id.map_or_else(|| "-".to_owned(), |id| id.to_string());
-    let (tenant, project) = delivery
-        .event
-        .as_ref()
-        .map_or((None, None), |e| (e.tenant_id, e.project_id));
-    let rule = if delivery.kind == EventKind::Delete {
-        " (a delete must name the endpoint's tenant_id and project_id)"
-    } else {
-        ""
-    };
-    format!(
-        "event names tenant {} / project {} but endpoint {} belongs to tenant {} / project {}{rule}; \
-         refused without touching the endpoint",
-        show(tenant),
-        show(project),
-        record.id,
-        record.tenant_id,
-        record.project_id
-    )
-}
-
-/// Records why `batch` is refused, then terminates it; hands it back if recording fails.
-pub async fn refuse(ctx: &PassContext, batch: &[Delivery], reason: &str) {
-    for delivery in batch {
-        if delivery.message.is_none() {
-            continue;
-        }
-        let record = RejectedEvent::new(
-            delivery.subject(),
-            delivery.stream_sequence(),
-            Some(delivery.endpoint_id),
-            reason.to_owned(),
-            delivery.payload(),
-        );
-        match ctx.store.record_rejected(record).await {
-            Ok(()) => {
-                answered(ctx, delivery, Outcome::Refused);
-                telemetry::record_error(&delivery.span, &reason);
-                delivery.answer(AckKind::Term).await;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot record a refused event; handing it back");
-                hand_back(ctx, std::slice::from_ref(delivery), retry::DATABASE).await;
-            }
-        }
-    }
+    PassResult::HandedBack(None)
 }
 
 /// Removes the object of an endpoint that is `DELETED` or gone (garbage collection, asked for
@@ -576,9 +484,8 @@ impl<'a> Pass<'a> {
         span
     }
 
-    async fn hand_back(&self, reason: &'static str) -> PassResult {
-        hand_back(self.ctx, self.batch, reason).await;
-        PassResult::HandedBack
+    fn hand_back(&self, reason: &'static str) -> PassResult {
+        hand_back(self.ctx, self.batch, reason)
     }
 
     fn history(
@@ -612,7 +519,7 @@ impl<'a> Pass<'a> {
             reason,
             isvc_name: self.name.clone(),
             url,
-            events: i32::try_from(self.batch.len()).unwrap_or(i32::MAX),
+            events: i32::try_from(events_covered(self.batch)).unwrap_or(i32::MAX),
             trace_id: self.trace_id.clone(),
             event_published_at: self.batch.iter().filter_map(|d| d.published_at).min(),
             started_at: self.started_at,
@@ -620,8 +527,8 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// Commits `write`, then answers the batch with `answer`; hands back on a database error.
-    async fn commit_then_answer(&self, write: Write, answer: AckKind) -> PassResult {
+    /// Commits `write` and counts the events the pass covered; hands back on a database error.
+    async fn commit_outcome(&self, write: Write) -> PassResult {
         let outcome = match &write {
             Write::Status(StatusWrite {
                 history: Some(h), ..
@@ -651,7 +558,6 @@ impl<'a> Pass<'a> {
                     answered(self.ctx, delivery, outcome);
                 }
                 self.log_committed(outcome);
-                answer_all(self.batch, answer).await;
                 PassResult::Done(outcome)
             }
             Applied::Superseded => {
@@ -682,7 +588,7 @@ impl<'a> Pass<'a> {
                 telemetry::record_error(&self.span, &err);
                 tracing::warn!(endpoint_id = %self.record.id, error = %err,
                     "cannot record {what}; handing events back");
-                Err(self.hand_back(retry::DATABASE).await)
+                Err(self.hand_back(retry::DATABASE))
             }
         }
     }
@@ -694,7 +600,6 @@ impl<'a> Pass<'a> {
         for delivery in self.batch {
             answered(self.ctx, delivery, Outcome::Superseded);
         }
-        answer_all(self.batch, AckKind::Ack).await;
         PassResult::Done(Outcome::Superseded)
     }
 
@@ -750,7 +655,7 @@ impl<'a> Pass<'a> {
                 let mut write =
                     self.status_write(status::READY, UrlChange::Set(url), None, Some(history));
                 write.ready_generation = Some(record.spec_generation);
-                self.commit_then_answer(Write::Status(write), AckKind::Ack)
+                self.commit_outcome(Write::Status(write))
                     .await
             }
             Observation::NotReady { reason, since } if ready => {
@@ -777,7 +682,7 @@ impl<'a> Pass<'a> {
                     self.history_as(ACTION_FOLLOW, Outcome::Error, Some(reason.clone()), None);
                 let write =
                     self.status_write(status::ERROR, UrlChange::Keep, Some(reason), Some(history));
-                self.commit_then_answer(Write::Status(write), AckKind::Ack)
+                self.commit_outcome(Write::Status(write))
                     .await
             }
             // a paused tenant's objects are left as they are until the pause is lifted
@@ -810,13 +715,12 @@ impl<'a> Pass<'a> {
     /// A follow-up with nothing to do: no write; deliveries from the stream in the batch (a
     /// duplicate event of a converged endpoint) are recorded as `unchanged` as usual.
     async fn nothing_to_follow(&self) -> PassResult {
-        if self.batch.iter().any(|d| d.message.is_some()) {
+        if self.batch.iter().any(|d| d.events > 0) {
             return self.record_only(Outcome::Unchanged, None).await;
         }
         for delivery in self.batch {
             answered(self.ctx, delivery, Outcome::Unchanged);
         }
-        answer_all(self.batch, AckKind::Ack).await;
         PassResult::Done(Outcome::Unchanged)
     }
 
@@ -827,7 +731,7 @@ impl<'a> Pass<'a> {
             reason.map(str::to_owned),
             self.record.url.clone(),
         );
-        self.commit_then_answer(Write::History(entry), AckKind::Ack)
+        self.commit_outcome(Write::History(entry))
             .await
     }
 
@@ -867,7 +771,7 @@ impl<'a> Pass<'a> {
             Some(reason),
             Some(history),
         );
-        self.commit_then_answer(Write::Status(write), AckKind::Ack)
+        self.commit_outcome(Write::Status(write))
             .await
     }
 
@@ -876,11 +780,11 @@ impl<'a> Pass<'a> {
         tracing::info!(endpoint_id = %self.record.id, %reason, "endpoint ends in ERROR");
         let history = self.history(action, Outcome::Error, Some(reason.clone()), None);
         let write = self.status_write(status::ERROR, UrlChange::Keep, Some(reason), Some(history));
-        self.commit_then_answer(Write::Status(write), AckKind::Term)
+        self.commit_outcome(Write::Status(write))
             .await
     }
 
-    /// Runs `work` with progress acks, unless shutdown reaches `stop_at` first (`None`).
+    /// Runs `work`, unless shutdown reaches `stop_at` first (`None`).
     async fn guarded<F: std::future::Future>(&self, stop_at: Phase, work: F) -> Option<F::Output> {
         let mut phase = self.ctx.phase.clone();
         let stopped = async move {
@@ -888,7 +792,7 @@ impl<'a> Pass<'a> {
             let _ = phase.wait_for(|phase| *phase >= stop_at).await;
         };
         tokio::select! {
-            output = keep_alive(self.batch, self.ctx.progress_every, work) => Some(output),
+            output = work => Some(output),
             () = stopped => None,
         }
     }
@@ -965,11 +869,8 @@ impl<'a> Pass<'a> {
             .retries(retry::MISCONFIGURED, self.batch.len());
         for delivery in self.batch {
             answered(self.ctx, delivery, Outcome::HandedBack);
-            delivery
-                .answer(AckKind::Nak(Some(self.ctx.backoff.max)))
-                .await;
         }
-        PassResult::HandedBack
+        PassResult::HandedBack(Some(self.ctx.backoff.max))
     }
 
     /// After a deploy's outcome was refused: if the endpoint was deleted meanwhile (by another
@@ -1016,7 +917,7 @@ impl<'a> Pass<'a> {
         let _permit = match acquired {
             Some(Some(permit)) => permit,
             Some(None) => return self.interrupted("an admission permit").await,
-            None => return self.hand_back(retry::SHUTDOWN).await,
+            None => return self.hand_back(retry::SHUTDOWN),
         };
         let deploying = self.status_write(status::DEPLOYING, UrlChange::Keep, None, None);
         match self.persist(Write::Status(deploying), "DEPLOYING").await {
@@ -1066,7 +967,7 @@ impl<'a> Pass<'a> {
                 Err(err) => {
                     tracing::warn!(endpoint_id = %self.record.id, error = %err,
                         "cannot re-read the endpoint; handing events back");
-                    return self.hand_back(retry::DATABASE).await;
+                    return self.hand_back(retry::DATABASE);
                 }
             }
         };
@@ -1097,7 +998,7 @@ impl<'a> Pass<'a> {
                 let mut write =
                     self.status_write(status::READY, UrlChange::Set(url), None, Some(history));
                 write.ready_generation = Some(self.record.spec_generation);
-                self.commit_then_answer(Write::Status(write), AckKind::Ack)
+                self.commit_outcome(Write::Status(write))
                     .await
             }
             Some(Ok(DeployOutcome::Failed { reason })) => {
@@ -1111,9 +1012,9 @@ impl<'a> Pass<'a> {
             Some(Err(DeployError::Misconfigured(reason))) => self.misconfigured(reason).await,
             Some(Err(err)) => {
                 tracing::warn!(endpoint_id = %self.record.id, error = %err, "deploy failed transiently; handing events back");
-                self.hand_back(retry::DEPLOYER).await
+                self.hand_back(retry::DEPLOYER)
             }
-            None => self.hand_back(retry::SHUTDOWN).await,
+            None => self.hand_back(retry::SHUTDOWN),
         }
     }
 
@@ -1152,7 +1053,7 @@ impl<'a> Pass<'a> {
                     self.status_write(status::DELETED, UrlChange::Clear, None, Some(history));
                 // A delete applies whatever the generation.
                 write.only_at_generation = None;
-                self.commit_then_answer(Write::Status(write), AckKind::Ack)
+                self.commit_outcome(Write::Status(write))
                     .await
             }
             Some(Ok(DeleteOutcome::Failed { reason })) => {
@@ -1160,9 +1061,9 @@ impl<'a> Pass<'a> {
             }
             Some(Err(err)) => {
                 tracing::warn!(endpoint_id = %self.record.id, error = %err, "delete failed transiently; handing events back");
-                self.hand_back(retry::DEPLOYER).await
+                self.hand_back(retry::DEPLOYER)
             }
-            None => self.hand_back(retry::SHUTDOWN).await,
+            None => self.hand_back(retry::SHUTDOWN),
         }
     }
 }

@@ -36,6 +36,7 @@ use uuid::Uuid;
 use crate::intent::Intent;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
+use crate::requests::{Recorded, Request};
 
 /// A database operation failed. Cheap to clone: one failed group commit answers every write
 /// in it.
@@ -363,6 +364,9 @@ pub enum Write {
     History(HistoryEntry),
     /// Record a refused message.
     Rejected(RejectedEvent),
+    /// Record that an endpoint wants converging ([`crate::requests`]); the reply says whether
+    /// the request passed the tenant check.
+    Request(Request),
 }
 
 impl Write {
@@ -383,6 +387,7 @@ impl Write {
                 text(&mut r.reason);
                 text(&mut r.payload);
             }
+            Write::Request(_) => {}
         }
     }
 }
@@ -396,8 +401,16 @@ pub enum Applied {
     Superseded,
 }
 
+/// What the committer answers for one write: [`Applied`] for the outcome writes, [`Recorded`]
+/// for a [`Write::Request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    Applied(Applied),
+    Recorded(Recorded),
+}
+
 type LoadReply = oneshot::Sender<Result<Option<EndpointRecord>, StoreError>>;
-type WriteReply = oneshot::Sender<Result<Applied, StoreError>>;
+type WriteReply = oneshot::Sender<Result<Committed, StoreError>>;
 
 /// Handle to the database and its batching tasks; cheap to clone.
 #[derive(Clone)]
@@ -458,6 +471,22 @@ impl Store {
     /// are redacted from its reasons and payload first (`telemetry::redact`).
     pub async fn write(&self, mut write: Write) -> Result<Applied, StoreError> {
         write.redact_secrets();
+        match self.commit(write).await? {
+            Committed::Applied(applied) => Ok(applied),
+            Committed::Recorded(_) => Ok(Applied::Yes),
+        }
+    }
+
+    /// Records that an endpoint wants converging, in the group commit; answers once it is
+    /// durable (the event may be acked then) or refused by the tenant check.
+    pub async fn record_request(&self, request: Request) -> Result<Recorded, StoreError> {
+        match self.commit(Write::Request(request)).await? {
+            Committed::Recorded(recorded) => Ok(recorded),
+            Committed::Applied(_) => Ok(Recorded::Refused),
+        }
+    }
+
+    async fn commit(&self, write: Write) -> Result<Committed, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writes
             .send((write, tx))
@@ -485,21 +514,6 @@ impl Store {
             }
             other => other.map(drop),
         }
-    }
-
-    /// Ids of endpoints left `DEPLOYING` (by a crash or a stop), to resume at start-up.
-    pub async fn deploying_endpoints(&self) -> Result<Vec<Uuid>, StoreError> {
-        #[derive(FromQueryResult)]
-        struct Row {
-            id: Uuid,
-        }
-        let rows = Row::find_by_statement(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT id FROM endpoints WHERE status = 'DEPLOYING'",
-        ))
-        .all(&self.db)
-        .await?;
-        Ok(rows.into_iter().map(|r| r.id).collect())
     }
 
     /// Every endpoint's id and status, for the start-up reconcile against the cluster (one
@@ -650,7 +664,12 @@ async fn run_committer(
                 for (write, reply) in writes.iter().zip(replies) {
                     let result = commit(&db, std::slice::from_ref(write))
                         .await
-                        .map(|applied| applied.first().copied().unwrap_or(Applied::Yes));
+                        .map(|committed| {
+                            committed
+                                .first()
+                                .copied()
+                                .unwrap_or(Committed::Applied(Applied::Yes))
+                        });
                     if let Err(err) = &result {
                         metrics.database_error(crate::metrics::DB_COMMIT);
                         tracing::warn!(error = %err, "a single write failed");
@@ -728,7 +747,10 @@ fn json_param<T: Serialize>(value: &T) -> Result<sea_orm::Value, StoreError> {
 }
 
 /// Commits one batch; returns, per write, whether it applied.
-async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Applied>, StoreError> {
+async fn commit(
+    db: &DatabaseConnection,
+    writes: &[Write],
+) -> Result<Vec<Committed>, StoreError> {
     #[derive(FromQueryResult)]
     struct Updated {
         id: Uuid,
@@ -748,7 +770,7 @@ async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Applied
                 only_gen: s.only_at_generation,
                 ready_gen: s.ready_generation,
             }),
-            Write::History(_) | Write::Rejected(_) => None,
+            Write::History(_) | Write::Rejected(_) | Write::Request(_) => None,
         })
         .collect();
     let rejected: Vec<&RejectedEvent> = writes
@@ -819,6 +841,26 @@ async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Applied
         ))
         .await?;
     }
+    let requests: Vec<&Request> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Request(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let mut recorded = if requests.is_empty() {
+        Vec::new()
+    } else {
+        crate::requests::record(&txn, &requests).await?
+    }
+    .into_iter();
     txn.commit().await?;
-    Ok(applied)
+    Ok(writes
+        .iter()
+        .zip(applied)
+        .map(|(w, applied)| match w {
+            Write::Request(_) => Committed::Recorded(recorded.next().unwrap_or(Recorded::Refused)),
+            _ => Committed::Applied(applied),
+        })
+        .collect())
 }

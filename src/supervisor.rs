@@ -1,20 +1,31 @@
-//! The supervisor: owns the JetStream consumers and the registry of endpoint actors.
+//! The supervisor: owns the JetStream consumers, the scheduler and the endpoint actors.
 //!
-//! Two fetch tasks (one per durable consumer) pull messages and hand them to the supervisor,
-//! which decodes each payload ([`ServingEvent::decode`]) and routes it to the actor of its
-//! endpoint, starting one if needed. Payloads that cannot be decoded are refused right here:
-//! recorded in `rejected_events`, then terminated.
+//! **Accept.** Two fetch tasks (one per durable consumer) pull messages and hand them to the
+//! supervisor, which decodes each payload ([`ServingEvent::decode`]) and records what it asks
+//! for as a convergence request ([`crate::requests`]) in the group commit; the message is acked
+//! once that is durable. A payload that cannot be decoded, or an event the tenant check refuses,
+//! is recorded in `rejected_events` and terminated. Nothing waits in JetStream's ack-pending
+//! window, so the stream drains at the speed of the group commit whatever the deploys cost.
 //!
-//! The registry is a [`DashMap`] from endpoint id to the actor's address and the number of
-//! deliveries routed to it; the count lets the supervisor stop idle actors without racing a
+//! **Converge.** The [`Scheduler`] holds the endpoints that want converging in per-tenant
+//! queues and admits them round-robin under the caps. An admitted endpoint's request is claimed
+//! in Postgres (so no other replica runs a pass over it meanwhile) and handed to the endpoint's
+//! actor, started on demand; when the pass ends the claim is released — the request deleted if
+//! nothing newer came, otherwise queued again. Claims are renewed while passes run, and a
+//! periodic rescan picks up requests nobody holds: those of a replica that died, of a previous
+//! run, or handed back for a retry.
+//!
+//! The actor registry is a [`DashMap`] from endpoint id to the actor's address and the number
+//! of deliveries routed to it; the count lets the supervisor stop idle actors without racing a
 //! delivery (see [`crate::endpoint_actor`]), so memory follows the endpoints with work, not
 //! every endpoint ever seen. Metrics and the HTTP probes read the registry from other threads.
 //!
-//! Shutdown ([`Shutdown`]): stop fetching, hand back anything still arriving, drain every
-//! actor, and answer when the last one has stopped.
+//! Shutdown ([`Shutdown`]): stop fetching, forget what is queued (the requests stay in
+//! Postgres), let running passes end, release every claim, and answer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
@@ -24,12 +35,16 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::delivery::{Delivery, Follow};
-use crate::endpoint_actor::{Deliver, Drain, EndpointActor, Idle, Reports, Stop, Stopped};
-use crate::events::{Consumers, EventKind, ServingEvent};
+use crate::endpoint_actor::{
+    Deliver, Drain, EndpointActor, Idle, Nudge, PassFinished, Reports, Stop, Stopped,
+};
+use crate::events::{EventKind, ServingEvent};
 use crate::metrics::retry;
 use crate::outcome::Outcome;
-use crate::pass::PassContext;
-use crate::store::RejectedEvent;
+use crate::pass::{PassContext, PassResult};
+use crate::requests::{Claim, Claims, Recorded, Release, Renewed, Request, Source, StillWanted};
+use crate::scheduler::{Scheduler, Wanted};
+use crate::store::{RejectedEvent, Store};
 use crate::telemetry;
 
 /// An endpoint actor as the supervisor knows it.
@@ -46,7 +61,7 @@ pub type ActorRegistry = DashMap<Uuid, ActorEntry>;
 #[rtype(result = "()")]
 struct Incoming(jetstream::Message);
 
-/// Resume endpoints left `DEPLOYING` by an earlier run.
+/// Resume endpoints (released from a tenant pause): record a request for each.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Resume(pub Vec<Uuid>);
@@ -56,13 +71,52 @@ pub struct Resume(pub Vec<Uuid>);
 #[rtype(result = "()")]
 pub struct FollowUp(pub Vec<Uuid>, pub Follow);
 
+/// Endpoints whose requests are recorded and want a pass.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Want(Vec<WantedEndpoint>);
+
+/// One endpoint of [`Want`].
+#[derive(Debug, Clone, Copy)]
+struct WantedEndpoint {
+    endpoint_id: Uuid,
+    tenant_id: Option<Uuid>,
+    /// A replica holds a live claim on it (when it is not this one, that replica sees the new
+    /// request when its pass ends).
+    claimed: bool,
+    /// The request asks for a delete (tells a running pass to stop waiting).
+    delete: bool,
+}
+
+/// The answer to a claim query.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Claimed {
+    asked: Vec<Uuid>,
+    got: Result<Vec<Claim>, crate::store::StoreError>,
+}
+
+/// The answer to a release query.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Released {
+    released: Vec<Uuid>,
+    still_wanted: Result<Vec<StillWanted>, crate::store::StoreError>,
+}
+
+/// The answer to a claim renewal.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RenewedClaims(Vec<Renewed>);
+
 /// Stop pulling messages; answers with the fetch tasks, which end once their last pull request
 /// has run out (within a second).
 #[derive(Message)]
 #[rtype(result = "Vec<tokio::task::JoinHandle<()>>")]
 pub struct StopFetching;
 
-/// Drain every actor; the reply comes when the last actor has stopped.
+/// Drain every actor; the reply comes when the last pass has ended and every claim is
+/// released.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown(pub oneshot::Sender<()>);
@@ -72,12 +126,47 @@ pub struct Shutdown(pub oneshot::Sender<()>);
 #[rtype(result = "()")]
 pub struct Terminate;
 
+/// How the supervisor schedules.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheduling {
+    /// Caps on passes running at once, overall and per tenant.
+    pub caps: crate::admission::Caps,
+    /// How often requests nobody holds are looked for.
+    pub rescan_every: Duration,
+    /// How long an actor without work lives.
+    pub idle_after: Duration,
+}
+
+/// Requests one rescan takes, at most, of each tenant and in all: enough to keep every slot
+/// busy until the next rescan, small enough to read in milliseconds.
+const RESCAN_PER_TENANT: usize = 2_000;
+const RESCAN_LIMIT: usize = 20_000;
+
+/// A claim this replica holds.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    version: i64,
+    /// Highest version seen by a renewal, so a running pass is told once per newer request.
+    seen: i64,
+    events: i32,
+    attempts: i32,
+}
+
 /// The supervisor actor.
 pub struct Supervisor {
     ctx: Arc<PassContext>,
     registry: Arc<ActorRegistry>,
-    consumers: Option<Consumers>,
-    idle_after: Duration,
+    consumers: Option<crate::events::Consumers>,
+    claims: Claims,
+    scheduling: Scheduling,
+    scheduler: Scheduler,
+    held: HashMap<Uuid, Held>,
+    /// Ends of passes not yet released in Postgres, and whether a release query runs.
+    releases: Vec<Release>,
+    releasing: bool,
+    /// Claim queries running.
+    claiming: usize,
+    rescanning: bool,
     fetchers: Vec<tokio::task::JoinHandle<()>>,
     stop_fetching: watch::Sender<bool>,
     draining: Option<oneshot::Sender<()>>,
@@ -87,29 +176,42 @@ impl Supervisor {
     /// A supervisor that will consume from `consumers` once started.
     pub fn new(
         ctx: Arc<PassContext>,
-        consumers: Consumers,
+        consumers: crate::events::Consumers,
         registry: Arc<ActorRegistry>,
-        idle_after: Duration,
+        claims: Claims,
+        scheduling: Scheduling,
     ) -> Self {
         Self {
             ctx,
             registry,
             consumers: Some(consumers),
-            idle_after,
+            claims,
+            scheduler: Scheduler::new(scheduling.caps),
+            scheduling,
+            held: HashMap::new(),
+            releases: Vec::new(),
+            releasing: false,
+            claiming: 0,
+            rescanning: false,
             fetchers: Vec::new(),
             stop_fetching: watch::channel(false).0,
             draining: None,
         }
     }
 
-    fn route(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
-        let endpoint_id = delivery.endpoint_id;
+    fn route(&mut self, endpoint_id: Uuid, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
         let spawn = || {
             let reports = Reports {
                 idle: ctx.address().recipient(),
                 stopped: ctx.address().recipient(),
+                finished: ctx.address().recipient(),
             };
-            let actor = EndpointActor::new(endpoint_id, self.ctx.clone(), reports, self.idle_after);
+            let actor = EndpointActor::new(
+                endpoint_id,
+                self.ctx.clone(),
+                reports,
+                self.scheduling.idle_after,
+            );
             ActorEntry {
                 addr: actor.start(),
                 routed: 0,
@@ -122,15 +224,151 @@ impl Supervisor {
             *entry = spawn();
         }
         entry.routed += 1;
-        entry.addr.do_send(Deliver(delivery));
+        entry.addr.do_send(Deliver(batch));
     }
 
-    fn finish_drain_if_done(&mut self) {
-        if self.registry.is_empty()
-            && let Some(done) = self.draining.take()
-        {
-            let _ = done.send(());
+    fn nudge(&self, endpoint_id: Uuid, delete: bool) {
+        if let Some(entry) = self.registry.get(&endpoint_id) {
+            entry.addr.do_send(Nudge { delete });
         }
+    }
+
+    /// Admits what the caps allow and claims it.
+    fn admit(&mut self, ctx: &mut Context<Self>) {
+        if self.draining.is_some() {
+            return;
+        }
+        let admitted = self.scheduler.admit();
+        if admitted.is_empty() {
+            return;
+        }
+        self.claiming += 1;
+        let claims = self.claims.clone();
+        let me = ctx.address();
+        tokio::spawn(async move {
+            let got = claims.claim(&admitted).await;
+            me.do_send(Claimed { asked: admitted, got });
+        });
+    }
+
+    /// Records `requests` and schedules what they ask for.
+    fn record(&self, requests: Vec<Request>, ctx: &mut Context<Self>) {
+        let store = self.ctx.store.clone();
+        let me = ctx.address();
+        for request in requests {
+            let store = store.clone();
+            let me = me.clone();
+            tokio::spawn(async move {
+                let endpoint_id = request.endpoint_id;
+                match store.record_request(request).await {
+                    Ok(Recorded::Wanted { tenant_id, claimed }) => me.do_send(Want(vec![
+                        WantedEndpoint {
+                            endpoint_id,
+                            tenant_id,
+                            claimed,
+                            delete: false,
+                        },
+                    ])),
+                    Ok(Recorded::Refused) => {}
+                    Err(err) => {
+                        tracing::warn!(%endpoint_id, error = %err,
+                            "cannot record a request; the next start-up reconcile or rescan \
+                             picks the endpoint up");
+                    }
+                }
+            });
+        }
+    }
+
+    fn flush_releases(&mut self, ctx: &mut Context<Self>) {
+        if self.releasing || self.releases.is_empty() {
+            return;
+        }
+        self.releasing = true;
+        let batch = std::mem::take(&mut self.releases);
+        let claims = self.claims.clone();
+        let me = ctx.address();
+        tokio::spawn(async move {
+            let released = batch.iter().map(|r| r.endpoint_id).collect();
+            let still_wanted = claims.release(&batch).await;
+            if still_wanted.is_err() {
+                // the claims expire by themselves; their requests are rescanned then
+                tracing::warn!("cannot release claims; they expire and are taken over");
+            }
+            me.do_send(Released {
+                released,
+                still_wanted,
+            });
+        });
+    }
+
+    fn finish_drain_if_done(&mut self, ctx: &mut Context<Self>) {
+        if self.draining.is_none()
+            || !self.registry.is_empty()
+            || self.claiming > 0
+            || self.releasing
+            || !self.releases.is_empty()
+        {
+            return;
+        }
+        if let Some(done) = self.draining.take() {
+            let claims = self.claims.clone();
+            ctx.spawn(
+                async move {
+                    if let Err(err) = claims.release_all().await {
+                        tracing::warn!(error = %err, "cannot release claims; they expire");
+                    }
+                    let _ = done.send(());
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    fn rescan(&mut self, ctx: &mut Context<Self>) {
+        if self.draining.is_some() || self.rescanning || self.scheduler.queued() >= RESCAN_LIMIT {
+            return;
+        }
+        self.rescanning = true;
+        let claims = self.claims.clone();
+        ctx.spawn(
+            async move { claims.rescan(RESCAN_PER_TENANT, RESCAN_LIMIT).await }
+                .into_actor(self)
+                .map(|found, act, ctx| {
+                    act.rescanning = false;
+                    match found {
+                        Ok(found) => {
+                            let wanted = found
+                                .into_iter()
+                                .map(|u| WantedEndpoint {
+                                    endpoint_id: u.endpoint_id,
+                                    tenant_id: u.tenant_id,
+                                    claimed: false,
+                                    delete: false,
+                                })
+                                .collect();
+                            act.want(wanted, ctx);
+                        }
+                        Err(err) => tracing::warn!(error = %err, "cannot rescan requests"),
+                    }
+                }),
+        );
+    }
+
+    fn want(&mut self, wanted: Vec<WantedEndpoint>, ctx: &mut Context<Self>) {
+        if self.draining.is_some() {
+            return;
+        }
+        for w in wanted {
+            if w.claimed && !self.scheduler.knows(w.endpoint_id) {
+                // another replica runs a pass over it and will see this request
+                continue;
+            }
+            if self.scheduler.want(w.endpoint_id, w.tenant_id) == Wanted::Running {
+                self.nudge(w.endpoint_id, w.delete);
+            }
+        }
+        self.admit(ctx);
     }
 }
 
@@ -192,13 +430,47 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some(Consumers { deploy, delete, .. }) = self.consumers.take() {
+        if let Some(crate::events::Consumers { deploy, delete, .. }) = self.consumers.take() {
             for consumer in [deploy, delete] {
                 let stop = self.stop_fetching.subscribe();
                 self.fetchers
                     .push(tokio::spawn(fetch(consumer, ctx.address(), stop)));
             }
         }
+        // Renew well inside the claims' lifetime; the answer also tells running passes about
+        // requests other replicas recorded meanwhile.
+        let renew_every = (self.claims.ttl() / 3).max(Duration::from_millis(100));
+        ctx.run_interval(renew_every, |act, ctx| {
+            if act.held.is_empty() {
+                return;
+            }
+            let claims = act.claims.clone();
+            let me = ctx.address();
+            tokio::spawn(async move {
+                match claims.renew().await {
+                    Ok(renewed) => me.do_send(RenewedClaims(renewed)),
+                    Err(err) => tracing::warn!(error = %err, "cannot renew claims"),
+                }
+            });
+        });
+        ctx.run_interval(self.scheduling.rescan_every, |act, ctx| act.rescan(ctx));
+        // Endpoints left `DEPLOYING` without a request (by a release of the worker that kept
+        // none) get one; then everything nobody holds is scheduled.
+        let claims = self.claims.clone();
+        ctx.spawn(
+            async move { claims.resume_deploying().await }
+                .into_actor(self)
+                .map(|resumed, act, ctx| {
+                    match resumed {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(endpoints = n, "resuming endpoints left DEPLOYING"),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot look for endpoints left DEPLOYING");
+                        }
+                    }
+                    act.rescan(ctx);
+                }),
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -212,9 +484,9 @@ impl Handler<Incoming> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, Incoming(message): Incoming, ctx: &mut Self::Context) {
+        let metrics = self.ctx.metrics.clone();
         if self.draining.is_some() {
             // Fetching has stopped; give what was already in flight back untouched.
-            let metrics = &self.ctx.metrics;
             metrics.event(message.subject.as_str(), Outcome::HandedBack);
             metrics.retries(retry::SHUTDOWN, 1);
             tokio::spawn(async move {
@@ -231,6 +503,8 @@ impl Handler<Incoming> for Supervisor {
                     .map(|event| (kind, event))
                     .map_err(|err| err.to_string())
             });
+        let store = self.ctx.store.clone();
+        let backoff = self.ctx.backoff;
         match decoded {
             Ok((kind, event)) => {
                 let name = self
@@ -238,55 +512,291 @@ impl Handler<Incoming> for Supervisor {
                     .deployer
                     .name_for(&self.ctx.render.name_prefix, event.endpoint_id);
                 record_event(&span, &event, &name);
-                let delivery = Delivery {
-                    kind,
+                let request = Request {
                     endpoint_id: event.endpoint_id,
-                    event: Some(event),
-                    message: Some(message),
+                    source: Source::Event {
+                        kind,
+                        tenant_id: event.tenant_id,
+                        project_id: event.project_id,
+                    },
                     published_at,
-                    received_at: Instant::now(),
-                    span,
-                    answered: Default::default(),
-                    follow: None,
+                    traceparent: telemetry::traceparent(&span),
                 };
-                self.route(delivery, ctx);
+                let me = ctx.address();
+                tokio::spawn(async move {
+                    let answer = match store.record_request(request).await {
+                        Ok(Recorded::Wanted { tenant_id, claimed }) => {
+                            me.do_send(Want(vec![WantedEndpoint {
+                                endpoint_id: event.endpoint_id,
+                                tenant_id,
+                                claimed,
+                                delete: kind == EventKind::Delete,
+                            }]));
+                            telemetry::record_outcome(&span, ACCEPTED);
+                            AckKind::Ack
+                        }
+                        Ok(Recorded::Refused) => {
+                            let reason = refusal_reason(&store, kind, &event).await;
+                            span.in_scope(|| tracing::warn!(endpoint_id = %event.endpoint_id,
+                                %reason, "refusing event"));
+                            refuse(&store, &metrics, backoff, &message, &span, reason).await
+                        }
+                        Err(err) => {
+                            telemetry::record_error(&span, &err);
+                            tracing::warn!(endpoint_id = %event.endpoint_id, error = %err,
+                                "cannot record the event; handing it back");
+                            hand_back(&metrics, backoff, &message, &span)
+                        }
+                    };
+                    answer_message(&message, &span, answer).await;
+                });
             }
             Err(reason) => {
                 span.in_scope(
                     || tracing::warn!(subject = %message.subject, %reason, "refusing event"),
                 );
-                telemetry::record_error(&span, &reason);
-                let store = self.ctx.store.clone();
-                let backoff = self.ctx.backoff;
-                let metrics = self.ctx.metrics.clone();
                 tokio::spawn(async move {
-                    let sequence = message.info().ok().map(|info| info.stream_sequence);
-                    let record = RejectedEvent::new(
-                        message.subject.as_str(),
-                        sequence,
-                        None,
-                        reason,
-                        &message.payload,
-                    );
-                    let subject = message.subject.as_str();
-                    let answer = match store.record_rejected(record).await {
-                        Ok(()) => {
-                            metrics.event(subject, Outcome::Refused);
-                            telemetry::record_outcome(&span, Outcome::Refused.as_str());
-                            AckKind::Term
-                        }
-                        Err(_) => {
-                            metrics.event(subject, Outcome::HandedBack);
-                            metrics.retries(retry::DATABASE, 1);
-                            telemetry::record_outcome(&span, Outcome::HandedBack.as_str());
-                            let delivered = message.info().map_or(1, |info| info.delivered);
-                            AckKind::Nak(Some(backoff.delay(delivered)))
-                        }
-                    };
-                    if let Err(err) = message.ack_with(answer).await {
-                        tracing::warn!(error = %err, "could not answer a refused event");
-                    }
+                    let answer = refuse(&store, &metrics, backoff, &message, &span, reason).await;
+                    answer_message(&message, &span, answer).await;
                 });
+            }
+        }
+    }
+}
+
+/// The `outcome` of a `receive` span whose event was recorded (and then acked).
+const ACCEPTED: &str = "accepted";
+
+/// Answers `message`; a failure is logged (JetStream redelivers after the ack wait, and the
+/// request is recorded once more, which changes nothing).
+async fn answer_message(message: &jetstream::Message, span: &tracing::Span, answer: AckKind) {
+    let what = match answer {
+        AckKind::Ack => "ack",
+        AckKind::Term => "term",
+        _ => "nak",
+    };
+    span.record("answer", what);
+    if let Err(err) = message.ack_with(answer).await {
+        tracing::warn!(error = %err, answer = what,
+            "could not answer JetStream; the message will be redelivered after the ack wait");
+    }
+}
+
+/// Records a refused message in `rejected_events` and says to terminate it, or to hand it
+/// back when it cannot be recorded.
+async fn refuse(
+    store: &Store,
+    metrics: &crate::metrics::Metrics,
+    backoff: crate::backoff::Backoff,
+    message: &jetstream::Message,
+    span: &tracing::Span,
+    reason: String,
+) -> AckKind {
+    telemetry::record_error(span, &reason);
+    let sequence = message.info().ok().map(|info| info.stream_sequence);
+    let endpoint_id = ServingEvent::decode(&message.payload)
+        .ok()
+        .map(|e| e.endpoint_id);
+    let record = RejectedEvent::new(
+        message.subject.as_str(),
+        sequence,
+        endpoint_id,
+        reason,
+        &message.payload,
+    );
+    match store.record_rejected(record).await {
+        Ok(()) => {
+            metrics.event(message.subject.as_str(), Outcome::Refused);
+            telemetry::record_outcome(span, Outcome::Refused.as_str());
+            AckKind::Term
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot record a refused event; handing it back");
+            hand_back(metrics, backoff, message, span)
+        }
+    }
+}
+
+/// Counts a hand-back of `message` and says how long JetStream should wait to redeliver it.
+fn hand_back(
+    metrics: &crate::metrics::Metrics,
+    backoff: crate::backoff::Backoff,
+    message: &jetstream::Message,
+    span: &tracing::Span,
+) -> AckKind {
+    metrics.event(message.subject.as_str(), Outcome::HandedBack);
+    metrics.retries(retry::DATABASE, 1);
+    telemetry::record_outcome(span, Outcome::HandedBack.as_str());
+    let delivered = message.info().map_or(1, |info| info.delivered);
+    AckKind::Nak(Some(backoff.delay(delivered)))
+}
+
+/// Why the tenant check refused an event: the endpoint does not exist, or the event names
+/// another owner. An event's tenant and project must be the row's; a deploy may leave them out
+/// (it only converges the row's own intent), a delete removes what is running and must name
+/// both.
+async fn refusal_reason(store: &Store, kind: EventKind, event: &ServingEvent) -> String {
+    let show = |id: Option<Uuid>| id.map_or_else(|| "-".to_owned(), |id| id.to_string());
+    match store.load(event.endpoint_id).await {
+        Ok(Some(row)) => {
+            let rule = if kind == EventKind::Delete {
+                " (a delete must name the endpoint's tenant_id and project_id)"
+            } else {
+                ""
+            };
+            format!(
+                "event names tenant {} / project {} but endpoint {} belongs to tenant {} / \
+                 project {}{rule}; refused without touching the endpoint",
+                show(event.tenant_id),
+                show(event.project_id),
+                row.id,
+                row.tenant_id,
+                row.project_id
+            )
+        }
+        _ => format!(
+            "endpoint {} does not exist; the event names an endpoint the platform never created \
+             or already purged",
+            event.endpoint_id
+        ),
+    }
+}
+
+impl Handler<Want> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Want(wanted): Want, ctx: &mut Self::Context) {
+        self.want(wanted, ctx);
+    }
+}
+
+impl Handler<Claimed> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Claimed { asked, got }: Claimed, ctx: &mut Self::Context) {
+        self.claiming -= 1;
+        let got = match got {
+            Ok(got) => got,
+            Err(err) => {
+                tracing::warn!(error = %err, endpoints = asked.len(),
+                    "cannot claim requests; retrying at the next rescan");
+                Vec::new()
+            }
+        };
+        let mut unclaimed: std::collections::HashSet<Uuid> = asked.into_iter().collect();
+        for claim in got {
+            unclaimed.remove(&claim.endpoint_id);
+            let endpoint_id = claim.endpoint_id;
+            self.held.insert(
+                endpoint_id,
+                Held {
+                    version: claim.version,
+                    seen: claim.version,
+                    events: claim.events,
+                    attempts: claim.attempts,
+                },
+            );
+            if self.draining.is_some() {
+                self.pass_finished(endpoint_id, PassResult::HandedBack(Some(Duration::ZERO)));
+            } else {
+                self.route(endpoint_id, Delivery::from_claim(claim), ctx);
+            }
+        }
+        // held by another replica, or already converged by one: its holder runs it again if
+        // a newer request came meanwhile
+        for endpoint_id in unclaimed {
+            self.scheduler.finish(endpoint_id);
+        }
+        self.flush_releases(ctx);
+        self.admit(ctx);
+        self.finish_drain_if_done(ctx);
+    }
+}
+
+impl Supervisor {
+    fn pass_finished(&mut self, endpoint_id: Uuid, result: PassResult) {
+        let Some(held) = self.held.remove(&endpoint_id) else {
+            return;
+        };
+        let retry_after = match result {
+            _ if self.draining.is_some() && matches!(result, PassResult::HandedBack(_)) => {
+                Some(Duration::ZERO)
+            }
+            PassResult::HandedBack(Some(after)) => Some(after),
+            PassResult::HandedBack(None) => Some(
+                self.ctx
+                    .backoff
+                    .delay(i64::from(held.attempts).saturating_add(1)),
+            ),
+            PassResult::Done(_) | PassResult::Refused => None,
+        };
+        self.releases.push(Release {
+            endpoint_id,
+            version: held.version,
+            events: held.events,
+            retry_after,
+        });
+    }
+}
+
+impl Handler<PassFinished> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, finished: PassFinished, ctx: &mut Self::Context) {
+        self.pass_finished(finished.endpoint_id, finished.result);
+        self.flush_releases(ctx);
+    }
+}
+
+impl Handler<Released> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, released: Released, ctx: &mut Self::Context) {
+        self.releasing = false;
+        for endpoint_id in &released.released {
+            self.scheduler.finish(*endpoint_id);
+        }
+        if let Ok(still_wanted) = released.still_wanted
+            && self.draining.is_none()
+        {
+            let mut now = Vec::new();
+            for wanted in still_wanted {
+                let endpoint = WantedEndpoint {
+                    endpoint_id: wanted.endpoint_id,
+                    tenant_id: wanted.tenant_id,
+                    claimed: false,
+                    delete: false,
+                };
+                if wanted.retry_after.is_zero() {
+                    now.push(endpoint);
+                } else {
+                    ctx.run_later(wanted.retry_after, move |act, ctx| {
+                        act.want(vec![endpoint], ctx);
+                    });
+                }
+            }
+            self.want(now, ctx);
+        }
+        self.flush_releases(ctx);
+        self.admit(ctx);
+        self.finish_drain_if_done(ctx);
+    }
+}
+
+impl Handler<RenewedClaims> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, RenewedClaims(renewed): RenewedClaims, _ctx: &mut Self::Context) {
+        for r in renewed {
+            let newer = match self.held.get_mut(&r.endpoint_id) {
+                Some(held) if r.version > held.seen => {
+                    held.seen = r.version;
+                    true
+                }
+                _ => false,
+            };
+            if newer {
+                self.nudge(r.endpoint_id, r.wants_delete);
             }
         }
     }
@@ -296,12 +806,16 @@ impl Handler<Resume> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, Resume(ids): Resume, ctx: &mut Self::Context) {
-        if !ids.is_empty() {
-            tracing::info!(endpoints = ids.len(), "resuming endpoints left DEPLOYING");
-        }
-        for id in ids {
-            self.route(Delivery::resume(id), ctx);
-        }
+        let requests = ids
+            .into_iter()
+            .map(|endpoint_id| Request {
+                endpoint_id,
+                source: Source::Resume,
+                published_at: None,
+                traceparent: None,
+            })
+            .collect();
+        self.record(requests, ctx);
     }
 }
 
@@ -313,9 +827,16 @@ impl Handler<FollowUp> for Supervisor {
         if self.draining.is_some() {
             return;
         }
-        for id in ids {
-            self.route(Delivery::follow(id, follow), ctx);
-        }
+        let requests = ids
+            .into_iter()
+            .map(|endpoint_id| Request {
+                endpoint_id,
+                source: Source::Follow(follow),
+                published_at: None,
+                traceparent: None,
+            })
+            .collect();
+        self.record(requests, ctx);
     }
 }
 
@@ -336,11 +857,11 @@ impl Handler<Idle> for Supervisor {
 impl Handler<Stopped> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, stopped: Stopped, _ctx: &mut Self::Context) {
+    fn handle(&mut self, stopped: Stopped, ctx: &mut Self::Context) {
         if self.draining.is_some() {
             // Nothing is routed while draining, so the entry is this actor's.
             self.registry.remove(&stopped.endpoint_id);
-            self.finish_drain_if_done();
+            self.finish_drain_if_done(ctx);
         } else {
             // An actor stopped after `Idle` was removed already, and its endpoint may have a
             // new actor by now: only forget an entry whose actor is really gone.
@@ -362,12 +883,13 @@ impl Handler<StopFetching> for Supervisor {
 impl Handler<Shutdown> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, Shutdown(done): Shutdown, _ctx: &mut Self::Context) {
+    fn handle(&mut self, Shutdown(done): Shutdown, ctx: &mut Self::Context) {
         self.draining = Some(done);
+        self.scheduler.clear_queued();
         for entry in self.registry.iter() {
             entry.addr.do_send(Drain);
         }
-        self.finish_drain_if_done();
+        self.finish_drain_if_done(ctx);
     }
 }
 

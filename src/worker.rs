@@ -17,6 +17,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
 
 use crate::admission::Admission;
 use crate::config::{Settings, WorkerMode};
@@ -28,6 +29,7 @@ use crate::http::{HttpError, HttpServer, Readiness};
 use crate::metrics::Metrics;
 use crate::pass::{PassContext, Phase};
 use crate::poller;
+use crate::requests::Claims;
 use crate::store::{ConnectError, Store};
 use crate::supervisor::{
     ActorRegistry, FollowUp, Resume, Shutdown, StopFetching, Supervisor, Terminate,
@@ -52,9 +54,6 @@ pub enum WorkerError {
         "database schema: {0} migration(s) pending; run `deploy-worker migrate` or set DATABASE_MIGRATE=true"
     )]
     PendingMigrations(usize),
-    /// The endpoints left `DEPLOYING` could not be read at start-up.
-    #[error("database schema: {0}")]
-    Resume(#[source] crate::store::StoreError),
     /// NATS is unreachable.
     #[error("cannot connect to NATS: {0}; check NATS_URL")]
     Nats(#[source] async_nats::ConnectError),
@@ -180,12 +179,6 @@ impl Worker {
             vec![consumers.deploy.clone(), consumers.delete.clone()],
             deployer.alarm(),
         );
-        // the last fallible step before anything is started: a failure here leaves no server
-        // bound and no consumer pulling behind it
-        let resume = store
-            .deploying_endpoints()
-            .await
-            .map_err(WorkerError::Resume)?;
         let http = HttpServer::start(&settings.http_listen, metrics.clone(), readiness.clone())?;
         let retention = crate::retention::spawn(store.db().clone(), settings.retention.settings());
 
@@ -196,8 +189,6 @@ impl Worker {
             admission: admission.clone(),
             render,
             backoff: settings.backoff(),
-            // follows the consumers' real ack wait, which an existing consumer may set shorter
-            progress_every: consumers.ack_wait / 2,
             phase: phase_rx,
             metrics: metrics.clone(),
             panics: Default::default(),
@@ -210,10 +201,16 @@ impl Worker {
             Deployer::Kubernetes(k8s) => Some((k8s.informer().clone(), k8s.legacy_endpoints())),
             Deployer::Simulate(_) => None,
         };
-        let idle_after = Duration::from_secs(settings.endpoint_idle_seconds);
         let polled_consumers = vec![consumers.deploy.clone(), consumers.delete.clone()];
-        let supervisor = Supervisor::new(ctx, consumers, registry.clone(), idle_after).start();
-        supervisor.do_send(Resume(resume));
+        let claims = Claims::new(store.db().clone(), claim_holder(), settings.claim_ttl());
+        let supervisor = Supervisor::new(
+            ctx,
+            consumers,
+            registry.clone(),
+            claims,
+            settings.scheduling(),
+        )
+        .start();
         let follower = supervisor.clone();
         router.connect(move |ids, follow| follower.do_send(FollowUp(ids, follow)));
         let reconcile = informer.map(|(informer, legacy)| {
@@ -320,6 +317,19 @@ impl Worker {
         tracing::info!("deploy-worker stopped");
         Ok(())
     }
+}
+
+/// Who this worker process is in `convergence_requests.claimed_by`: host, process and a
+/// random part, so a restarted process never mistakes an earlier run's claims for its own.
+fn claim_holder() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    let random = Uuid::new_v4().simple().to_string();
+    format!("{host}/{}/{}", std::process::id(), &random[..8])
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

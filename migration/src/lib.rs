@@ -1,6 +1,6 @@
 //! Schema migrations for deploy-worker.
 //!
-//! Five migrations, all safe on a database the platform already created:
+//! Six migrations, all safe on a database the platform already created:
 //!
 //! 1. [`m20260101_000001_platform_tables`] creates the platform tables the worker reads
 //!    (`models`, `model_versions`, `endpoints`), the `citext` extension and an `updated_at`
@@ -14,6 +14,8 @@
 //! 4. [`m20261201_000101_operator_tables`] adds what the operator commands need:
 //!    `rejected_events.replayed_at` and the `tenant_pauses` table.
 //! 5. [`m20261201_000201_retention_indexes`] indexes the time columns that retention prunes by.
+//! 6. [`m20261202_000001_convergence_requests`] adds the durable record of endpoints that want
+//!    converging, and the claims replicas take on them.
 //!
 //! Every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`), so running the
 //! migrations twice, or against a half-migrated database, changes nothing that is there.
@@ -34,6 +36,7 @@ pub mod m20260101_000002_worker_columns;
 pub mod m20261201_000003_rejected_payload_bytes;
 pub mod m20261201_000101_operator_tables;
 pub mod m20261201_000201_retention_indexes;
+pub mod m20261202_000001_convergence_requests;
 
 /// Runs `statements` in order on the migration's connection (every migration here is a
 /// list of idempotent SQL statements).
@@ -95,6 +98,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_rejected_payload_bytes::Migration),
             Box::new(m20261201_000101_operator_tables::Migration),
             Box::new(m20261201_000201_retention_indexes::Migration),
+            Box::new(m20261202_000001_convergence_requests::Migration),
         ]
     }
 }

@@ -43,3 +43,19 @@ pub fn extract_context(headers: Option<&HeaderMap>) -> opentelemetry::Context {
 pub fn inject_context(cx: &opentelemetry::Context, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
 }
+
+/// The W3C `traceparent` of `span` (`None` when it is not traced), to store with a request so
+/// a later pass continues the trace.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// The remote context a stored `traceparent` names (the empty context when malformed).
+pub fn context_from_traceparent(traceparent: &str) -> opentelemetry::Context {
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    TraceContextPropagator::new().extract(&carrier)
+}

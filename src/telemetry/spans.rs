@@ -58,40 +58,12 @@ pub fn receive_span(message: &jetstream::Message) -> Span {
     span
 }
 
-/// The `receive` span of a synthetic delivery (an endpoint resumed at start-up, or followed
-/// after its object changed; `source` says which): a new trace.
-pub fn synthetic_span(endpoint_id: Uuid, source: &'static str) -> Span {
+/// The span of one pass: a child of the last of `traceparents` (the `receive` span of the
+/// newest event it covers, recorded with its request), linked to the others; a new trace when
+/// there are none (the worker's own requests).
+pub fn pass_span(traceparents: &[&str], endpoint_id: Uuid, events: usize) -> Span {
     let span = tracing::info_span!(
-        "receive",
-        otel.kind = "consumer",
-        messaging.system = "nats",
-        messaging.destination.name = source,
-        tenant_id = tracing::field::Empty,
-        project_id = tracing::field::Empty,
-        endpoint_id = %endpoint_id,
-        isvc_name = tracing::field::Empty,
-        generation = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-        answer = tracing::field::Empty,
-        error = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    if let Some(id) = trace_id(&span) {
-        span.record("trace_id", id.as_str());
-    }
-    span
-}
-
-/// The span of one pass, a child of `parent` (the receive span of the newest delivery it
-/// covers), linked to `others` (the other deliveries' receive spans).
-pub fn pass_span<'a>(
-    parent: &Span,
-    others: impl IntoIterator<Item = &'a Span>,
-    endpoint_id: Uuid,
-    events: usize,
-) -> Span {
-    let span = tracing::info_span!(
-        parent: parent,
+        parent: None,
         "pass",
         tenant_id = tracing::field::Empty,
         project_id = tracing::field::Empty,
@@ -103,8 +75,18 @@ pub fn pass_span<'a>(
         events = events,
         trace_id = tracing::field::Empty,
     );
-    for other in others {
-        span.add_link(span_context(other));
+    if let Some((newest, others)) = traceparents.split_last() {
+        let parent = context_from_traceparent(newest);
+        if parent.span().span_context().is_valid() {
+            let _ = span.set_parent(parent);
+        }
+        for other in others {
+            let linked = context_from_traceparent(other);
+            let linked = linked.span().span_context().clone();
+            if linked.is_valid() {
+                span.add_link(linked);
+            }
+        }
     }
     if let Some(id) = trace_id(&span) {
         span.record("trace_id", id.as_str());

@@ -1,0 +1,482 @@
+//! Convergence requests: the durable "endpoint X wants converging" record, and claims on it.
+//!
+//! An event only says "look at endpoint X" (ARCHITECTURE.md, "The event path"), so the worker
+//! does not hold the message while it works: it records what the event asked for as a row of
+//! `convergence_requests` (one per endpoint, however many events name it) in the group commit,
+//! then acks. From there the [scheduler](crate::scheduler) takes over, and nothing is lost if
+//! the worker dies right after the ack: the row is still there for the next start, or another
+//! replica, to find.
+//!
+//! - [`Request`]: what one event (or the informer, or a start-up resume) asks of one endpoint.
+//!   The tenant check happens here, in the same statement that records the request: a delete
+//!   must name the endpoint's tenant and project, a deploy may leave them out but must not name
+//!   others, and an event for an endpoint that does not exist is refused.
+//! - [`Claims`]: a replica claims a row before it runs a pass over the endpoint
+//!   (`FOR UPDATE SKIP LOCKED`, with an expiry it renews while the pass runs), so two replicas
+//!   never run passes over one endpoint at once; a dead replica's claims expire and are taken
+//!   over. Each row carries a `version`, bumped by every request: a pass that finishes deletes
+//!   the row only if the version is the one it claimed, otherwise the endpoint is still wanted
+//!   and runs again.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement,
+    TransactionTrait,
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::delivery::Follow;
+use crate::events::EventKind;
+use crate::store::StoreError;
+
+/// Who asks for a pass over an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A serving event, with the owner it names (checked against the endpoint's row).
+    Event {
+        /// Deploy or delete.
+        kind: EventKind,
+        /// The tenant the event names.
+        tenant_id: Option<Uuid>,
+        /// The project the event names.
+        project_id: Option<Uuid>,
+    },
+    /// The informer: the endpoint's object changed or outlived it.
+    Follow(Follow),
+    /// The worker itself: an endpoint left `DEPLOYING`, or released from a tenant pause.
+    Resume,
+}
+
+/// What one event, or the worker itself, asks of one endpoint.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// Who asks.
+    pub source: Source,
+    /// When the event reached the stream.
+    pub published_at: Option<DateTime<Utc>>,
+    /// W3C `traceparent` of the event's `receive` span, so the pass continues its trace.
+    pub traceparent: Option<String>,
+}
+
+/// What became of a recorded [`Request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded: the endpoint wants converging.
+    Wanted {
+        /// The endpoint's tenant (`None` for an endpoint without a row, followed for garbage
+        /// collection).
+        tenant_id: Option<Uuid>,
+        /// Whether a replica holds a live claim on it (a pass runs; it will see the request).
+        claimed: bool,
+    },
+    /// Not recorded: the endpoint does not exist, or the event names another owner.
+    Refused,
+}
+
+/// A request row as `jsonb_to_recordset` reads it.
+#[derive(Serialize)]
+struct RequestRow<'a> {
+    n: usize,
+    endpoint_id: Uuid,
+    event: bool,
+    is_delete: bool,
+    tenant_id: Option<Uuid>,
+    project_id: Option<Uuid>,
+    follow: Option<&'static str>,
+    published_at: Option<DateTime<Utc>>,
+    traceparent: Option<&'a str>,
+}
+
+const RECORD_SQL: &str = r#"
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS i(n integer, endpoint_id uuid, event boolean,
+        is_delete boolean, tenant_id uuid, project_id uuid, follow text,
+        published_at timestamptz, traceparent text)
+), checked AS (
+    SELECT i.*, e.tenant_id AS owner
+    FROM input i LEFT JOIN endpoints e ON e.id = i.endpoint_id
+    WHERE NOT i.event OR (e.id IS NOT NULL AND CASE
+        WHEN i.is_delete THEN i.tenant_id = e.tenant_id AND i.project_id = e.project_id
+        ELSE (i.tenant_id IS NULL OR i.tenant_id = e.tenant_id)
+         AND (i.project_id IS NULL OR i.project_id = e.project_id) END)
+), merged AS (
+    SELECT endpoint_id, (array_agg(owner))[1] AS tenant_id,
+           (count(*) FILTER (WHERE event))::integer AS events,
+           bool_or(is_delete) AS wants_delete, max(follow) AS follow,
+           min(published_at) AS first_published_at,
+           string_agg(traceparent, ' ' ORDER BY n) AS traceparents
+    FROM checked GROUP BY endpoint_id
+), recorded AS (
+    INSERT INTO convergence_requests AS r
+        (endpoint_id, tenant_id, events, wants_delete, follow, first_published_at, traceparents)
+    SELECT endpoint_id, tenant_id, events, wants_delete, follow, first_published_at, traceparents
+    FROM merged
+    ON CONFLICT (endpoint_id) DO UPDATE SET
+        version = r.version + 1,
+        tenant_id = COALESCE(r.tenant_id, excluded.tenant_id),
+        events = r.events + excluded.events,
+        wants_delete = r.wants_delete OR excluded.wants_delete,
+        follow = GREATEST(r.follow, excluded.follow),
+        first_published_at = LEAST(r.first_published_at, excluded.first_published_at),
+        traceparents = array_to_string((string_to_array(
+            concat_ws(' ', r.traceparents, excluded.traceparents), ' '))[greatest(
+            cardinality(string_to_array(concat_ws(' ', r.traceparents, excluded.traceparents), ' '))
+            - 15, 1):], ' '),
+        not_before = LEAST(r.not_before, now())
+    RETURNING r.endpoint_id, r.tenant_id,
+        (r.claimed_by IS NOT NULL AND r.claim_expires_at > now()) AS claimed
+)
+SELECT c.n, r.tenant_id, r.claimed FROM checked c JOIN recorded r USING (endpoint_id)"#;
+
+/// Records `requests` inside `txn` (the group commit's transaction); returns, per request,
+/// what became of it.
+pub(crate) async fn record<C: ConnectionTrait>(
+    txn: &C,
+    requests: &[&Request],
+) -> Result<Vec<Recorded>, StoreError> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        n: i32,
+        tenant_id: Option<Uuid>,
+        claimed: bool,
+    }
+    let rows: Vec<RequestRow<'_>> = requests
+        .iter()
+        .enumerate()
+        .map(|(n, r)| {
+            let (event, is_delete, tenant_id, project_id, follow) = match r.source {
+                Source::Event {
+                    kind,
+                    tenant_id,
+                    project_id,
+                } => (true, kind == EventKind::Delete, tenant_id, project_id, None),
+                Source::Follow(Follow::Check) => (false, false, None, None, Some("check")),
+                Source::Follow(Follow::Collect) => (false, false, None, None, Some("collect")),
+                Source::Resume => (false, false, None, None, None),
+            };
+            RequestRow {
+                n,
+                endpoint_id: r.endpoint_id,
+                event,
+                is_delete,
+                tenant_id,
+                project_id,
+                follow,
+                published_at: r.published_at,
+                traceparent: r.traceparent.as_deref(),
+            }
+        })
+        .collect();
+    let found = Row::find_by_statement(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        RECORD_SQL,
+        [serde_json::to_value(&rows)?.into()],
+    ))
+    .all(txn)
+    .await?;
+    let mut recorded = vec![Recorded::Refused; requests.len()];
+    for row in found {
+        if let Some(slot) = usize::try_from(row.n).ok().and_then(|n| recorded.get_mut(n)) {
+            *slot = Recorded::Wanted {
+                tenant_id: row.tenant_id,
+                claimed: row.claimed,
+            };
+        }
+    }
+    Ok(recorded)
+}
+
+/// A claimed request: what the pass over its endpoint is to cover.
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+pub struct Claim {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// The request's version when claimed; the row is deleted at the end of the pass only if
+    /// it is still this.
+    pub version: i64,
+    /// Events recorded since the last pass finished.
+    pub events: i32,
+    /// Whether one of them asked for a delete.
+    pub wants_delete: bool,
+    /// What the informer asked for (`check` or `collect`), if anything.
+    pub follow: Option<String>,
+    /// Publish time of the oldest event covered.
+    pub first_published_at: Option<DateTime<Utc>>,
+    /// `traceparent`s of the events' `receive` spans, oldest first, space-separated (the
+    /// last 16).
+    pub traceparents: Option<String>,
+    /// Passes over this request that were handed back so far (for the retry delay).
+    pub attempts: i32,
+}
+
+impl Claim {
+    /// What the informer asked for, if anything.
+    pub fn follow(&self) -> Option<Follow> {
+        match self.follow.as_deref() {
+            Some("collect") => Some(Follow::Collect),
+            Some("check") => Some(Follow::Check),
+            _ => None,
+        }
+    }
+}
+
+/// How a pass over a claimed request ended, for [`Claims::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Release {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// The version claimed.
+    pub version: i64,
+    /// Events the claim covered (a request that stays wanted keeps only the newer ones).
+    pub events: i32,
+    /// `None` when the pass converged (the request is done unless a newer one came);
+    /// otherwise the pass handed back, and the request is retried after this delay.
+    pub retry_after: Option<Duration>,
+}
+
+/// A request still wanted after its pass (a newer request came, or the pass handed back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StillWanted {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// Its tenant.
+    pub tenant_id: Option<Uuid>,
+    /// When to retry (now when a newer request came).
+    pub retry_after: Duration,
+}
+
+/// A claim renewed by [`Claims::renew`], with what its request looks like now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
+pub struct Renewed {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// The request's version now (newer than the claimed one when a request came meanwhile).
+    pub version: i64,
+    /// Whether a delete was asked for.
+    pub wants_delete: bool,
+}
+
+/// An unclaimed request found by [`Claims::rescan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
+pub struct Unclaimed {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// Its tenant.
+    pub tenant_id: Option<Uuid>,
+}
+
+/// This replica's claims on convergence requests; cheap to clone.
+#[derive(Clone)]
+pub struct Claims {
+    db: DatabaseConnection,
+    holder: String,
+    ttl: Duration,
+}
+
+const CLAIM_SQL: &str = r#"
+UPDATE convergence_requests r SET claimed_by = $2,
+    claim_expires_at = now() + $3 * interval '1 millisecond'
+FROM (SELECT endpoint_id FROM convergence_requests
+      WHERE endpoint_id IN (SELECT value::uuid FROM jsonb_array_elements_text($1::jsonb))
+        AND (claimed_by IS NULL OR claim_expires_at < now())
+      FOR UPDATE SKIP LOCKED) c
+WHERE r.endpoint_id = c.endpoint_id
+RETURNING r.endpoint_id, r.version, r.events, r.wants_delete, r.follow, r.first_published_at,
+    r.traceparents, r.attempts"#;
+
+const RELEASE_SQL: &str = r#"
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb)
+        AS i(endpoint_id uuid, version bigint, events integer, failed boolean, retry_ms bigint)
+), done AS (
+    DELETE FROM convergence_requests r USING input i
+    WHERE r.endpoint_id = i.endpoint_id AND r.version = i.version AND NOT i.failed
+      AND r.claimed_by = $2
+    RETURNING r.endpoint_id
+), kept AS (
+    UPDATE convergence_requests r SET claimed_by = NULL, claim_expires_at = NULL,
+        attempts = CASE WHEN i.failed THEN r.attempts + 1 ELSE 0 END,
+        events = CASE WHEN i.failed THEN r.events ELSE greatest(r.events - i.events, 0) END,
+        traceparents = CASE WHEN i.failed THEN r.traceparents ELSE NULL END,
+        not_before = now() + i.retry_ms * interval '1 millisecond'
+    FROM input i
+    WHERE r.endpoint_id = i.endpoint_id AND r.claimed_by = $2
+      AND r.endpoint_id NOT IN (SELECT endpoint_id FROM done)
+    RETURNING r.endpoint_id, r.tenant_id, i.retry_ms
+)
+SELECT endpoint_id, tenant_id, retry_ms FROM kept"#;
+
+const RENEW_SQL: &str = r#"
+UPDATE convergence_requests SET claim_expires_at = now() + $2 * interval '1 millisecond'
+WHERE claimed_by = $1
+RETURNING endpoint_id, version, wants_delete"#;
+
+const RESCAN_SQL: &str = r#"
+SELECT endpoint_id, tenant_id FROM (
+    SELECT endpoint_id, tenant_id,
+           row_number() OVER (PARTITION BY tenant_id ORDER BY requested_at) AS rank
+    FROM convergence_requests
+    WHERE (claimed_by IS NULL OR claim_expires_at < now()) AND not_before <= now()) s
+WHERE rank <= $1
+LIMIT $2"#;
+
+const RESUME_SQL: &str = r#"
+INSERT INTO convergence_requests (endpoint_id, tenant_id)
+SELECT id, tenant_id FROM endpoints WHERE status = 'DEPLOYING'
+ON CONFLICT (endpoint_id) DO NOTHING"#;
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Claims {
+    /// Claims held as `holder` (unique per worker process), expiring `ttl` after their last
+    /// renewal.
+    pub fn new(db: DatabaseConnection, holder: String, ttl: Duration) -> Self {
+        Self { db, holder, ttl }
+    }
+
+    /// Who this replica is in `claimed_by`.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// How long a claim lives without renewal.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Claims what it can of `ids`: rows another live replica holds, rows locked by a claim
+    /// running right now, and rows already done are left out.
+    pub async fn claim(&self, ids: &[Uuid]) -> Result<Vec<Claim>, StoreError> {
+        Ok(Claim::find_by_statement(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            CLAIM_SQL,
+            [
+                serde_json::to_value(ids)?.into(),
+                self.holder.clone().into(),
+                millis(self.ttl).into(),
+            ],
+        ))
+        .all(&self.db)
+        .await?)
+    }
+
+    /// Ends the claims of finished passes: a request converged at its claimed version is
+    /// deleted; the others are released and returned, to run again.
+    pub async fn release(&self, done: &[Release]) -> Result<Vec<StillWanted>, StoreError> {
+        #[derive(Serialize)]
+        struct Row {
+            endpoint_id: Uuid,
+            version: i64,
+            events: i32,
+            failed: bool,
+            retry_ms: i64,
+        }
+        #[derive(FromQueryResult)]
+        struct Kept {
+            endpoint_id: Uuid,
+            tenant_id: Option<Uuid>,
+            retry_ms: i64,
+        }
+        let rows: Vec<Row> = done
+            .iter()
+            .map(|r| Row {
+                endpoint_id: r.endpoint_id,
+                version: r.version,
+                events: r.events,
+                failed: r.retry_after.is_some(),
+                retry_ms: r.retry_after.map_or(0, millis),
+            })
+            .collect();
+        let kept = Kept::find_by_statement(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            RELEASE_SQL,
+            [serde_json::to_value(&rows)?.into(), self.holder.clone().into()],
+        ))
+        .all(&self.db)
+        .await?;
+        Ok(kept
+            .into_iter()
+            .map(|k| StillWanted {
+                endpoint_id: k.endpoint_id,
+                tenant_id: k.tenant_id,
+                retry_after: Duration::from_millis(u64::try_from(k.retry_ms).unwrap_or(0)),
+            })
+            .collect())
+    }
+
+    /// Extends every claim this replica holds, and tells what each request looks like now.
+    pub async fn renew(&self) -> Result<Vec<Renewed>, StoreError> {
+        Ok(Renewed::find_by_statement(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            RENEW_SQL,
+            [self.holder.clone().into(), millis(self.ttl).into()],
+        ))
+        .all(&self.db)
+        .await?)
+    }
+
+    /// Gives up every claim this replica holds (at the end of a drain), so other replicas
+    /// take the requests at once instead of after the claims expire.
+    pub async fn release_all(&self) -> Result<u64, StoreError> {
+        let done = self
+            .db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE convergence_requests SET claimed_by = NULL, claim_expires_at = NULL \
+                 WHERE claimed_by = $1",
+                [self.holder.clone().into()],
+            ))
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Requests nobody holds a live claim on and that are due: at most `per_tenant` of each
+    /// tenant (oldest first) and `limit` in all, so one tenant's backlog cannot crowd the
+    /// others out of a rescan.
+    pub async fn rescan(&self, per_tenant: usize, limit: usize) -> Result<Vec<Unclaimed>, StoreError> {
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        Ok(Unclaimed::find_by_statement(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            RESCAN_SQL,
+            [as_i64(per_tenant).into(), as_i64(limit).into()],
+        ))
+        .all(&self.db)
+        .await?)
+    }
+
+    /// Records a request for every endpoint left `DEPLOYING` that has none (an earlier
+    /// release of the worker kept no requests; a crash of this one left them claimed).
+    pub async fn resume_deploying(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin().await?;
+        let done = txn
+            .execute_raw(Statement::from_string(DbBackend::Postgres, RESUME_SQL))
+            .await?;
+        txn.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// How many requests are waiting (claimed or not), per tenant: the backlog the metrics
+    /// report.
+    pub async fn backlog(&self) -> Result<HashMap<Option<Uuid>, i64>, StoreError> {
+        #[derive(FromQueryResult)]
+        struct Row {
+            tenant_id: Option<Uuid>,
+            waiting: i64,
+        }
+        let rows = Row::find_by_statement(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT tenant_id, count(*) AS waiting FROM convergence_requests GROUP BY tenant_id",
+        ))
+        .all(&self.db)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.tenant_id, r.waiting)).collect())
+    }
+}
