@@ -17,12 +17,15 @@
 //! - **rollback during a stuck canary** (k8s mode): endpoints whose canary never becomes Ready
 //!   get a rollback; its event→READY time against the controller's own readiness time (the
 //!   floor), with the deploy timeout far longer than either;
+//! - **fairness**: one tenant publishes a flood of deploy events (50,000 by default), another
+//!   publishes 20 five seconds after JetStream acknowledged the flood's last event; the small
+//!   tenant's event → `READY` times against the simulated deploy time (the floor);
 //! - **memory**: the worker's resident set with 10,000 deploys in flight (simulate mode with a
 //!   long delay) and again once they are done and the endpoint actors have gone idle.
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a small smoke run of the
 //! same code paths, so the harness itself cannot rot. `E2E_SCENARIOS` (comma-separated:
-//! `throughput`, `k8s`, `rollback`, `memory`) runs only those scenarios.
+//! `throughput`, `k8s`, `rollback`, `fairness`, `memory`) runs only those scenarios.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,6 +59,10 @@ struct Scale {
     /// Endpoints of the opt-in large k8s run (`E2E_K8S_LARGE`).
     k8s_large: Option<usize>,
     rollback_endpoints: usize,
+    /// Deploy events of the flooding tenant in the fairness scenario.
+    flood_events: usize,
+    /// Simulated deploy time of the fairness scenario.
+    flood_delay: Duration,
     durable: bool,
 }
 
@@ -69,6 +76,8 @@ fn main() {
             k8s_runs: 3,
             k8s_large: None,
             rollback_endpoints: 20,
+            flood_events: 50_000,
+            flood_delay: Duration::from_secs(2),
             durable: true,
         }
     } else {
@@ -79,6 +88,8 @@ fn main() {
             k8s_runs: 1,
             k8s_large: None,
             rollback_endpoints: 3,
+            flood_events: 500,
+            flood_delay: Duration::from_millis(300),
             durable: false,
         }
     };
@@ -94,6 +105,9 @@ fn main() {
     }
     if let Some(n) = env_number("E2E_ROLLBACK_ENDPOINTS") {
         scale.rollback_endpoints = n;
+    }
+    if let Some(n) = env_number("E2E_FLOOD_EVENTS") {
+        scale.flood_events = n;
     }
     scale.k8s_large = env_number("E2E_K8S_LARGE");
     let selected = std::env::var("E2E_SCENARIOS").ok();
@@ -115,6 +129,9 @@ fn main() {
         }
         if runs("rollback") {
             rollback(&scale).await;
+        }
+        if runs("fairness") {
+            fairness(&scale).await;
         }
         if runs("memory") {
             memory(&scale).await;
@@ -914,5 +931,142 @@ async fn memory(scale: &Scale) {
     println!(
         "  all done, no actors alive        {:>7.1} MiB",
         idle_rss as f64 / 1024.0
+    );
+}
+
+/// `n` endpoints of one new tenant (one project, one model version).
+async fn tenant_endpoints(db: &DatabaseConnection, n: usize, label: &str) -> Vec<(Uuid, NewEndpoint)> {
+    let (tenant_id, project_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let version = platform::create_model_version(
+        db,
+        &NewModelVersion {
+            tenant_id,
+            project_id,
+            model_name: label.into(),
+            version: 1,
+            artifact_uri: Some(format!("gs://models/{label}/1")),
+        },
+    )
+    .await
+    .expect("model version");
+    let new: Vec<NewEndpoint> = (0..n)
+        .map(|i| NewEndpoint {
+            tenant_id,
+            project_id,
+            name: format!("{label}-{i}"),
+            runtime: "kserve".into(),
+            model: Some(version),
+            traffic: None,
+            autoscaling: None,
+            runtime_config: Some(json!({"modelFormat": "sklearn"})),
+        })
+        .collect();
+    let ids = platform::create_endpoints(db, &new)
+        .await
+        .expect("endpoints");
+    ids.into_iter().zip(new).collect()
+}
+
+fn events_of(endpoints: &[(Uuid, NewEndpoint)]) -> impl Iterator<Item = (EventKind, EventFields<'_>)> {
+    endpoints.iter().map(|(id, e)| {
+        (
+            EventKind::Deploy,
+            EventFields {
+                tenant_id: e.tenant_id,
+                project_id: e.project_id,
+                endpoint_id: *id,
+                name: &e.name,
+                model: e.model,
+            },
+        )
+    })
+}
+
+async fn fairness(scale: &Scale) {
+    let env = if scale.durable {
+        Env::with_postgres(LocalPostgres::start_durable().expect("postgres")).await
+    } else {
+        Env::start().await
+    };
+    let setup = Setup {
+        env,
+        ids: Vec::new(),
+        endpoints: Vec::new(),
+    };
+    let flood = tenant_endpoints(&setup.env.db, scale.flood_events, "flood").await;
+    let small = tenant_endpoints(&setup.env.db, 20, "small").await;
+    let delay = scale.flood_delay;
+    // default caps, as a shared worker runs
+    let worker = spawn_worker(
+        &setup,
+        &[("SIMULATE_DELAY_MS", delay.as_millis().to_string())],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(worker.http_port, "deploy_worker_endpoint_actors").await.is_none() {
+        assert!(Instant::now() < deadline, "the worker did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    platform::publish_all(&setup.env.js, events_of(&flood))
+        .await
+        .expect("publish the flood");
+    let flood_published = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // the small tenant's events, each timed from its own publication to READY
+    let mut published = Vec::with_capacity(small.len());
+    for event in events_of(&small) {
+        platform::publish_all(&setup.env.js, [event])
+            .await
+            .expect("publish");
+        published.push(Instant::now());
+    }
+    let ids: Vec<Uuid> = small.iter().map(|(id, _)| *id).collect();
+    let mut ready_after = vec![None; ids.len()];
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while ready_after.iter().any(Option::is_none) {
+        assert!(Instant::now() < deadline, "the small tenant never got READY");
+        let rows = setup
+            .env
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT id FROM endpoints WHERE status = 'READY' AND id = ANY($1)",
+                [ids.clone().into()],
+            ))
+            .await
+            .expect("poll");
+        let now = Instant::now();
+        for row in rows {
+            let id: Uuid = row.try_get("", "id").expect("id");
+            if let Some(i) = ids.iter().position(|x| *x == id)
+                && ready_after[i].is_none()
+            {
+                ready_after[i] = Some(now.duration_since(published[i]).as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let flood_ready = count(&setup.env.db, "READY").await - ids.len();
+    stop(worker);
+    let mut times: Vec<f64> = ready_after.into_iter().flatten().collect();
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "fairness ({} deploy events of one tenant, then 20 of another 5 s after the last was \
+         acknowledged; simulate delay {:.1} s, default caps)",
+        flood.len(),
+        delay.as_secs_f64()
+    );
+    println!(
+        "  flood published in {:.1} s; {flood_ready} of its endpoints READY when the small tenant was done",
+        flood_published.as_secs_f64()
+    );
+    println!(
+        "  small tenant event → READY                 p50 {:.2} s, p99 {:.2} s (floor {:.1} s, target ≤ {:.1} s)",
+        at(0.5),
+        at(0.99),
+        delay.as_secs_f64(),
+        delay.as_secs_f64() + 0.5
     );
 }

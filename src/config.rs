@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
 
-use crate::admission::Caps;
+use crate::scheduler::Caps;
 use crate::backoff::Backoff;
 use crate::events::ConsumerSettings;
 use crate::intent::{DefaultResources, ResourceList};
@@ -258,7 +258,6 @@ impl Settings {
     /// How the supervisor schedules passes.
     pub fn scheduling(&self) -> crate::supervisor::Scheduling {
         crate::supervisor::Scheduling {
-            caps: self.caps(),
             rescan_every: Duration::from_secs(self.rescan_seconds.max(1)),
             idle_after: Duration::from_secs(self.endpoint_idle_seconds),
         }

@@ -22,7 +22,8 @@
 //! - [`deployer`]: simulate mode and k8s mode, with one shared watch ([`deployer::informer`]);
 //!   [`follow`]: following endpoints after Ready, repairs and the guarded garbage collection;
 //! - [`outcome`]: how handling an event ended, one word for history, metrics and spans;
-//! - [`store`]: Postgres with batched reads and group commit; [`admission`]: tenant fairness;
+//! - [`store`]: Postgres with batched reads and group commit; [`requests`]: the durable
+//!   convergence requests and the claims on them; [`scheduler`]: tenant fairness;
 //!   [`retention`]: pruning old history; [`grants`]: the least-privilege database role;
 //! - [`tls`]: encrypted, authenticated connections to NATS and the OTLP collector;
 //! - [`config`], [`worker`], [`cli`]: settings, wiring, commands;
@@ -38,7 +39,6 @@
 //! NATS servers, and the platform's row writing that the demo, tests and benches use are the
 //! dev-only `devkit` crate (its `demo` binary is what `scripts/demo` runs).
 
-pub mod admission;
 pub mod backoff;
 pub mod cli;
 pub mod config;

@@ -33,7 +33,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::admission::Admission;
+use crate::scheduler::Scheduler;
 use crate::events::{DELETE_SUBJECT, DEPLOY_SUBJECT};
 use crate::outcome::Outcome;
 
@@ -322,11 +322,11 @@ impl Metrics {
     /// depend on nothing that counts into them.
     pub fn register_live_state(
         &mut self,
-        admission: Admission,
+        scheduler: Scheduler,
         actors: impl Fn() -> usize + Send + Sync + 'static,
     ) {
         self.registry.register_collector(Box::new(LiveState {
-            admission,
+            scheduler,
             actors: Box::new(actors),
         }));
     }
@@ -563,7 +563,7 @@ fn encode_per_tenant(
 
 /// Scrape-time gauges.
 struct LiveState {
-    admission: Admission,
+    scheduler: Scheduler,
     /// Endpoint actors alive, counted at scrape time.
     actors: Box<dyn Fn() -> usize + Send + Sync>,
 }
@@ -576,26 +576,28 @@ impl std::fmt::Debug for LiveState {
 
 impl Collector for LiveState {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = self.admission.snapshot();
+        let snapshot = self.scheduler.snapshot();
         encode_per_tenant(
             &mut encoder,
             "deploys_in_flight",
-            "Deploys holding an admission permit, by tenant (tenants with none are absent)",
+            "Passes running (endpoints claimed by this worker), by tenant (tenants with none are \
+             absent)",
             snapshot.per_tenant,
         )?;
         let gauge = ConstGauge::new(0i64);
         let waiting = i64::try_from(snapshot.waiting).unwrap_or(i64::MAX);
         ConstGauge::new(waiting).encode(encoder.encode_descriptor(
             "deploys_waiting",
-            "Deploys waiting for an admission permit",
+            "Endpoints waiting in this worker's scheduler for a pass",
             None,
             gauge.metric_type(),
         )?)?;
         encode_per_tenant(
             &mut encoder,
             "endpoints_waiting",
-            "Endpoints queued in the worker for an admission permit, by tenant (tenants with \
-             none are absent); JetStream's consumer lag does not include them",
+            "Endpoints waiting in this worker's scheduler for a pass, by tenant (tenants with \
+             none are absent); their events are acked, so JetStream's consumer lag does not \
+             include them",
             snapshot.waiting_per_tenant,
         )?;
         let actors = i64::try_from((self.actors)()).unwrap_or(i64::MAX);
@@ -612,18 +614,19 @@ impl Collector for LiveState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::Caps;
+    use crate::scheduler::Caps;
 
     #[tokio::test]
     async fn exposes_counters_histograms_and_live_gauges() {
-        let admission = Admission::new(Caps {
+        let scheduler = Scheduler::new(Caps {
             global: 10,
             per_tenant: 10,
         });
         let mut metrics = Metrics::new();
-        metrics.register_live_state(admission.clone(), || 0);
-        let tenant = uuid::Uuid::new_v4();
-        let permit = admission.acquire(tenant).await;
+        metrics.register_live_state(scheduler.clone(), || 0);
+        let (tenant, endpoint) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        scheduler.want(endpoint, Some(tenant));
+        assert_eq!(scheduler.admit(), vec![endpoint]);
         metrics.event(DEPLOY_SUBJECT, Outcome::Ready);
         metrics.event("mlops.serving.surprise", Outcome::Refused);
         metrics.kube_error(429);
@@ -645,7 +648,7 @@ mod tests {
         }
         let in_flight = format!("deploy_worker_deploys_in_flight{{tenant_id=\"{tenant}\"}} 1");
         assert!(text.contains(&in_flight), "{text}");
-        drop(permit);
+        scheduler.finish(endpoint);
         let text = metrics.encode().unwrap();
         assert!(
             !text.contains(&tenant.to_string()),
@@ -655,12 +658,12 @@ mod tests {
 
     #[tokio::test]
     async fn counts_403s_apart_and_exposes_polled_state_and_waiting_tenants() {
-        let admission = Admission::new(Caps {
+        let scheduler = Scheduler::new(Caps {
             global: 1,
             per_tenant: 1,
         });
         let mut metrics = Metrics::new();
-        metrics.register_live_state(admission.clone(), || 0);
+        metrics.register_live_state(scheduler.clone(), || 0);
         let text = metrics.encode().unwrap();
         for needle in [
             "deploy_worker_kube_api_forbidden_total 0",
@@ -692,14 +695,10 @@ mod tests {
             paused: 2,
         }));
         let (busy, queued) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-        let _held = admission.acquire(busy).await;
-        let waiter = {
-            let admission = admission.clone();
-            tokio::spawn(async move { admission.acquire(queued).await })
-        };
-        while admission.snapshot().waiting == 0 {
-            tokio::task::yield_now().await;
-        }
+        scheduler.want(uuid::Uuid::new_v4(), Some(busy));
+        assert_eq!(scheduler.admit().len(), 1);
+        scheduler.want(uuid::Uuid::new_v4(), Some(queued));
+        assert!(scheduler.admit().is_empty(), "the global cap holds");
         let text = metrics.encode().unwrap();
         for needle in [
             "deploy_worker_kube_api_forbidden_total 1".to_owned(),
@@ -730,6 +729,5 @@ mod tests {
             !text.contains("deploy_worker_paused_deploying_endpoints 2"),
             "{text}"
         );
-        waiter.abort();
     }
 }

@@ -1,26 +1,26 @@
-//! One pass over an endpoint: read the intent, converge to it, record the outcome, answer.
+//! One pass over an endpoint: read the intent, converge to it, record the outcome.
 //!
-//! The endpoint actor runs passes one at a time; everything queued for the endpoint while a
-//! pass runs is covered by the next one, so a burst of events becomes one deploy of the latest
-//! intent (level-triggered; ARCHITECTURE.md, "Actor lifecycle"). A pass:
+//! The scheduler admits an endpoint and its actor runs one pass over everything its claimed
+//! request covers (ARCHITECTURE.md, "Actor lifecycle"): a burst of events is one request, so it
+//! becomes one deploy of the latest intent (level-triggered). The events were acked when the
+//! request was recorded, after the tenant check. A pass:
 //!
 //! 1. loads the endpoint row (batched with other actors' loads);
-//! 2. refuses deliveries whose tenant/project do not match the row (terminated, recorded; the
-//!    endpoint is left alone so a forged event cannot disturb another tenant's endpoint);
-//! 3. decides: delete if asked; nothing if the endpoint is deleted (`skipped`) or already Ready
+//! 2. decides: delete if asked; nothing if the endpoint is deleted (`skipped`) or already Ready
 //!    at its current spec generation (`unchanged`); hold it if its tenant is paused (`paused`:
-//!    recorded `DEPLOYING` with [`PAUSED_REASON`] and acked; `deploy-worker tenant resume`
-//!    publishes a deploy event for every endpoint so held); otherwise deploy;
-//! 4. for a deploy: validates and renders the manifest (an invalid intent ends `ERROR` with the
-//!    validation message), waits for a fair-share [`Permit`](crate::admission::Permit), records
-//!    `DEPLOYING`, runs the deployer, records `READY`/`ERROR` guarded by the spec generation;
-//! 5. answers every covered message only after its outcome has committed.
+//!    recorded `DEPLOYING` with [`PAUSED_REASON`]; `deploy-worker tenant resume` asks for a pass
+//!    over every endpoint so held); follow or repair what the informer reported; otherwise
+//!    deploy;
+//! 3. for a deploy: validates and renders the manifest (an invalid intent ends `ERROR` with the
+//!    validation message), records `DEPLOYING`, runs the deployer, records `READY`/`ERROR`
+//!    guarded by the spec generation.
 //!
-//! Database or deployer trouble hands the messages back to JetStream with a backoff delay.
+//! Database or deployer trouble hands the request back ([`PassResult::HandedBack`]): it stays
+//! in Postgres and the scheduler runs it again after a backoff delay.
 //!
-//! Each pass runs in a `pass` span, a child of the `receive` span of the newest delivery it
-//! covers and linked to the others', with one child span per step (see [`crate::telemetry`]);
-//! its trace id goes into the history row. Outcomes, retries and durations are counted in
+//! Each pass runs in a `pass` span, a child of the `receive` span of the newest event it covers
+//! and linked to the others', with one child span per step (see [`crate::telemetry`]); its
+//! trace id goes into the history row. Outcomes, retries and durations are counted in
 //! [`Metrics`].
 
 use std::panic::AssertUnwindSafe;
@@ -35,7 +35,6 @@ use tokio::sync::watch;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
-use crate::admission::Admission;
 use crate::backoff::Backoff;
 use crate::delivery::{Delivery, Follow};
 use crate::deployer::{
@@ -58,8 +57,6 @@ pub struct PassContext {
     pub store: Store,
     /// Where InferenceServices are made real.
     pub deployer: Deployer,
-    /// Fair share of deploys across tenants.
-    pub admission: Admission,
     /// Namespace, name prefix and annotation defaults for manifests.
     pub render: RenderOptions,
     /// Delays for handing messages back.
@@ -906,19 +903,9 @@ impl<'a> Pass<'a> {
         manifest: &InferenceService,
         interrupt: &Interrupt,
     ) -> PassResult {
-        let acquired = self
-            .guarded(Phase::Draining, async {
-                tokio::select! {
-                    permit = self.ctx.admission.acquire(self.record.tenant_id) => Some(permit),
-                    () = interrupt.fired() => None,
-                }
-            })
-            .await;
-        let _permit = match acquired {
-            Some(Some(permit)) => permit,
-            Some(None) => return self.interrupted("an admission permit").await,
-            None => return self.hand_back(retry::SHUTDOWN),
-        };
+        if *self.ctx.phase.borrow() >= Phase::Draining {
+            return self.hand_back(retry::SHUTDOWN);
+        }
         let deploying = self.status_write(status::DEPLOYING, UrlChange::Keep, None, None);
         match self.persist(Write::Status(deploying), "DEPLOYING").await {
             Ok((persist, Applied::Yes)) => telemetry::record_outcome(&persist, "deploying"),

@@ -109,13 +109,15 @@ WITH input AS (
     SELECT endpoint_id, (array_agg(owner))[1] AS tenant_id,
            (count(*) FILTER (WHERE event))::integer AS events,
            bool_or(is_delete) AS wants_delete, max(follow) AS follow,
-           min(published_at) AS first_published_at,
+           min(published_at) AS first_published_at, max(published_at) AS last_published_at,
            string_agg(traceparent, ' ' ORDER BY n) AS traceparents
     FROM checked GROUP BY endpoint_id
 ), recorded AS (
     INSERT INTO convergence_requests AS r
-        (endpoint_id, tenant_id, events, wants_delete, follow, first_published_at, traceparents)
-    SELECT endpoint_id, tenant_id, events, wants_delete, follow, first_published_at, traceparents
+        (endpoint_id, tenant_id, events, wants_delete, follow, first_published_at,
+         last_published_at, traceparents)
+    SELECT endpoint_id, tenant_id, events, wants_delete, follow, first_published_at,
+        last_published_at, traceparents
     FROM merged
     ON CONFLICT (endpoint_id) DO UPDATE SET
         version = r.version + 1,
@@ -124,6 +126,7 @@ WITH input AS (
         wants_delete = r.wants_delete OR excluded.wants_delete,
         follow = GREATEST(r.follow, excluded.follow),
         first_published_at = LEAST(r.first_published_at, excluded.first_published_at),
+        last_published_at = GREATEST(r.last_published_at, excluded.last_published_at),
         traceparents = array_to_string((string_to_array(
             concat_ws(' ', r.traceparents, excluded.traceparents), ' '))[greatest(
             cardinality(string_to_array(concat_ws(' ', r.traceparents, excluded.traceparents), ' '))
@@ -227,7 +230,7 @@ impl Claim {
 }
 
 /// How a pass over a claimed request ended, for [`Claims::release`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
     /// The endpoint.
     pub endpoint_id: Uuid,
@@ -235,6 +238,8 @@ pub struct Release {
     pub version: i64,
     /// Events the claim covered (a request that stays wanted keeps only the newer ones).
     pub events: i32,
+    /// The `traceparent`s the claim covered, space-separated.
+    pub covered: Option<String>,
     /// `None` when the pass converged (the request is done unless a newer one came);
     /// otherwise the pass handed back, and the request is retried after this delay.
     pub retry_after: Option<Duration>,
@@ -293,7 +298,8 @@ RETURNING r.endpoint_id, r.version, r.events, r.wants_delete, r.follow, r.first_
 const RELEASE_SQL: &str = r#"
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb)
-        AS i(endpoint_id uuid, version bigint, events integer, failed boolean, retry_ms bigint)
+        AS i(endpoint_id uuid, version bigint, events integer, covered text, failed boolean,
+             retry_ms bigint)
 ), done AS (
     DELETE FROM convergence_requests r USING input i
     WHERE r.endpoint_id = i.endpoint_id AND r.version = i.version AND NOT i.failed
@@ -303,7 +309,11 @@ WITH input AS (
     UPDATE convergence_requests r SET claimed_by = NULL, claim_expires_at = NULL,
         attempts = CASE WHEN i.failed THEN r.attempts + 1 ELSE 0 END,
         events = CASE WHEN i.failed THEN r.events ELSE greatest(r.events - i.events, 0) END,
-        traceparents = CASE WHEN i.failed THEN r.traceparents ELSE NULL END,
+        traceparents = CASE WHEN i.failed THEN r.traceparents ELSE NULLIF(array_to_string(ARRAY(
+            SELECT t FROM unnest(string_to_array(r.traceparents, ' ')) AS t
+            WHERE t <> ALL (string_to_array(coalesce(i.covered, ''), ' '))), ' '), '') END,
+        first_published_at = CASE WHEN i.failed THEN r.first_published_at
+            ELSE r.last_published_at END,
         not_before = now() + i.retry_ms * interval '1 millisecond'
     FROM input i
     WHERE r.endpoint_id = i.endpoint_id AND r.claimed_by = $2
@@ -372,10 +382,11 @@ impl Claims {
     /// deleted; the others are released and returned, to run again.
     pub async fn release(&self, done: &[Release]) -> Result<Vec<StillWanted>, StoreError> {
         #[derive(Serialize)]
-        struct Row {
+        struct Row<'a> {
             endpoint_id: Uuid,
             version: i64,
             events: i32,
+            covered: Option<&'a str>,
             failed: bool,
             retry_ms: i64,
         }
@@ -391,6 +402,7 @@ impl Claims {
                 endpoint_id: r.endpoint_id,
                 version: r.version,
                 events: r.events,
+                covered: r.covered.as_deref(),
                 failed: r.retry_after.is_some(),
                 retry_ms: r.retry_after.map_or(0, millis),
             })

@@ -11,15 +11,36 @@
 //! request for a running endpoint is remembered (`again`) and the endpoint queued once its pass
 //! ends; the pass itself learns about it through its actor (see [`crate::pass::Newer`]).
 //!
-//! The structure is plain data owned by the supervisor actor, with no locks and no I/O: claims,
-//! releases and rescans happen around it. A queued endpoint costs one id in a tenant's queue and
-//! one entry in the index, about 80 bytes.
+//! The state is plain data behind one mutex, with no I/O: the supervisor actor changes it and
+//! does the claims, releases and rescans around it; metrics and tests read [`Snapshot`]s. A
+//! queued endpoint costs one id in a tenant's queue and one entry in the index, about 80 bytes.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
-use crate::admission::Caps;
+/// Caps for the [`Scheduler`].
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Passes running at once, all tenants together.
+    pub global: usize,
+    /// Passes running at once for one tenant.
+    pub per_tenant: usize,
+}
+
+/// How many endpoints run and wait, in total and per tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Passes running.
+    pub in_flight: usize,
+    /// Passes running per tenant (tenants with none are absent).
+    pub per_tenant: HashMap<Uuid, usize>,
+    /// Endpoints queued.
+    pub waiting: usize,
+    /// Endpoints queued per tenant (tenants with none are absent).
+    pub waiting_per_tenant: HashMap<Uuid, usize>,
+}
 
 /// The queue key of endpoints without a tenant (objects of endpoints that no longer exist,
 /// followed for garbage collection).
@@ -59,9 +80,15 @@ pub enum Wanted {
     Running,
 }
 
-/// Per-tenant queues of endpoint ids, admitted round-robin under caps.
-#[derive(Debug)]
+/// Per-tenant queues of endpoint ids, admitted round-robin under caps; cheap to clone (the
+/// clones share one state).
+#[derive(Debug, Clone)]
 pub struct Scheduler {
+    state: Arc<Mutex<Queues>>,
+}
+
+#[derive(Debug)]
+struct Queues {
     caps: Caps,
     tenants: HashMap<Uuid, TenantQueue>,
     /// Tenants with queued ids, in the order they are served.
@@ -74,6 +101,76 @@ impl Scheduler {
     /// An empty scheduler with `caps` (a cap of 0 is taken as 1).
     pub fn new(caps: Caps) -> Self {
         Self {
+            state: Arc::new(Mutex::new(Queues::new(caps))),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        // Every change is a few map and queue operations that cannot be left half-done.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks for a pass over `endpoint_id` of `tenant`.
+    pub fn want(&self, endpoint_id: Uuid, tenant: Option<Uuid>) -> Wanted {
+        self.lock().want(endpoint_id, tenant)
+    }
+
+    /// Admits what the caps allow, round-robin over tenants; the endpoints returned are
+    /// running from now on, until [`finish`](Self::finish).
+    pub fn admit(&self) -> Vec<Uuid> {
+        self.lock().admit()
+    }
+
+    /// The pass over a running endpoint has ended (or its claim was not granted): frees its
+    /// slot. Returns whether it was asked for again meanwhile.
+    pub fn finish(&self, endpoint_id: Uuid) -> bool {
+        self.lock().finish(endpoint_id)
+    }
+
+    /// Forgets every queued endpoint (a draining worker starts nothing new; the requests stay
+    /// in Postgres for the next worker). Running ones stay until they finish.
+    pub fn clear_queued(&self) {
+        self.lock().clear_queued();
+    }
+
+    /// Whether `endpoint_id` is queued or running here.
+    pub fn knows(&self, endpoint_id: Uuid) -> bool {
+        self.lock().endpoints.contains_key(&endpoint_id)
+    }
+
+    /// Endpoints queued.
+    pub fn queued(&self) -> usize {
+        let queues = self.lock();
+        queues.endpoints.len() - queues.running
+    }
+
+    /// Current counts, for metrics and tests.
+    pub fn snapshot(&self) -> Snapshot {
+        let queues = self.lock();
+        Snapshot {
+            in_flight: queues.running,
+            per_tenant: queues
+                .tenants
+                .iter()
+                .filter(|(_, q)| q.running > 0)
+                .map(|(t, q)| (*t, q.running))
+                .collect(),
+            waiting: queues.endpoints.len() - queues.running,
+            waiting_per_tenant: queues
+                .tenants
+                .iter()
+                .filter(|(_, q)| !q.queue.is_empty())
+                .map(|(t, q)| (*t, q.queue.len()))
+                .collect(),
+        }
+    }
+}
+
+impl Queues {
+    fn new(caps: Caps) -> Self {
+        Self {
             caps: Caps {
                 global: caps.global.max(1),
                 per_tenant: caps.per_tenant.max(1),
@@ -85,8 +182,7 @@ impl Scheduler {
         }
     }
 
-    /// Asks for a pass over `endpoint_id` of `tenant`.
-    pub fn want(&mut self, endpoint_id: Uuid, tenant: Option<Uuid>) -> Wanted {
+    fn want(&mut self, endpoint_id: Uuid, tenant: Option<Uuid>) -> Wanted {
         let tenant = tenant.unwrap_or(NO_TENANT);
         match self.endpoints.get_mut(&endpoint_id) {
             Some(Entry {
@@ -123,9 +219,7 @@ impl Scheduler {
         }
     }
 
-    /// Admits what the caps allow, round-robin over tenants; the endpoints returned are
-    /// running from now on, until [`finish`](Self::finish).
-    pub fn admit(&mut self) -> Vec<Uuid> {
+    fn admit(&mut self) -> Vec<Uuid> {
         let mut admitted = Vec::new();
         while self.running < self.caps.global {
             let Some(tenant) = self.ring.pop_front() else {
@@ -156,10 +250,7 @@ impl Scheduler {
         admitted
     }
 
-    /// The pass over a running endpoint has ended (or its claim was not granted): frees its
-    /// slot. Returns whether it was asked for again meanwhile (the caller queues it again,
-    /// now or after a retry delay).
-    pub fn finish(&mut self, endpoint_id: Uuid) -> bool {
+    fn finish(&mut self, endpoint_id: Uuid) -> bool {
         let Some(entry) = self.endpoints.get(&endpoint_id).copied() else {
             return false;
         };
@@ -181,9 +272,7 @@ impl Scheduler {
         again
     }
 
-    /// Forgets every queued endpoint (a draining worker starts nothing new; the requests stay
-    /// in Postgres for the next worker). Running ones stay until they finish.
-    pub fn clear_queued(&mut self) {
+    fn clear_queued(&mut self) {
         self.endpoints.retain(|_, e| e.place != Place::Queued);
         self.ring.clear();
         self.tenants.retain(|_, q| {
@@ -191,30 +280,6 @@ impl Scheduler {
             q.in_ring = false;
             q.running > 0
         });
-    }
-
-    /// Whether `endpoint_id` is queued or running here.
-    pub fn knows(&self, endpoint_id: Uuid) -> bool {
-        self.endpoints.contains_key(&endpoint_id)
-    }
-
-    /// Endpoints whose pass runs.
-    pub fn running(&self) -> usize {
-        self.running
-    }
-
-    /// Endpoints queued.
-    pub fn queued(&self) -> usize {
-        self.endpoints.len() - self.running
-    }
-
-    /// Endpoints queued per tenant (the nil id for endpoints without one).
-    pub fn queued_per_tenant(&self) -> HashMap<Uuid, usize> {
-        self.tenants
-            .iter()
-            .filter(|(_, q)| !q.queue.is_empty())
-            .map(|(t, q)| (*t, q.queue.len()))
-            .collect()
     }
 }
 
@@ -228,7 +293,7 @@ mod tests {
 
     #[test]
     fn tenants_take_turns_whatever_their_backlog() {
-        let mut s = Scheduler::new(Caps {
+        let mut s = Queues::new(Caps {
             global: 4,
             per_tenant: 4,
         });
@@ -245,12 +310,12 @@ mod tests {
         assert_eq!(first.len(), 4);
         // a, b, a, b: two of b's three are in the first four, though a queued 1,000 first
         assert_eq!(first.iter().filter(|id| few.contains(id)).count(), 2);
-        assert_eq!(s.queued(), 1000 + 3 - 4);
+        assert_eq!((s.endpoints.len() - s.running), 1000 + 3 - 4);
     }
 
     #[test]
     fn the_per_tenant_cap_leaves_room_for_others() {
-        let mut s = Scheduler::new(Caps {
+        let mut s = Queues::new(Caps {
             global: 10,
             per_tenant: 3,
         });
@@ -269,7 +334,7 @@ mod tests {
 
     #[test]
     fn a_finished_pass_frees_its_slot_and_requeues_when_asked_again() {
-        let mut s = Scheduler::new(Caps {
+        let mut s = Queues::new(Caps {
             global: 1,
             per_tenant: 1,
         });
@@ -282,16 +347,16 @@ mod tests {
         assert!(s.admit().is_empty(), "the global cap holds");
         assert_eq!(s.want(x, t), Wanted::Running);
         assert!(s.finish(x), "x was asked for again while running");
-        assert!(!s.knows(x));
+        assert!(!s.endpoints.contains_key(&x));
         assert_eq!(s.admit(), vec![y]);
         assert!(!s.finish(y));
-        assert_eq!(s.running(), 0);
+        assert_eq!(s.running, 0);
         assert!(s.tenants.is_empty(), "no state left for an idle tenant");
     }
 
     #[test]
     fn clearing_keeps_running_passes_only() {
-        let mut s = Scheduler::new(Caps {
+        let mut s = Queues::new(Caps {
             global: 2,
             per_tenant: 2,
         });
@@ -300,8 +365,8 @@ mod tests {
         }
         let running = s.admit();
         s.clear_queued();
-        assert_eq!(s.queued(), 0);
-        assert_eq!(s.running(), 2);
+        assert_eq!((s.endpoints.len() - s.running), 0);
+        assert_eq!(s.running, 2);
         for id in running {
             s.finish(id);
         }
@@ -310,7 +375,7 @@ mod tests {
 
     #[test]
     fn unknown_or_queued_endpoints_do_not_finish() {
-        let mut s = Scheduler::new(Caps {
+        let mut s = Queues::new(Caps {
             global: 1,
             per_tenant: 1,
         });
@@ -318,6 +383,6 @@ mod tests {
         assert!(!s.finish(x));
         s.want(x, None);
         assert!(!s.finish(x), "a queued endpoint holds no slot");
-        assert_eq!(s.queued(), 1);
+        assert_eq!((s.endpoints.len() - s.running), 1);
     }
 }

@@ -477,21 +477,33 @@ impl Store {
         }
     }
 
-    /// Records that an endpoint wants converging, in the group commit; answers once it is
-    /// durable (the event may be acked then) or refused by the tenant check.
-    pub async fn record_request(&self, request: Request) -> Result<Recorded, StoreError> {
-        match self.commit(Write::Request(request)).await? {
-            Committed::Recorded(recorded) => Ok(recorded),
-            Committed::Applied(_) => Ok(Recorded::Refused),
+    /// Records that an endpoint wants converging, in the group commit; the future answers once
+    /// it is durable (the event may be acked then) or refused by the tenant check.
+    ///
+    /// The request is queued when this is called, not when the future is first polled, so
+    /// requests recorded one after the other keep their order (the newest event's trace is the
+    /// one a pass continues).
+    pub fn record_request(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<Recorded, StoreError>> + use<> {
+        let committed = self.commit(Write::Request(request));
+        async move {
+            match committed.await? {
+                Committed::Recorded(recorded) => Ok(recorded),
+                Committed::Applied(_) => Ok(Recorded::Refused),
+            }
         }
     }
 
-    async fn commit(&self, write: Write) -> Result<Committed, StoreError> {
+    /// Queues `write` at once; the future answers when its transaction has committed.
+    fn commit(&self, write: Write) -> impl Future<Output = Result<Committed, StoreError>> + use<> {
         let (tx, rx) = oneshot::channel();
-        self.writes
-            .send((write, tx))
-            .map_err(|_| StoreError::ShutDown)?;
-        rx.await.map_err(|_| StoreError::ShutDown)?
+        let queued = self.writes.send((write, tx));
+        async move {
+            queued.map_err(|_| StoreError::ShutDown)?;
+            rx.await.map_err(|_| StoreError::ShutDown)?
+        }
     }
 
     /// Records a refused message. Should the database still refuse the record's data, a record

@@ -129,8 +129,6 @@ pub struct Terminate;
 /// How the supervisor schedules.
 #[derive(Debug, Clone, Copy)]
 pub struct Scheduling {
-    /// Caps on passes running at once, overall and per tenant.
-    pub caps: crate::admission::Caps,
     /// How often requests nobody holds are looked for.
     pub rescan_every: Duration,
     /// How long an actor without work lives.
@@ -143,9 +141,11 @@ const RESCAN_PER_TENANT: usize = 2_000;
 const RESCAN_LIMIT: usize = 20_000;
 
 /// A claim this replica holds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Held {
     version: i64,
+    /// The `traceparent`s it covers (a request still wanted after the pass keeps the others).
+    covered: Option<String>,
     /// Highest version seen by a renewal, so a running pass is told once per newer request.
     seen: i64,
     events: i32,
@@ -179,6 +179,7 @@ impl Supervisor {
         consumers: crate::events::Consumers,
         registry: Arc<ActorRegistry>,
         claims: Claims,
+        scheduler: Scheduler,
         scheduling: Scheduling,
     ) -> Self {
         Self {
@@ -186,7 +187,7 @@ impl Supervisor {
             registry,
             consumers: Some(consumers),
             claims,
-            scheduler: Scheduler::new(scheduling.caps),
+            scheduler,
             scheduling,
             held: HashMap::new(),
             releases: Vec::new(),
@@ -256,11 +257,11 @@ impl Supervisor {
         let store = self.ctx.store.clone();
         let me = ctx.address();
         for request in requests {
-            let store = store.clone();
             let me = me.clone();
+            let endpoint_id = request.endpoint_id;
+            let recorded = store.record_request(request);
             tokio::spawn(async move {
-                let endpoint_id = request.endpoint_id;
-                match store.record_request(request).await {
+                match recorded.await {
                     Ok(Recorded::Wanted { tenant_id, claimed }) => me.do_send(Want(vec![
                         WantedEndpoint {
                             endpoint_id,
@@ -523,8 +524,9 @@ impl Handler<Incoming> for Supervisor {
                     traceparent: telemetry::traceparent(&span),
                 };
                 let me = ctx.address();
+                let recorded = store.record_request(request);
                 tokio::spawn(async move {
-                    let answer = match store.record_request(request).await {
+                    let answer = match recorded.await {
                         Ok(Recorded::Wanted { tenant_id, claimed }) => {
                             me.do_send(Want(vec![WantedEndpoint {
                                 endpoint_id: event.endpoint_id,
@@ -691,6 +693,7 @@ impl Handler<Claimed> for Supervisor {
                 endpoint_id,
                 Held {
                     version: claim.version,
+                    covered: claim.traceparents.clone(),
                     seen: claim.version,
                     events: claim.events,
                     attempts: claim.attempts,
@@ -734,6 +737,7 @@ impl Supervisor {
             endpoint_id,
             version: held.version,
             events: held.events,
+            covered: held.covered,
             retry_after,
         });
     }

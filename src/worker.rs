@@ -19,7 +19,7 @@ use sea_orm_migration::MigratorTrait;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use crate::admission::Admission;
+use crate::scheduler::Scheduler;
 use crate::config::{Settings, WorkerMode};
 use crate::deployer::informer::Router;
 use crate::deployer::{Deployer, kubernetes::KubernetesDeployer, simulate::SimulateDeployer};
@@ -81,7 +81,7 @@ pub enum WorkerError {
 pub struct Worker {
     supervisor: Addr<Supervisor>,
     registry: Arc<ActorRegistry>,
-    admission: Admission,
+    scheduler: Scheduler,
     store: Store,
     nats: async_nats::Client,
     phase: watch::Sender<Phase>,
@@ -130,11 +130,11 @@ impl Worker {
         let render = settings.kserve.render_options();
         render.validate().map_err(WorkerError::Render)?;
         // Metrics first: the store, the passes and the deployers all count into them.
-        let admission = Admission::new(settings.caps());
+        let scheduler = Scheduler::new(settings.caps());
         let registry = Arc::new(ActorRegistry::new());
         let mut metrics = Metrics::new();
         let actors = registry.clone();
-        metrics.register_live_state(admission.clone(), move || actors.len());
+        metrics.register_live_state(scheduler.clone(), move || actors.len());
         let metrics = Arc::new(metrics);
         let timeout = Duration::from_secs(settings.deploy_timeout_seconds);
         // connected to the supervisor once it runs; the informer routes followed changes to it
@@ -186,7 +186,6 @@ impl Worker {
         let ctx = Arc::new(PassContext {
             store: store.clone(),
             deployer,
-            admission: admission.clone(),
             render,
             backoff: settings.backoff(),
             phase: phase_rx,
@@ -208,6 +207,7 @@ impl Worker {
             consumers,
             registry.clone(),
             claims,
+            scheduler.clone(),
             settings.scheduling(),
         )
         .start();
@@ -234,7 +234,7 @@ impl Worker {
         Ok(Self {
             supervisor,
             registry,
-            admission,
+            scheduler,
             store,
             nats,
             phase,
@@ -257,9 +257,9 @@ impl Worker {
         self.registry.len()
     }
 
-    /// The fair-admission state (deploys in flight per tenant).
-    pub fn admission(&self) -> &Admission {
-        &self.admission
+    /// The scheduler (passes running and endpoints waiting, per tenant).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
     }
 
     /// The store.

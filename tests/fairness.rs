@@ -22,13 +22,13 @@ async fn a_small_tenant_is_served_while_a_big_tenant_has_a_backlog() {
     let big_ids = env.endpoints(&big, 60).await;
     let small_ids = env.endpoints(&small, 6).await;
 
-    // Sample the admission state throughout the run.
+    // Sample the scheduler throughout the run.
     let samples = Arc::new(Mutex::new(Vec::new()));
     let sampler = {
         let (worker, samples) = (worker.clone(), samples.clone());
         actix_rt::spawn(async move {
             loop {
-                samples.lock().unwrap().push(worker.admission().snapshot());
+                samples.lock().unwrap().push(worker.scheduler().snapshot());
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -40,7 +40,15 @@ async fn a_small_tenant_is_served_while_a_big_tenant_has_a_backlog() {
     wait_for(
         "the big tenant's backlog to build",
         Duration::from_secs(30),
-        || async { worker.admission().snapshot().waiting > 20 },
+        || async { worker.scheduler().snapshot().waiting > 20 },
+    )
+    .await;
+    // Accept fast: the big tenant's events are acked once recorded, so they wait in the
+    // worker's scheduler (in Postgres), not in JetStream's ack-pending window.
+    wait_for(
+        "the big tenant's events acked while its deploys wait",
+        Duration::from_secs(30),
+        || async { env.ack_pending().await == 0 && worker.scheduler().snapshot().waiting > 20 },
     )
     .await;
     for id in &small_ids {

@@ -124,10 +124,11 @@ async fn metrics_describe_the_deploys_that_happened() {
         ),
         Some(3.0)
     );
-    // Each deploy writes DEPLOYING and READY; the refused payload writes one record.
+    // Each deploy records its request, then writes DEPLOYING and READY; the refused payload
+    // writes one record.
     assert_eq!(
         value(&after, "deploy_worker_group_commit_batch_size_sum", &[]),
-        Some(3.0 * 2.0 + 1.0)
+        Some(3.0 * 3.0 + 1.0)
     );
     assert_eq!(
         after["deploy_worker_deploys_in_flight"].samples.len(),
@@ -218,7 +219,8 @@ async fn readiness_follows_postgres_and_nats() {
         http_get(addr, "/healthz").await.expect("healthz").status,
         200
     );
-    // An event while Postgres is down: the load fails, the message is handed back.
+    // An event while Postgres is down: its request cannot be recorded, the message is handed
+    // back.
     let db_url = pg.url();
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("client"));
     let fields_owner = common::Endpoint {
@@ -236,7 +238,7 @@ async fn readiness_follows_postgres_and_nats() {
         value(
             m,
             "deploy_worker_database_errors_total",
-            &[("operation", "load")],
+            &[("operation", "commit")],
         )
         .unwrap_or(0.0)
             >= 1.0

@@ -139,7 +139,7 @@ async fn migrating_a_platform_database_keeps_its_rows_and_runs_idempotently() {
     .await;
     assert_eq!(
         added,
-        "deployment_history\nendpoints\nmodel_versions\nmodels\nrejected_events\nseaql_migrations\ntenant_pauses"
+        "convergence_requests\ndeployment_history\nendpoints\nmodel_versions\nmodels\nrejected_events\nseaql_migrations\ntenant_pauses"
     );
     let generations = query_text(db, "SELECT spec_generation::text || ' ' || coalesce(ready_generation::text, '-') FROM endpoints ORDER BY id").await;
     assert_eq!(generations, "1 -\n1 -");

@@ -13,8 +13,9 @@ use deploy_worker::pass::PanicAt;
 use deploy_worker::worker::Worker;
 
 const LONG: Duration = Duration::from_secs(90);
-/// Well under the 30 s ack wait the binary's consumer is created with: a message handed back
-/// is redelivered at once, one merely abandoned would only come back after the ack wait.
+/// Well under the 30 s a claim lives without renewal: a request handed back (its claim
+/// released) is taken at once by the next worker, one merely abandoned only after its claim
+/// expired.
 const HANDED_BACK: Duration = Duration::from_secs(15);
 
 #[actix_rt::test]
@@ -149,21 +150,23 @@ async fn sigterm_lets_in_flight_deploys_finish_and_hands_the_rest_back() {
     let status = wait_exit(&mut child, Duration::from_secs(30)).await;
     assert!(status.success(), "graceful exit, got {status}");
 
-    // The five in flight finished; the 25 waiting for a permit were handed back at once.
+    // The five in flight finished; every event was acked when its request was recorded, and
+    // the 25 requests still waiting stay in Postgres, unclaimed.
     assert_eq!(
         env.count_status(&ids, "DEPLOYING").await,
         0,
         "in-flight deploys finish before exit"
     );
     assert_eq!(env.count_status(&ids, "READY").await, 5);
+    assert_eq!(env.stream_messages().await, 0, "every event was acked");
     assert_eq!(
-        env.stream_messages().await,
-        25,
-        "the handed-back events wait in the stream"
+        env.requests().await,
+        (25, 0),
+        "the waiting requests stay, no claim held"
     );
 
-    // Handed back (nak), not abandoned: the next worker gets them at once, well before the
-    // consumer's 30 s ack wait would have released them.
+    // Released, not abandoned: the next worker takes them at once, well before a claim of
+    // the stopped worker would have expired.
     let worker = Worker::start(&env.settings()).await.unwrap();
     wait_for("the rest READY on the next worker", HANDED_BACK, || async {
         env.count_status(&ids, "READY").await == ids.len()
@@ -190,9 +193,9 @@ async fn sigterm_with_a_short_grace_hands_running_deploys_back() {
     let status = wait_exit(&mut child, Duration::from_secs(20)).await;
     assert!(status.success(), "graceful exit, got {status}");
     assert_eq!(
-        env.stream_messages().await,
-        5,
-        "the handed-back events wait in the stream"
+        env.requests().await,
+        (5, 0),
+        "the abandoned deploys' requests stay, their claims released"
     );
 
     let worker = Worker::start(&env.settings()).await.unwrap();
@@ -221,14 +224,56 @@ async fn a_crash_mid_deploy_leaves_nothing_deploying_once_a_worker_runs_again() 
     child.wait().unwrap();
     assert_eq!(env.count_status(&ids, "DEPLOYING").await, 5);
 
-    // The next worker resumes the DEPLOYING endpoints at start-up and gets the unanswered
-    // messages back after the ack wait.
-    let worker = Worker::start(&env.settings()).await.unwrap();
+    // The next worker finds the requests once the dead worker's claims have expired (two
+    // seconds here) and converges every endpoint.
+    let mut settings = env.settings();
+    settings.claim_ttl_seconds = 2;
+    let worker = Worker::start(&settings).await.unwrap();
     wait_for("every endpoint READY after the crash", LONG, || async {
         env.count_status(&ids, "READY").await == ids.len()
     })
     .await;
     env.wait_all_answered(LONG).await;
+    worker.shutdown().await.unwrap();
+}
+
+/// Accept fast, lose nothing: the worker acks an event once its request is durable, so a crash
+/// right after a batch of acks must still converge every endpoint those events named.
+#[actix_rt::test]
+async fn a_crash_right_after_a_batch_of_acks_loses_no_acked_event() {
+    let env = Env::start().await;
+    let tenant = env.tenant().await;
+    let ids = env.endpoints(&tenant, 200).await;
+    let mut child = spawn_worker_binary(&env, 2_000, 20, 30);
+    for id in &ids {
+        env.publish(EventKind::Deploy, &tenant, *id).await;
+    }
+    wait_for("every event acked", LONG, || async {
+        env.stream_messages().await == 0 && env.ack_pending().await == 0
+    })
+    .await;
+    // SIGKILL at once: five deploys at a time of two seconds each cannot have finished
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ready = env.count_status(&ids, "READY").await;
+    assert!(ready < 100, "{ready} READY already: the crash came too late to test anything");
+    let (waiting, _) = env.requests().await;
+    assert_eq!(
+        waiting + ready,
+        ids.len(),
+        "every acked event's endpoint is READY or has its request recorded"
+    );
+
+    // The next worker finds the requests (the dead worker's claims expire) and converges all.
+    let mut settings = env.settings();
+    settings.claim_ttl_seconds = 2;
+    let worker = Worker::start(&settings).await.unwrap();
+    wait_for("every endpoint READY after the crash", LONG, || async {
+        env.count_status(&ids, "READY").await == ids.len()
+    })
+    .await;
+    wait_for("no request left", LONG, || async { env.requests().await == (0, 0) }).await;
+    assert_eq!(env.count_status(&ids, "DEPLOYING").await, 0);
     worker.shutdown().await.unwrap();
 }
 

@@ -25,6 +25,9 @@ GRANT UPDATE (status, url, status_reason, ready_generation) ON endpoints TO :"wo
 GRANT SELECT, INSERT, DELETE ON deployment_history, rejected_events TO :"worker_role";
 GRANT USAGE ON SEQUENCE deployment_history_id_seq, rejected_events_id_seq TO :"worker_role";
 
+-- Convergence requests: recorded per event, claimed, renewed and released by every replica.
+GRANT SELECT, INSERT, UPDATE, DELETE ON convergence_requests TO :"worker_role";
+
 -- Tenant pauses: read with every endpoint a pass loads and by the periodic metrics reads.
 -- The operator commands that write them (`deploy-worker tenant pause|resume`, and
 -- `rejected replay`, which sets rejected_events.replayed_at) run with the owner's URL.

@@ -31,6 +31,7 @@ const STATEMENTS: &[&str] = &[
         wants_delete boolean NOT NULL DEFAULT false,
         follow text,
         first_published_at timestamptz,
+        last_published_at timestamptz,
         traceparents text,
         requested_at timestamptz NOT NULL DEFAULT now(),
         not_before timestamptz NOT NULL DEFAULT now(),

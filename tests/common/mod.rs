@@ -270,6 +270,22 @@ impl Env {
         total
     }
 
+    /// Convergence requests waiting in Postgres, and how many of them a replica has claimed.
+    pub async fn requests(&self) -> (usize, usize) {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS n, count(claimed_by) AS claimed FROM convergence_requests",
+            ))
+            .await
+            .expect("requests")
+            .expect("row");
+        let n: i64 = row.try_get("", "n").expect("n");
+        let claimed: i64 = row.try_get("", "claimed").expect("claimed");
+        (n as usize, claimed as usize)
+    }
+
     /// Waits until the stream is empty and nothing is unacknowledged: every event answered.
     pub async fn wait_all_answered(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
