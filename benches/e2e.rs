@@ -935,7 +935,11 @@ async fn memory(scale: &Scale) {
 }
 
 /// `n` endpoints of one new tenant (one project, one model version).
-async fn tenant_endpoints(db: &DatabaseConnection, n: usize, label: &str) -> Vec<(Uuid, NewEndpoint)> {
+async fn tenant_endpoints(
+    db: &DatabaseConnection,
+    n: usize,
+    label: &str,
+) -> Vec<(Uuid, NewEndpoint)> {
     let (tenant_id, project_id) = (Uuid::new_v4(), Uuid::new_v4());
     let version = platform::create_model_version(
         db,
@@ -967,7 +971,9 @@ async fn tenant_endpoints(db: &DatabaseConnection, n: usize, label: &str) -> Vec
     ids.into_iter().zip(new).collect()
 }
 
-fn events_of(endpoints: &[(Uuid, NewEndpoint)]) -> impl Iterator<Item = (EventKind, EventFields<'_>)> {
+fn events_of(
+    endpoints: &[(Uuid, NewEndpoint)],
+) -> impl Iterator<Item = (EventKind, EventFields<'_>)> {
     endpoints.iter().map(|(id, e)| {
         (
             EventKind::Deploy,
@@ -1002,7 +1008,10 @@ async fn fairness(scale: &Scale) {
         &[("SIMULATE_DELAY_MS", delay.as_millis().to_string())],
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(worker.http_port, "deploy_worker_endpoint_actors").await.is_none() {
+    while metric(worker.http_port, "deploy_worker_endpoint_actors")
+        .await
+        .is_none()
+    {
         assert!(Instant::now() < deadline, "the worker did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1025,7 +1034,10 @@ async fn fairness(scale: &Scale) {
     let mut ready_after = vec![None; ids.len()];
     let deadline = Instant::now() + Duration::from_secs(600);
     while ready_after.iter().any(Option::is_none) {
-        assert!(Instant::now() < deadline, "the small tenant never got READY");
+        assert!(
+            Instant::now() < deadline,
+            "the small tenant never got READY"
+        );
         let rows = setup
             .env
             .db

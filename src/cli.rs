@@ -85,7 +85,7 @@ impl OpsConnection {
             .await
             .map_err(|err| err.to_string())?
             .name("deploy-worker-ops")
-            .connect(url)
+            .connect(crate::config::nats_servers(url))
             .await
             .map_err(|err| format!("cannot connect to NATS: {err}; check NATS_URL"))?;
         Ok(async_nats::jetstream::new(client))

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
 
-use crate::scheduler::Caps;
 use crate::backoff::Backoff;
 use crate::events::ConsumerSettings;
 use crate::intent::{DefaultResources, ResourceList};
 use crate::kserve::{self, ModeNames, RenderOptions};
 use crate::pass::PanicAt;
 use crate::policy::{self, ServiceAccountRule, StorageSchemes, TenantPolicy};
+use crate::scheduler::Caps;
 use crate::store::StoreSettings;
 use crate::telemetry::LogFormat;
 
@@ -119,7 +119,8 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// NATS URL, e.g. nats://127.0.0.1:4222.
+    /// NATS URL, e.g. nats://127.0.0.1:4222; for a cluster, several separated by commas
+    /// (the client also learns the cluster's other servers from the one it reaches).
     #[arg(long, env = "NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
 
@@ -229,6 +230,14 @@ pub struct Settings {
     /// Following endpoints after Ready, repairs and garbage collection (k8s mode).
     #[command(flatten)]
     pub follow: crate::follow::FollowArgs,
+}
+
+/// The servers a `NATS_URL` names: one URL, or several separated by commas (a cluster).
+pub fn nats_servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 impl Settings {

@@ -33,9 +33,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::scheduler::Scheduler;
 use crate::events::{DELETE_SUBJECT, DEPLOY_SUBJECT};
 use crate::outcome::Outcome;
+use crate::scheduler::Scheduler;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "deploy_worker";

@@ -46,8 +46,7 @@ use crate::kserve::{self, InferenceService, RenderOptions};
 use crate::metrics::{Metrics, follow, retry};
 use crate::outcome::Outcome;
 use crate::store::{
-    Applied, EndpointRecord, HistoryEntry, PAUSED_REASON, StatusWrite, Store,
-    UrlChange, Write,
+    Applied, EndpointRecord, HistoryEntry, PAUSED_REASON, StatusWrite, Store, UrlChange, Write,
 };
 use crate::telemetry::{self, SpanLabels, Step};
 
@@ -652,8 +651,7 @@ impl<'a> Pass<'a> {
                 let mut write =
                     self.status_write(status::READY, UrlChange::Set(url), None, Some(history));
                 write.ready_generation = Some(record.spec_generation);
-                self.commit_outcome(Write::Status(write))
-                    .await
+                self.commit_outcome(Write::Status(write)).await
             }
             Observation::NotReady { reason, since } if ready => {
                 let first_seen = *self
@@ -679,8 +677,7 @@ impl<'a> Pass<'a> {
                     self.history_as(ACTION_FOLLOW, Outcome::Error, Some(reason.clone()), None);
                 let write =
                     self.status_write(status::ERROR, UrlChange::Keep, Some(reason), Some(history));
-                self.commit_outcome(Write::Status(write))
-                    .await
+                self.commit_outcome(Write::Status(write)).await
             }
             // a paused tenant's objects are left as they are until the pause is lifted
             Observation::Missing | Observation::Drifted if ready && !record.tenant_paused => {
@@ -728,8 +725,7 @@ impl<'a> Pass<'a> {
             reason.map(str::to_owned),
             self.record.url.clone(),
         );
-        self.commit_outcome(Write::History(entry))
-            .await
+        self.commit_outcome(Write::History(entry)).await
     }
 
     fn status_write(
@@ -768,8 +764,7 @@ impl<'a> Pass<'a> {
             Some(reason),
             Some(history),
         );
-        self.commit_outcome(Write::Status(write))
-            .await
+        self.commit_outcome(Write::Status(write)).await
     }
 
     async fn fail(&self, action: EventKind, reason: String) -> PassResult {
@@ -777,8 +772,7 @@ impl<'a> Pass<'a> {
         tracing::info!(endpoint_id = %self.record.id, %reason, "endpoint ends in ERROR");
         let history = self.history(action, Outcome::Error, Some(reason.clone()), None);
         let write = self.status_write(status::ERROR, UrlChange::Keep, Some(reason), Some(history));
-        self.commit_outcome(Write::Status(write))
-            .await
+        self.commit_outcome(Write::Status(write)).await
     }
 
     /// Runs `work`, unless shutdown reaches `stop_at` first (`None`).
@@ -985,8 +979,7 @@ impl<'a> Pass<'a> {
                 let mut write =
                     self.status_write(status::READY, UrlChange::Set(url), None, Some(history));
                 write.ready_generation = Some(self.record.spec_generation);
-                self.commit_outcome(Write::Status(write))
-                    .await
+                self.commit_outcome(Write::Status(write)).await
             }
             Some(Ok(DeployOutcome::Failed { reason })) => {
                 self.fail(EventKind::Deploy, reason).await
@@ -1040,8 +1033,7 @@ impl<'a> Pass<'a> {
                     self.status_write(status::DELETED, UrlChange::Clear, None, Some(history));
                 // A delete applies whatever the generation.
                 write.only_at_generation = None;
-                self.commit_outcome(Write::Status(write))
-                    .await
+                self.commit_outcome(Write::Status(write)).await
             }
             Some(Ok(DeleteOutcome::Failed { reason })) => {
                 self.fail(EventKind::Delete, reason).await

@@ -23,8 +23,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement,
-    TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement, TransactionTrait,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -185,7 +184,10 @@ pub(crate) async fn record<C: ConnectionTrait>(
     .await?;
     let mut recorded = vec![Recorded::Refused; requests.len()];
     for row in found {
-        if let Some(slot) = usize::try_from(row.n).ok().and_then(|n| recorded.get_mut(n)) {
+        if let Some(slot) = usize::try_from(row.n)
+            .ok()
+            .and_then(|n| recorded.get_mut(n))
+        {
             *slot = Recorded::Wanted {
                 tenant_id: row.tenant_id,
                 claimed: row.claimed,
@@ -410,7 +412,10 @@ impl Claims {
         let kept = Kept::find_by_statement(Statement::from_sql_and_values(
             DbBackend::Postgres,
             RELEASE_SQL,
-            [serde_json::to_value(&rows)?.into(), self.holder.clone().into()],
+            [
+                serde_json::to_value(&rows)?.into(),
+                self.holder.clone().into(),
+            ],
         ))
         .all(&self.db)
         .await?;
@@ -453,7 +458,11 @@ impl Claims {
     /// Requests nobody holds a live claim on and that are due: at most `per_tenant` of each
     /// tenant (oldest first) and `limit` in all, so one tenant's backlog cannot crowd the
     /// others out of a rescan.
-    pub async fn rescan(&self, per_tenant: usize, limit: usize) -> Result<Vec<Unclaimed>, StoreError> {
+    pub async fn rescan(
+        &self,
+        per_tenant: usize,
+        limit: usize,
+    ) -> Result<Vec<Unclaimed>, StoreError> {
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         Ok(Unclaimed::find_by_statement(Statement::from_sql_and_values(
             DbBackend::Postgres,

@@ -759,10 +759,7 @@ fn json_param<T: Serialize>(value: &T) -> Result<sea_orm::Value, StoreError> {
 }
 
 /// Commits one batch; returns, per write, whether it applied.
-async fn commit(
-    db: &DatabaseConnection,
-    writes: &[Write],
-) -> Result<Vec<Committed>, StoreError> {
+async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Committed>, StoreError> {
     #[derive(FromQueryResult)]
     struct Updated {
         id: Uuid,

@@ -248,7 +248,10 @@ impl Supervisor {
         let me = ctx.address();
         tokio::spawn(async move {
             let got = claims.claim(&admitted).await;
-            me.do_send(Claimed { asked: admitted, got });
+            me.do_send(Claimed {
+                asked: admitted,
+                got,
+            });
         });
     }
 
@@ -262,14 +265,14 @@ impl Supervisor {
             let recorded = store.record_request(request);
             tokio::spawn(async move {
                 match recorded.await {
-                    Ok(Recorded::Wanted { tenant_id, claimed }) => me.do_send(Want(vec![
-                        WantedEndpoint {
+                    Ok(Recorded::Wanted { tenant_id, claimed }) => {
+                        me.do_send(Want(vec![WantedEndpoint {
                             endpoint_id,
                             tenant_id,
                             claimed,
                             delete: false,
-                        },
-                    ])),
+                        }]))
+                    }
                     Ok(Recorded::Refused) => {}
                     Err(err) => {
                         tracing::warn!(%endpoint_id, error = %err,
@@ -539,8 +542,10 @@ impl Handler<Incoming> for Supervisor {
                         }
                         Ok(Recorded::Refused) => {
                             let reason = refusal_reason(&store, kind, &event).await;
-                            span.in_scope(|| tracing::warn!(endpoint_id = %event.endpoint_id,
-                                %reason, "refusing event"));
+                            span.in_scope(|| {
+                                tracing::warn!(endpoint_id = %event.endpoint_id,
+                                %reason, "refusing event")
+                            });
                             refuse(&store, &metrics, backoff, &message, &span, reason).await
                         }
                         Err(err) => {

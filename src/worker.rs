@@ -19,7 +19,6 @@ use sea_orm_migration::MigratorTrait;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use crate::scheduler::Scheduler;
 use crate::config::{Settings, WorkerMode};
 use crate::deployer::informer::Router;
 use crate::deployer::{Deployer, kubernetes::KubernetesDeployer, simulate::SimulateDeployer};
@@ -30,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::pass::{PassContext, Phase};
 use crate::poller;
 use crate::requests::Claims;
+use crate::scheduler::Scheduler;
 use crate::store::{ConnectError, Store};
 use crate::supervisor::{
     ActorRegistry, FollowUp, Resume, Shutdown, StopFetching, Supervisor, Terminate,
@@ -168,7 +168,7 @@ impl Worker {
             .map_err(WorkerError::NatsSecurity)?
             .name("deploy-worker")
             .retry_on_initial_connect()
-            .connect(nats_url)
+            .connect(crate::config::nats_servers(nats_url))
             .await
             .map_err(WorkerError::Nats)?;
         let js = async_nats::jetstream::new(nats.clone());

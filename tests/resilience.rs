@@ -256,7 +256,10 @@ async fn a_crash_right_after_a_batch_of_acks_loses_no_acked_event() {
     child.kill().unwrap();
     child.wait().unwrap();
     let ready = env.count_status(&ids, "READY").await;
-    assert!(ready < 100, "{ready} READY already: the crash came too late to test anything");
+    assert!(
+        ready < 100,
+        "{ready} READY already: the crash came too late to test anything"
+    );
     let (waiting, _) = env.requests().await;
     assert_eq!(
         waiting + ready,
@@ -272,7 +275,10 @@ async fn a_crash_right_after_a_batch_of_acks_loses_no_acked_event() {
         env.count_status(&ids, "READY").await == ids.len()
     })
     .await;
-    wait_for("no request left", LONG, || async { env.requests().await == (0, 0) }).await;
+    wait_for("no request left", LONG, || async {
+        env.requests().await == (0, 0)
+    })
+    .await;
     assert_eq!(env.count_status(&ids, "DEPLOYING").await, 0);
     worker.shutdown().await.unwrap();
 }

@@ -362,6 +362,45 @@ impl LocalPostgres {
     }
 }
 
+/// A throw-away JetStream cluster: `n` `nats-server -js` on loopback, routed to each other.
+pub struct LocalNatsCluster {
+    /// The nodes, each with its own client port and store.
+    pub nodes: Vec<LocalNats>,
+}
+
+impl LocalNatsCluster {
+    /// Starts `n` nodes (three for a quorum that survives losing one).
+    pub fn start(n: usize) -> Result<Self, SandboxError> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let nodes = (0..n)
+            .map(|i| {
+                let others: Vec<String> = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, port)| format!("nats-route://127.0.0.1:{port}"))
+                    .collect();
+                LocalNats::start_with_config(&format!(
+                    "server_name: node{i}\ncluster {{\n  name: deploy-worker-sandbox\n  \
+                     listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    routes[i],
+                    others.join(", ")
+                ))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { nodes })
+    }
+
+    /// Every node's URL, separated by commas (what `NATS_URL` takes for a cluster).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(LocalNats::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// A throw-away `nats-server -js`.
 pub struct LocalNats {
     // Declared first so it is dropped (killed) before its directory is removed.

@@ -86,7 +86,7 @@ impl Env {
             .expect("migrate");
         let client = options
             .retry_on_initial_connect()
-            .connect(nats_url)
+            .connect(deploy_worker::config::nats_servers(nats_url))
             .await
             .expect("connect nats");
         let js = jetstream::new(client);
