@@ -6,11 +6,16 @@
 //! Ready, the failure rules):
 //!
 //! ```text
-//! JetStream ──▶ supervisor ──▶ endpoint_actor ──▶ pass ──▶ store (load intent)
-//!  (events)     (decode,        (one per          │        intent + kserve (validate, render)
-//!               route)          endpoint)         │        admission (fair share per tenant)
-//!                                                 │        deployer (simulate | kubernetes)
-//!                                                 └──────▶ store (group commit) ──▶ ack
+//! JetStream ──▶ supervisor ──▶ store (record a convergence request, tenant check) ──▶ ack
+//!  (events)         │
+//!                   ▼
+//!               scheduler (per-tenant queues, round-robin; claims in Postgres)
+//!                   │
+//!                   ▼
+//!               endpoint_actor ──▶ pass ──▶ store (load intent)
+//!               (one per                    intent + kserve (validate, render)
+//!               endpoint)                   deployer (simulate | kubernetes)
+//!                                  └──────▶ store (group commit) ──▶ release the claim
 //! ```
 //!
 //! - [`events`]: the stream, consumers and payload contract;

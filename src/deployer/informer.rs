@@ -18,8 +18,9 @@
 //! next attempt read the object fresh.
 //!
 //! **Following after Ready.** A change to an object no pass is waiting on is routed through
-//! the [`Router`] to the endpoint's actor as a [`Follow::Check`] pass (the supervisor starts the
-//! actor on demand, so a `READY` endpoint costs an entry in the cache, not a live actor): the
+//! the [`Router`] to the supervisor, which records it as a [`Follow::Check`] request and
+//! schedules a pass like any other (so a `READY` endpoint costs an entry in the cache, not a
+//! live actor): the
 //! object stopped being Ready (routed again once the debounce has passed, so a blip that
 //! recovers in time changes nothing), became Ready again, was deleted, or no longer matches
 //! the spec the worker applied ([`InferenceService::has_drifted`]). The pass compares the
