@@ -235,7 +235,7 @@ fn spawn_worker(setup: &Setup, env: &[(&str, String)]) -> WorkerProcess {
         .arg("run")
         .env("DATABASE_URL", setup.env.pg.url())
         .env("NATS_URL", setup.env.nats.url())
-        .env("RUST_LOG", "warn")
+        // the default log level, as a platform runs it
         .env("HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());

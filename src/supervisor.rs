@@ -164,8 +164,9 @@ pub struct Supervisor {
     /// Ends of passes not yet released in Postgres, and whether a release query runs.
     releases: Vec<Release>,
     releasing: bool,
-    /// Claim queries running.
-    claiming: usize,
+    /// Whether a claim query runs: one at a time, so everything admitted meanwhile is claimed
+    /// by the next one (a few statements per second under load, not one per event).
+    claiming: bool,
     rescanning: bool,
     fetchers: Vec<tokio::task::JoinHandle<()>>,
     stop_fetching: watch::Sender<bool>,
@@ -192,7 +193,7 @@ impl Supervisor {
             held: HashMap::new(),
             releases: Vec::new(),
             releasing: false,
-            claiming: 0,
+            claiming: false,
             rescanning: false,
             fetchers: Vec::new(),
             stop_fetching: watch::channel(false).0,
@@ -234,16 +235,16 @@ impl Supervisor {
         }
     }
 
-    /// Admits what the caps allow and claims it.
+    /// Admits what the caps allow and claims it (once the claim query running has answered).
     fn admit(&mut self, ctx: &mut Context<Self>) {
-        if self.draining.is_some() {
+        if self.draining.is_some() || self.claiming {
             return;
         }
         let admitted = self.scheduler.admit();
         if admitted.is_empty() {
             return;
         }
-        self.claiming += 1;
+        self.claiming = true;
         let claims = self.claims.clone();
         let me = ctx.address();
         tokio::spawn(async move {
@@ -309,7 +310,7 @@ impl Supervisor {
     fn finish_drain_if_done(&mut self, ctx: &mut Context<Self>) {
         if self.draining.is_none()
             || !self.registry.is_empty()
-            || self.claiming > 0
+            || self.claiming
             || self.releasing
             || !self.releases.is_empty()
         {
@@ -681,7 +682,7 @@ impl Handler<Claimed> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, Claimed { asked, got }: Claimed, ctx: &mut Self::Context) {
-        self.claiming -= 1;
+        self.claiming = false;
         let got = match got {
             Ok(got) => got,
             Err(err) => {

@@ -38,6 +38,8 @@ async fn a_line_logged_inside_a_pass_names_each_field_once() {
             (LogFormat::Compact, compact.clone()),
             (LogFormat::Json, json.clone()),
         ],
+        // the line per committed outcome is a DEBUG line
+        "info,deploy_worker::pass=debug",
     ))
     .expect("the only subscriber of this test binary");
 

@@ -69,6 +69,7 @@ async fn secrets_from_urls_and_the_kubeconfig_never_leave_the_process() {
             (LogFormat::Compact, compact.clone()),
             (LogFormat::Json, json_logs.clone()),
         ],
+        telemetry::DEFAULT_LOG_FILTER,
     ))
     .expect("the only subscriber of this test binary");
 

@@ -271,17 +271,16 @@ pub enum DeployStep {
 /// labelled like every other step. Deployers instrument the work with it and record the
 /// outcome with [`telemetry::record_outcome`] or the failure with [`telemetry::record_error`].
 pub fn deploy_step_span(step: DeployStep, request: &DeployRequest<'_>) -> Span {
-    let span = telemetry::step_span(match step {
+    let step = match step {
         DeployStep::Apply => Step::Apply,
         DeployStep::WaitReady => Step::WaitReady,
-    });
-    SpanLabels {
+    };
+    let labels = SpanLabels {
         tenant_id: request.tenant_id,
         project_id: request.project_id,
         endpoint_id: request.endpoint_id,
         isvc_name: request.name,
         generation: request.generation,
-    }
-    .record(&span);
-    span
+    };
+    telemetry::labelled_step_span(step, &labels)
 }

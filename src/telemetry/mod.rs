@@ -276,6 +276,7 @@ mod tests {
                 (LogFormat::Compact, compact.clone()),
                 (LogFormat::Json, json.clone()),
             ],
+            DEFAULT_LOG_FILTER,
         );
         tracing::subscriber::with_default(subscriber, || {
             let outer = tracing::info_span!(

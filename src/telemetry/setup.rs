@@ -110,19 +110,21 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    subscriber_with_logs(provider, vec![(format, writer)])
+    subscriber_with_logs(provider, vec![(format, writer)], DEFAULT_LOG_FILTER)
 }
 
 /// [`subscriber`] with several log outputs, each in its own format (e.g. compact lines to one
-/// writer and JSON to another).
+/// writer and JSON to another), logging at `default_filter` (`RUST_LOG` syntax) unless
+/// `RUST_LOG` says otherwise.
 pub fn subscriber_with_logs<W>(
     provider: &SdkTracerProvider,
     outputs: Vec<(LogFormat, W)>,
+    default_filter: &str,
 ) -> impl Subscriber + Send + Sync + 'static
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    logs_and_traces(provider, outputs, DEFAULT_LOG_FILTER)
+    logs_and_traces(provider, outputs, default_filter)
 }
 
 pub(super) fn logs_and_traces<W>(

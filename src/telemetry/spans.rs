@@ -126,6 +126,32 @@ macro_rules! step_span {
             error = tracing::field::Empty,
         )
     };
+    ($name:literal, $labels:expr) => {
+        tracing::info_span!(
+            $name,
+            tenant_id = %$labels.tenant_id,
+            project_id = %$labels.project_id,
+            endpoint_id = %$labels.endpoint_id,
+            isvc_name = $labels.isvc_name,
+            generation = $labels.generation,
+            outcome = tracing::field::Empty,
+            error = tracing::field::Empty,
+        )
+    };
+}
+
+/// A span for `step`, a child of the current span, carrying `labels` from the start (cheaper
+/// than recording them one by one afterwards: every layer sees the span's fields once).
+pub fn labelled_step_span(step: Step, labels: &SpanLabels<'_>) -> Span {
+    match step {
+        Step::LoadIntent => step_span!("load_intent", labels),
+        Step::Render => step_span!("render", labels),
+        Step::Deploy => step_span!("deploy", labels),
+        Step::Delete => step_span!("delete", labels),
+        Step::Apply => step_span!("apply", labels),
+        Step::WaitReady => step_span!("wait_ready", labels),
+        Step::Persist => step_span!("persist", labels),
+    }
 }
 
 /// A span for `step`, a child of the current span, with the attribute set every step carries
