@@ -11,15 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpRequest, HttpResponse, web};
-use common::{create_endpoint, publish_deploy, publisher_context, wait_http, wait_status};
+use common::{Env, publisher_context, wait_http};
 use deploy_worker::events::EventKind;
-use devkit::platform;
-use devkit::sandbox::{self, LocalNats, LocalPostgres};
+use devkit::sandbox;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use prost::Message;
-use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 /// What the collector received: one entry per `POST /v1/traces`.
 #[derive(Default)]
@@ -164,15 +163,14 @@ async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 
 #[actix_rt::test]
 async fn traces_reach_an_otlp_http_collector() {
-    let pg = LocalPostgres::start().expect("postgres");
-    let nats = LocalNats::start().expect("nats");
+    let env = Env::start().await;
     let (collector, seen, collector_handle) = start_collector();
     let http = SocketAddr::from(([127, 0, 0, 1], sandbox::free_port().expect("port")));
     let dir = tempfile::tempdir().expect("tempdir");
     let child = spawn_worker(
         &[
-            ("DATABASE_URL", pg.url()),
-            ("NATS_URL", nats.url()),
+            ("DATABASE_URL", env.pg.url()),
+            ("NATS_URL", env.nats.url()),
             ("HTTP_LISTEN", http.to_string()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
@@ -187,12 +185,10 @@ async fn traces_reach_an_otlp_http_collector() {
     })
     .await;
 
-    let db = Database::connect(pg.url()).await.expect("db");
-    let endpoint = create_endpoint(&db, Some("gs://models/fraud/1")).await;
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("client"));
+    let endpoint = env.create_endpoint(Some("gs://models/fraud/1")).await;
     let (cx, trace_id, publisher_span) = publisher_context();
-    publish_deploy(&js, &endpoint, &cx).await;
-    wait_status(&db, endpoint.id, "READY").await;
+    env.publish_traced(&endpoint, &cx).await;
+    env.wait_status(endpoint.id, "READY").await;
 
     // Exported on the batch schedule, while the worker runs.
     let trace_bytes = trace_id.to_bytes().to_vec();
@@ -237,14 +233,12 @@ async fn traces_reach_an_otlp_http_collector() {
 
 #[actix_rt::test]
 async fn json_logs_carry_trace_ids_and_never_secrets() {
-    let pg = LocalPostgres::start().expect("postgres");
-    let mut nats = LocalNats::start().expect("nats");
+    let mut env = Env::start().await;
     let (collector, seen, collector_handle) = start_collector();
     // A role with a password: the sandbox trusts local connections, but the worker is handed
     // the password in its URL as it would be in production.
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
-    let admin = Database::connect(pg.url()).await.expect("db");
-    admin
+    env.db
         .execute_raw(Statement::from_string(
             DbBackend::Postgres,
             format!("CREATE ROLE deploy_worker_app LOGIN SUPERUSER PASSWORD '{password}'"),
@@ -253,12 +247,13 @@ async fn json_logs_carry_trace_ids_and_never_secrets() {
         .expect("create role");
     let database_url = format!(
         "postgres://deploy_worker_app:{password}@127.0.0.1:{}/postgres",
-        pg.port()
+        env.pg.port()
     );
     let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
     // A NATS token in the URL (the sandbox server has no auth and ignores it).
     let nats_token = format!("nats-{}", uuid::Uuid::new_v4().simple());
-    let nats_url = nats
+    let nats_url = env
+        .nats
         .url()
         .replacen("nats://", &format!("nats://{nats_token}@"), 1);
     let http = SocketAddr::from(([127, 0, 0, 1], sandbox::free_port().expect("port")));
@@ -284,30 +279,23 @@ async fn json_logs_carry_trace_ids_and_never_secrets() {
     })
     .await;
     // A broker restart: reconnecting is when clients like to log where they connect to.
-    nats.stop().expect("stop nats");
+    env.nats.stop().expect("stop nats");
     wait_http(http, "/readyz", Duration::from_secs(30), |r| {
         r.status == 503
     })
     .await;
-    nats.start_again().expect("start nats");
+    env.nats.start_again().expect("start nats");
     wait_http(http, "/readyz", Duration::from_secs(60), |r| {
         r.status == 200
     })
     .await;
 
-    let endpoint = create_endpoint(&admin, Some("gs://models/fraud/1")).await;
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("client"));
+    let endpoint = env.create_endpoint(Some("gs://models/fraud/1")).await;
     let (cx, trace_id, _) = publisher_context();
-    publish_deploy(&js, &endpoint, &cx).await;
-    platform::publish_raw(
-        &js,
-        EventKind::Deploy,
-        b"{\"endpoint_id\": 7}".to_vec(),
-        None,
-    )
-    .await
-    .expect("publish");
-    wait_status(&admin, endpoint.id, "READY").await;
+    env.publish_traced(&endpoint, &cx).await;
+    env.publish_raw(EventKind::Deploy, b"{\"endpoint_id\": 7}")
+        .await;
+    env.wait_status(endpoint.id, "READY").await;
     wait_until("an export carrying the token", || {
         !seen.lock().expect("collector lock").requests.is_empty()
     })

@@ -17,6 +17,13 @@ use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(120);
 
+/// One history row of a pass: its outcome, when it started and when it finished.
+type Pass = (
+    String,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+);
+
 fn spawn_worker(env: &Env, nats_urls: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_deploy-worker"))
         .arg("run")
@@ -131,14 +138,7 @@ async fn three_replicas_on_a_three_node_cluster_survive_losing_a_node_and_a_work
         ))
         .await
         .expect("history");
-    let mut passes: HashMap<
-        Uuid,
-        Vec<(
-            String,
-            chrono::DateTime<chrono::Utc>,
-            chrono::DateTime<chrono::Utc>,
-        )>,
-    > = HashMap::new();
+    let mut passes: HashMap<Uuid, Vec<Pass>> = HashMap::new();
     for row in rows {
         passes
             .entry(row.try_get("", "endpoint_id").expect("id"))

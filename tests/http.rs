@@ -7,14 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::openmetrics::{Family, parse_openmetrics, value};
-use common::{
-    create_endpoint, http_get, publish_deploy, publisher_context, wait_http, wait_status,
-};
+use common::{Env, http_get, publisher_context, wait_http};
 use deploy_worker::events::EventKind;
 use deploy_worker::http::ReadinessReport;
 use deploy_worker::worker::Worker;
 use devkit::platform;
-use devkit::sandbox::{LocalNats, LocalPostgres};
 
 async fn scrape(worker: &Worker) -> BTreeMap<String, Family> {
     let response = http_get(worker.http_addr(), "/metrics")
@@ -28,8 +25,8 @@ async fn scrape(worker: &Worker) -> BTreeMap<String, Family> {
     parse_openmetrics(&response.body)
 }
 
-async fn start(pg: &LocalPostgres, nats: &LocalNats, delay_ms: u64) -> Worker {
-    let mut settings = common::settings_for(pg, nats);
+async fn start(env: &Env, delay_ms: u64) -> Worker {
+    let mut settings = common::settings_for(&env.pg, &env.nats);
     settings.simulate_delay_ms = delay_ms;
     settings.retry_base_ms = 100;
     settings.retry_max_ms = 200;
@@ -40,11 +37,8 @@ const DEPLOY: &str = "mlops.serving.deploy_requested";
 
 #[actix_rt::test]
 async fn metrics_describe_the_deploys_that_happened() {
-    let pg = LocalPostgres::start().expect("postgres");
-    let nats = LocalNats::start().expect("nats");
-    let worker = start(&pg, &nats, 600).await;
-    let db = worker.store().db().clone();
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("client"));
+    let env = Env::start().await;
+    let worker = start(&env, 600).await;
 
     let before = scrape(&worker).await;
     assert_eq!(
@@ -61,16 +55,14 @@ async fn metrics_describe_the_deploys_that_happened() {
 
     let mut endpoints = Vec::new();
     for _ in 0..3 {
-        endpoints.push(create_endpoint(&db, Some("gs://models/m/1")).await);
+        endpoints.push(env.create_endpoint(Some("gs://models/m/1")).await);
     }
     for endpoint in &endpoints {
-        publish_deploy(&js, endpoint, &publisher_context().0).await;
+        env.publish_traced(endpoint, &publisher_context().0).await;
     }
-    platform::publish_raw(&js, EventKind::Deploy, b"{not json".to_vec(), None)
-        .await
-        .expect("publish");
+    env.publish_raw(EventKind::Deploy, b"{not json").await;
     for endpoint in &endpoints {
-        wait_status(&db, endpoint.id, "DEPLOYING").await;
+        env.wait_status(endpoint.id, "DEPLOYING").await;
     }
     // While they wait for Ready: one deploy in flight per tenant, one actor per endpoint.
     let during = scrape(&worker).await;
@@ -92,7 +84,7 @@ async fn metrics_describe_the_deploys_that_happened() {
     );
 
     for endpoint in &endpoints {
-        wait_status(&db, endpoint.id, "READY").await;
+        env.wait_status(endpoint.id, "READY").await;
     }
     let after = wait_scrape(&worker, |m| {
         value(
@@ -178,9 +170,8 @@ fn report(response: &common::Response) -> ReadinessReport {
 
 #[actix_rt::test]
 async fn readiness_follows_postgres_and_nats() {
-    let mut pg = LocalPostgres::start().expect("postgres");
-    let mut nats = LocalNats::start().expect("nats");
-    let worker = start(&pg, &nats, 3000).await;
+    let mut env = Env::start().await;
+    let worker = start(&env, 3000).await;
     let addr = worker.http_addr();
     let wait = Duration::from_secs(30);
 
@@ -197,7 +188,7 @@ async fn readiness_follows_postgres_and_nats() {
         }
     );
 
-    nats.stop().expect("stop nats");
+    env.nats.stop().expect("stop nats");
     let down = wait_http(addr, "/readyz", wait, |r| r.status == 503).await;
     let body = report(&down);
     assert!(!body.ready);
@@ -207,10 +198,10 @@ async fn readiness_follows_postgres_and_nats() {
         http_get(addr, "/healthz").await.expect("healthz").status,
         200
     );
-    nats.start_again().expect("start nats");
+    env.nats.start_again().expect("start nats");
     wait_http(addr, "/readyz", wait, |r| r.status == 200).await;
 
-    pg.stop().expect("stop postgres");
+    env.pg.stop().expect("stop postgres");
     let down = wait_http(addr, "/readyz", wait, |r| r.status == 503).await;
     let body = report(&down);
     assert_ne!(body.database, "ok", "{body:?}");
@@ -221,8 +212,7 @@ async fn readiness_follows_postgres_and_nats() {
     );
     // An event while Postgres is down: its request cannot be recorded, the message is handed
     // back.
-    let db_url = pg.url();
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("client"));
+    let db_url = env.pg.url();
     let fields_owner = common::Endpoint {
         id: uuid::Uuid::new_v4(),
         tenant_id: uuid::Uuid::new_v4(),
@@ -233,7 +223,8 @@ async fn readiness_follows_postgres_and_nats() {
             model_version_id: uuid::Uuid::new_v4(),
         },
     };
-    publish_deploy(&js, &fields_owner, &publisher_context().0).await;
+    env.publish_traced(&fields_owner, &publisher_context().0)
+        .await;
     let metrics = wait_scrape(&worker, |m| {
         value(
             m,
@@ -255,29 +246,21 @@ async fn readiness_follows_postgres_and_nats() {
         .unwrap_or(0.0)
             >= 1.0
     );
-    pg.start_again().expect("start postgres");
-    assert_eq!(pg.url(), db_url);
+    env.pg.start_again().expect("start postgres");
+    assert_eq!(env.pg.url(), db_url);
     wait_http(addr, "/readyz", wait, |r| r.status == 200).await;
 
     // Shutdown: not ready any more while a long deploy drains.
-    let db = worker.store().db().clone();
-    let endpoint = create_endpoint(&db, Some("gs://models/m/1")).await;
-    publish_deploy(&js, &endpoint, &publisher_context().0).await;
-    wait_status(&db, endpoint.id, "DEPLOYING").await;
+    let endpoint = env.create_endpoint(Some("gs://models/m/1")).await;
+    env.publish_traced(&endpoint, &publisher_context().0).await;
+    env.wait_status(endpoint.id, "DEPLOYING").await;
     let stopping = actix_rt::spawn(worker.shutdown());
     let draining = wait_http(addr, "/readyz", wait, |r| r.status == 503).await;
     assert!(report(&draining).draining, "{draining:?}");
     stopping.await.expect("join").expect("shutdown");
-    assert_eq!(
-        status_after(&db, endpoint.id).await.as_deref(),
-        Some("READY")
-    );
+    assert_eq!(env.status(endpoint.id).await.as_deref(), Some("READY"));
     assert!(
         http_get(addr, "/healthz").await.is_none(),
         "the port closes on shutdown"
     );
-}
-
-async fn status_after(db: &sea_orm::DatabaseConnection, id: uuid::Uuid) -> Option<String> {
-    common::status(db, id).await
 }

@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Capture, Env, create_endpoint, publish_deploy, publisher_context, wait_for};
+use common::{Capture, Env, publisher_context, wait_for};
 use deploy_worker::telemetry::{self, LogFormat};
 use deploy_worker::worker::Worker;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -45,9 +45,9 @@ async fn a_line_logged_inside_a_pass_names_each_field_once() {
 
     let env = Env::start().await;
     let worker = Worker::start(&env.settings()).await.expect("worker");
-    let endpoint = create_endpoint(&env.db, Some("gs://models/fraud/1")).await;
+    let endpoint = env.create_endpoint(Some("gs://models/fraud/1")).await;
     let (cx, trace_id, _) = publisher_context();
-    publish_deploy(&env.js, &endpoint, &cx).await;
+    env.publish_traced(&endpoint, &cx).await;
     let id = endpoint.id.to_string();
     let committed = |text: String| {
         text.lines()

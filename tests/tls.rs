@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Env, wait_for, wait_http, wait_status};
+use common::{Env, wait_for, wait_http};
 use deploy_worker::events::EventKind;
 use deploy_worker::store::{Store, StoreSettings};
 use deploy_worker::tls::NatsSecurityArgs;
@@ -114,7 +114,7 @@ async fn deploys_one_endpoint(env: &Env, worker: &Worker) {
     let tenant = env.tenant().await;
     let id = env.endpoints(&tenant, 1).await[0];
     env.publish(EventKind::Deploy, &tenant, id).await;
-    wait_status(&env.db, id, "READY").await;
+    env.wait_status(id, "READY").await;
     wait_http(worker.http_addr(), "/readyz", LONG, |r| r.status == 200).await;
 }
 

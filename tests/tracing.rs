@@ -7,12 +7,11 @@ mod common;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{create_endpoint, history, publish_deploy, publisher_context, wait_status};
+use common::{Env, publisher_context};
 use deploy_worker::kserve;
 use deploy_worker::telemetry::{self, LogFormat};
 use deploy_worker::worker::Worker;
 use devkit::platform::{self, NewModelVersion, ServingPatch};
-use devkit::sandbox::{LocalNats, LocalPostgres};
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 
@@ -94,30 +93,23 @@ fn children(spans: &[SpanData], parent: SpanId) -> Vec<&str> {
     names
 }
 
-async fn start(delay_ms: u64) -> (LocalPostgres, LocalNats, Worker) {
+async fn start(delay_ms: u64) -> (Env, Worker) {
     exporter();
-    let pg = LocalPostgres::start().expect("postgres");
-    let nats = LocalNats::start().expect("nats");
-    let mut settings = common::settings_for(&pg, &nats);
+    let env = Env::start().await;
+    let mut settings = common::settings_for(&env.pg, &env.nats);
     settings.simulate_delay_ms = delay_ms;
     let worker = Worker::start(&settings).await.expect("worker starts");
-    (pg, nats, worker)
-}
-
-async fn jetstream(nats: &LocalNats) -> async_nats::jetstream::Context {
-    async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats client"))
+    (env, worker)
 }
 
 #[actix_rt::test]
 async fn a_deploy_is_one_trace_from_the_publisher_to_persist() {
     let exporter = exporter();
-    let (_pg, nats, worker) = start(20).await;
-    let db = worker.store().db().clone();
-    let endpoint = create_endpoint(&db, Some("gs://models/fraud/1")).await;
-    let js = jetstream(&nats).await;
+    let (env, worker) = start(20).await;
+    let endpoint = env.create_endpoint(Some("gs://models/fraud/1")).await;
     let (cx, trace_id, publisher_span) = publisher_context();
-    publish_deploy(&js, &endpoint, &cx).await;
-    wait_status(&db, endpoint.id, "READY").await;
+    env.publish_traced(&endpoint, &cx).await;
+    env.wait_status(endpoint.id, "READY").await;
 
     let spans = wait_spans(&exporter, trace_id, &common::DEPLOY_SPANS).await;
     // The publisher's span is the parent of the worker's first span.
@@ -209,7 +201,7 @@ async fn a_deploy_is_one_trace_from_the_publisher_to_persist() {
     assert_eq!(attr(receive, "isvc_name"), Some(isvc));
 
     // The trace id is stored with the outcome.
-    let rows = history(&db, endpoint.id).await;
+    let rows = env.history_outcomes(endpoint.id).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].1, "ready");
     assert_eq!(rows[0].2, Some(trace_id.to_string()));
@@ -220,14 +212,12 @@ async fn a_deploy_is_one_trace_from_the_publisher_to_persist() {
 #[actix_rt::test]
 async fn an_invalid_intent_marks_its_spans_as_errors() {
     let exporter = exporter();
-    let (_pg, nats, worker) = start(0).await;
-    let db = worker.store().db().clone();
+    let (env, worker) = start(0).await;
     // A model version whose upload never finished: no artifact to serve.
-    let endpoint = create_endpoint(&db, None).await;
-    let js = jetstream(&nats).await;
+    let endpoint = env.create_endpoint(None).await;
     let (cx, trace_id, _) = publisher_context();
-    publish_deploy(&js, &endpoint, &cx).await;
-    wait_status(&db, endpoint.id, "ERROR").await;
+    env.publish_traced(&endpoint, &cx).await;
+    env.wait_status(endpoint.id, "ERROR").await;
 
     let spans = wait_spans(
         &exporter,
@@ -259,7 +249,7 @@ async fn an_invalid_intent_marks_its_spans_as_errors() {
     let receive = one(&spans, "receive");
     assert_eq!(attr(receive, "answer").as_deref(), Some("ack"));
     assert_eq!(
-        history(&db, endpoint.id).await,
+        env.history_outcomes(endpoint.id).await,
         vec![(1, "error".to_owned(), Some(trace_id.to_string()))]
     );
     worker.shutdown().await.expect("shutdown");
@@ -268,16 +258,14 @@ async fn an_invalid_intent_marks_its_spans_as_errors() {
 #[actix_rt::test]
 async fn a_coalesced_pass_joins_the_newest_trace_and_links_the_others() {
     let exporter = exporter();
-    let (_pg, nats, worker) = start(1500).await;
-    let db = worker.store().db().clone();
-    let endpoint = create_endpoint(&db, Some("gs://models/fraud/1")).await;
-    let js = jetstream(&nats).await;
+    let (env, worker) = start(1500).await;
+    let endpoint = env.create_endpoint(Some("gs://models/fraud/1")).await;
     let (first, first_trace, _) = publisher_context();
-    publish_deploy(&js, &endpoint, &first).await;
+    env.publish_traced(&endpoint, &first).await;
     // While the first deploy waits for Ready, the intent changes twice over two events.
-    wait_status(&db, endpoint.id, "DEPLOYING").await;
+    env.wait_status(endpoint.id, "DEPLOYING").await;
     let v2 = platform::create_model_version(
-        &db,
+        &env.db,
         &NewModelVersion {
             tenant_id: endpoint.tenant_id,
             project_id: endpoint.project_id,
@@ -289,7 +277,7 @@ async fn a_coalesced_pass_joins_the_newest_trace_and_links_the_others() {
     .await
     .expect("v2");
     platform::patch_endpoint(
-        &db,
+        &env.db,
         endpoint.id,
         ServingPatch {
             model: Some(v2),
@@ -300,11 +288,12 @@ async fn a_coalesced_pass_joins_the_newest_trace_and_links_the_others() {
     .expect("patch");
     let (second, second_trace, _) = publisher_context();
     let (third, third_trace, _) = publisher_context();
-    publish_deploy(&js, &endpoint, &second).await;
-    publish_deploy(&js, &endpoint, &third).await;
+    env.publish_traced(&endpoint, &second).await;
+    env.publish_traced(&endpoint, &third).await;
 
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !history(&db, endpoint.id)
+    while !env
+        .history_outcomes(endpoint.id)
         .await
         .iter()
         .any(|(generation, outcome, _)| *generation == 2 && outcome == "ready")
@@ -312,7 +301,7 @@ async fn a_coalesced_pass_joins_the_newest_trace_and_links_the_others() {
         assert!(Instant::now() < deadline, "generation 2 never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rows = history(&db, endpoint.id).await;
+    let rows = env.history_outcomes(endpoint.id).await;
     assert_eq!(
         rows,
         vec![

@@ -1,7 +1,8 @@
-//! Fixtures shared by the integration tests: a throw-away Postgres and NATS per test, a
-//! migrated schema, helpers to create platform rows and publish events, and to read back what
-//! the worker did, W3C trace contexts and a minimal HTTP/1.1 client for the probes. Nothing
-//! here stands in for Postgres or NATS: both are the real servers.
+//! Fixtures shared by the integration tests: [`Env`], a throw-away Postgres and NATS per test
+//! with a migrated schema, whose methods create platform rows, publish events and read back
+//! what the worker did; and utilities that need no server: W3C trace contexts, polling, a
+//! minimal HTTP/1.1 client for the probes, the CLI runner and a log capture. Nothing here
+//! stands in for Postgres or NATS: both are the real servers.
 
 #![allow(dead_code)]
 
@@ -187,6 +188,90 @@ impl Env {
             .expect("publish raw");
     }
 
+    /// Creates a model version (with or without an artifact) and an endpoint serving it.
+    pub async fn create_endpoint(&self, artifact: Option<&str>) -> Endpoint {
+        let tenant_id = Uuid::new_v4();
+        let project_id = Uuid::new_v4();
+        let model = platform::create_model_version(
+            &self.db,
+            &NewModelVersion {
+                tenant_id,
+                project_id,
+                model_name: "fraud".into(),
+                version: 1,
+                artifact_uri: artifact.map(str::to_owned),
+            },
+        )
+        .await
+        .expect("model version");
+        let name = format!("ep-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let ids = platform::create_endpoints(
+            &self.db,
+            &[NewEndpoint {
+                tenant_id,
+                project_id,
+                name: name.clone(),
+                runtime: "kserve".into(),
+                model: Some(model),
+                traffic: None,
+                autoscaling: None,
+                runtime_config: None,
+            }],
+        )
+        .await
+        .expect("endpoint");
+        Endpoint {
+            id: ids[0],
+            tenant_id,
+            project_id,
+            name,
+            model,
+        }
+    }
+
+    /// Publishes a deploy event for `endpoint` inside the trace `cx`.
+    pub async fn publish_traced(&self, endpoint: &Endpoint, cx: &opentelemetry::Context) {
+        platform::publish_traced(
+            &self.js,
+            EventKind::Deploy,
+            &endpoint.fields(),
+            &Uuid::new_v4().to_string(),
+            cx,
+        )
+        .await
+        .expect("publish");
+    }
+
+    /// The endpoint's status.
+    pub async fn status(&self, id: Uuid) -> Option<String> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT status FROM endpoints WHERE id = $1",
+                [id.into()],
+            ))
+            .await
+            .ok()??;
+        row.try_get("", "status").ok()
+    }
+
+    /// Waits until the endpoint has `wanted` status.
+    pub async fn wait_status(&self, id: Uuid, wanted: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.status(id).await;
+            if now.as_deref() == Some(wanted) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "endpoint {id} never reached {wanted} (is {now:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The endpoint's row.
     pub async fn endpoint(&self, id: Uuid) -> EndpointRow {
         EndpointRow::find_by_statement(Statement::from_sql_and_values(
@@ -211,6 +296,29 @@ impl Env {
         .all(&self.db)
         .await
         .expect("history")
+    }
+
+    /// `(generation, outcome, trace_id)` of the endpoint's history rows, oldest first.
+    pub async fn history_outcomes(&self, id: Uuid) -> Vec<(i64, String, Option<String>)> {
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT generation, outcome, trace_id FROM deployment_history \
+                 WHERE endpoint_id = $1 ORDER BY id",
+                [id.into()],
+            ))
+            .await
+            .expect("history");
+        rows.iter()
+            .map(|r| {
+                (
+                    r.try_get("", "generation").expect("generation"),
+                    r.try_get("", "outcome").expect("outcome"),
+                    r.try_get("", "trace_id").expect("trace_id"),
+                )
+            })
+            .collect()
     }
 
     /// Rejected events, oldest first.
@@ -385,47 +493,6 @@ impl Endpoint {
     }
 }
 
-/// Creates a model version (with or without an artifact) and an endpoint serving it.
-pub async fn create_endpoint(db: &DatabaseConnection, artifact: Option<&str>) -> Endpoint {
-    let tenant_id = Uuid::new_v4();
-    let project_id = Uuid::new_v4();
-    let model = platform::create_model_version(
-        db,
-        &NewModelVersion {
-            tenant_id,
-            project_id,
-            model_name: "fraud".into(),
-            version: 1,
-            artifact_uri: artifact.map(str::to_owned),
-        },
-    )
-    .await
-    .expect("model version");
-    let name = format!("ep-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let ids = platform::create_endpoints(
-        db,
-        &[NewEndpoint {
-            tenant_id,
-            project_id,
-            name: name.clone(),
-            runtime: "kserve".into(),
-            model: Some(model),
-            traffic: None,
-            autoscaling: None,
-            runtime_config: None,
-        }],
-    )
-    .await
-    .expect("endpoint");
-    Endpoint {
-        id: ids[0],
-        tenant_id,
-        project_id,
-        name,
-        model,
-    }
-}
-
 /// A publisher-side trace context with fresh random ids, sampled, and those ids.
 pub fn publisher_context() -> (opentelemetry::Context, TraceId, SpanId) {
     let cx = platform::publisher_context();
@@ -435,74 +502,6 @@ pub fn publisher_context() -> (opentelemetry::Context, TraceId, SpanId) {
         (sc.trace_id(), sc.span_id())
     };
     (cx, trace_id, span_id)
-}
-
-/// Publishes a deploy event for `endpoint` inside the trace `cx`.
-pub async fn publish_deploy(
-    js: &async_nats::jetstream::Context,
-    endpoint: &Endpoint,
-    cx: &opentelemetry::Context,
-) {
-    platform::publish_traced(
-        js,
-        EventKind::Deploy,
-        &endpoint.fields(),
-        &Uuid::new_v4().to_string(),
-        cx,
-    )
-    .await
-    .expect("publish");
-}
-
-/// The endpoint's status.
-pub async fn status(db: &DatabaseConnection, id: Uuid) -> Option<String> {
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT status FROM endpoints WHERE id = $1",
-            [id.into()],
-        ))
-        .await
-        .ok()??;
-    row.try_get("", "status").ok()
-}
-
-/// Waits until the endpoint has `wanted` status.
-pub async fn wait_status(db: &DatabaseConnection, id: Uuid, wanted: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = status(db, id).await;
-        if now.as_deref() == Some(wanted) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "endpoint {id} never reached {wanted} (is {now:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// `(generation, outcome, trace_id)` of the endpoint's history rows, oldest first.
-pub async fn history(db: &DatabaseConnection, id: Uuid) -> Vec<(i64, String, Option<String>)> {
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT generation, outcome, trace_id FROM deployment_history \
-             WHERE endpoint_id = $1 ORDER BY id",
-            [id.into()],
-        ))
-        .await
-        .expect("history");
-    rows.iter()
-        .map(|r| {
-            (
-                r.try_get("", "generation").expect("generation"),
-                r.try_get("", "outcome").expect("outcome"),
-                r.try_get("", "trace_id").expect("trace_id"),
-            )
-        })
-        .collect()
 }
 
 /// A plain HTTP/1.1 response.
