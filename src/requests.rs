@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::delivery::Follow;
 use crate::events::EventKind;
-use crate::store::StoreError;
+use crate::store::{StoreError, json_param};
 
 /// Who asks for a pass over an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +178,7 @@ pub(crate) async fn record<C: ConnectionTrait>(
     let found = Row::find_by_statement(Statement::from_sql_and_values(
         DbBackend::Postgres,
         RECORD_SQL,
-        [serde_json::to_value(&rows)?.into()],
+        [json_param(&rows)?],
     ))
     .all(txn)
     .await?;
@@ -371,7 +371,7 @@ impl Claims {
             DbBackend::Postgres,
             CLAIM_SQL,
             [
-                serde_json::to_value(ids)?.into(),
+                json_param(ids)?,
                 self.holder.clone().into(),
                 millis(self.ttl).into(),
             ],
@@ -413,7 +413,7 @@ impl Claims {
             DbBackend::Postgres,
             RELEASE_SQL,
             [
-                serde_json::to_value(&rows)?.into(),
+                json_param(&rows)?,
                 self.holder.clone().into(),
             ],
         ))

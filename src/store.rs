@@ -616,7 +616,7 @@ async fn load_many(
     db: &DatabaseConnection,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, EndpointRecord>, StoreError> {
-    let ids = serde_json::to_value(ids)?;
+    let ids = serde_json::to_string(ids)?;
     let rows = EndpointRecord::find_by_statement(Statement::from_sql_and_values(
         DbBackend::Postgres,
         LOAD_SQL,
@@ -754,8 +754,10 @@ SELECT subject, stream_sequence, endpoint_id, reason, payload,
 FROM jsonb_to_recordset($1::jsonb) AS r(subject text, stream_sequence bigint, endpoint_id uuid,
     reason text, payload text, payload_hex text, payload_size integer, payload_sha256 text)"#;
 
-fn json_param<T: Serialize>(value: &T) -> Result<sea_orm::Value, StoreError> {
-    Ok(serde_json::to_value(value)?.into())
+/// `value` as a JSON text parameter (the statements cast it with `$n::jsonb`): written straight
+/// to a string, never built as a `serde_json::Value` tree first.
+pub(crate) fn json_param<T: Serialize + ?Sized>(value: &T) -> Result<sea_orm::Value, StoreError> {
+    Ok(serde_json::to_string(value)?.into())
 }
 
 /// Commits one batch; returns, per write, whether it applied.

@@ -8,12 +8,16 @@
 //! rows over. The row is deleted only once a pass has converged the endpoint to the newest
 //! request (`version` unchanged since the claim).
 //!
+//! The primary key is its only index: every claim and release changes `claimed_by`, and an
+//! index on it would turn those cheap heap-only updates into index writes, for the few
+//! statements (a renewal every few seconds, a rescan) that would use it.
+//!
 //! The table is new and nothing older reads it, so replicas of the previous release keep
 //! working beside the ones that use it during a rolling upgrade.
 
 use sea_orm_migration::prelude::*;
 
-/// Creates the table and its indexes.
+/// Creates the table.
 pub struct Migration;
 
 impl MigrationName for Migration {
@@ -39,10 +43,6 @@ const STATEMENTS: &[&str] = &[
         claimed_by text,
         claim_expires_at timestamptz
     )"#,
-    "CREATE INDEX IF NOT EXISTS convergence_requests_unclaimed
-        ON convergence_requests (requested_at) WHERE claimed_by IS NULL",
-    "CREATE INDEX IF NOT EXISTS convergence_requests_claimed_by
-        ON convergence_requests (claimed_by) WHERE claimed_by IS NOT NULL",
 ];
 
 #[async_trait::async_trait]

@@ -90,6 +90,9 @@ pub(super) fn install_with_filter(
 ) -> Result<Telemetry, TelemetryError> {
     use tracing_subscriber::util::SubscriberInitExt;
     register_secrets(secrets);
+    if exporting {
+        super::spans::enable_step_spans();
+    }
     logs_and_traces(&provider, vec![(format, io::stderr)], default_filter)
         .try_init()
         .map_err(TelemetryError::AlreadyInstalled)?;
@@ -124,6 +127,8 @@ pub fn subscriber_with_logs<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    // whoever brings their own provider wants to see the whole tree
+    super::spans::enable_step_spans();
     logs_and_traces(provider, outputs, default_filter)
 }
 

@@ -140,9 +140,29 @@ macro_rules! step_span {
     };
 }
 
+/// Whether the steps of a pass get spans of their own: only when spans are exported (or a test
+/// or embedder installed its own trace provider). Without an exporter nobody sees them, and at
+/// thousands of events a second seven spans per deploy are a large share of the worker's CPU;
+/// the `receive` and `pass` spans are always there (their trace id goes into the history row
+/// and the logs).
+static STEP_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the step spans on (see [`STEP_SPANS`]).
+pub(super) fn enable_step_spans() {
+    STEP_SPANS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn step_spans() -> bool {
+    STEP_SPANS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A span for `step`, a child of the current span, carrying `labels` from the start (cheaper
-/// than recording them one by one afterwards: every layer sees the span's fields once).
+/// than recording them one by one afterwards: every layer sees the span's fields once); a
+/// disabled span when step spans are off.
 pub fn labelled_step_span(step: Step, labels: &SpanLabels<'_>) -> Span {
+    if !step_spans() {
+        return Span::none();
+    }
     match step {
         Step::LoadIntent => step_span!("load_intent", labels),
         Step::Render => step_span!("render", labels),
@@ -155,8 +175,12 @@ pub fn labelled_step_span(step: Step, labels: &SpanLabels<'_>) -> Span {
 }
 
 /// A span for `step`, a child of the current span, with the attribute set every step carries
-/// (empty until recorded, e.g. with [`SpanLabels::record`]).
+/// (empty until recorded, e.g. with [`SpanLabels::record`]); a disabled span when step spans
+/// are off.
 pub fn step_span(step: Step) -> Span {
+    if !step_spans() {
+        return Span::none();
+    }
     // Span names must be literals for `tracing`, hence one arm per step.
     match step {
         Step::LoadIntent => step_span!("load_intent"),
