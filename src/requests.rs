@@ -412,10 +412,7 @@ impl Claims {
         let kept = Kept::find_by_statement(Statement::from_sql_and_values(
             DbBackend::Postgres,
             RELEASE_SQL,
-            [
-                json_param(&rows)?,
-                self.holder.clone().into(),
-            ],
+            [json_param(&rows)?, self.holder.clone().into()],
         ))
         .all(&self.db)
         .await?;

@@ -913,12 +913,34 @@ impl Handler<Terminate> for Supervisor {
 
 /// Records what a decoded event says on its `receive` span.
 fn record_event(span: &tracing::Span, event: &ServingEvent, isvc_name: &str) {
-    span.record("endpoint_id", tracing::field::display(event.endpoint_id));
-    if let Some(tenant) = event.tenant_id {
-        span.record("tenant_id", tracing::field::display(tenant));
+    let endpoint = tracing::field::display(event.endpoint_id);
+    match (event.tenant_id, event.project_id) {
+        (Some(tenant), Some(project)) => {
+            let (tenant, project) = (
+                tracing::field::display(tenant),
+                tracing::field::display(project),
+            );
+            telemetry::record_all(
+                span,
+                [
+                    ("endpoint_id", &endpoint),
+                    ("tenant_id", &tenant),
+                    ("project_id", &project),
+                    ("isvc_name", &isvc_name),
+                ],
+            );
+        }
+        (tenant, project) => {
+            telemetry::record_all(
+                span,
+                [("endpoint_id", &endpoint), ("isvc_name", &isvc_name)],
+            );
+            if let Some(tenant) = tenant {
+                span.record("tenant_id", tracing::field::display(tenant));
+            }
+            if let Some(project) = project {
+                span.record("project_id", tracing::field::display(project));
+            }
+        }
     }
-    if let Some(project) = event.project_id {
-        span.record("project_id", tracing::field::display(project));
-    }
-    span.record("isvc_name", isvc_name);
 }

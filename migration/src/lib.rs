@@ -1,6 +1,6 @@
 //! Schema migrations for deploy-worker.
 //!
-//! Six migrations, all safe on a database the platform already created:
+//! Seven migrations, all safe on a database the platform already created:
 //!
 //! 1. [`m20260101_000001_platform_tables`] creates the platform tables the worker reads
 //!    (`models`, `model_versions`, `endpoints`), the `citext` extension and an `updated_at`
@@ -16,6 +16,8 @@
 //! 5. [`m20261201_000201_retention_indexes`] indexes the time columns that retention prunes by.
 //! 6. [`m20261202_000001_convergence_requests`] adds the durable record of endpoints that want
 //!    converging, and the claims replicas take on them.
+//! 7. [`m20261202_000002_cheaper_status_writes`] makes a status write fire no trigger and
+//!    touch no index beyond what the platform's schema has.
 //!
 //! Every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`), so running the
 //! migrations twice, or against a half-migrated database, changes nothing that is there.
@@ -37,6 +39,7 @@ pub mod m20261201_000003_rejected_payload_bytes;
 pub mod m20261201_000101_operator_tables;
 pub mod m20261201_000201_retention_indexes;
 pub mod m20261202_000001_convergence_requests;
+pub mod m20261202_000002_cheaper_status_writes;
 
 /// Runs `statements` in order on the migration's connection (every migration here is a
 /// list of idempotent SQL statements).
@@ -99,6 +102,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000101_operator_tables::Migration),
             Box::new(m20261201_000201_retention_indexes::Migration),
             Box::new(m20261202_000001_convergence_requests::Migration),
+            Box::new(m20261202_000002_cheaper_status_writes::Migration),
         ]
     }
 }

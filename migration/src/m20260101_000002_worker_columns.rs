@@ -47,7 +47,8 @@ BEGIN
     END IF;
 END
 $$"#,
-    // Start-up resumes every DEPLOYING endpoint; keep that scan cheap on a large table.
+    // (dropped again by `m20261202_000002_cheaper_status_writes`: it made every status write
+    // a non-HOT update)
     "CREATE INDEX IF NOT EXISTS endpoints_deploying_idx ON endpoints (id) WHERE status = 'DEPLOYING'",
     r#"
 CREATE TABLE IF NOT EXISTS deployment_history (

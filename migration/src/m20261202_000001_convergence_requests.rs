@@ -26,8 +26,7 @@ impl MigrationName for Migration {
     }
 }
 
-const STATEMENTS: &[&str] = &[
-    r#"CREATE TABLE IF NOT EXISTS convergence_requests (
+const STATEMENTS: &[&str] = &[r#"CREATE TABLE IF NOT EXISTS convergence_requests (
         endpoint_id uuid PRIMARY KEY,
         tenant_id uuid,
         version bigint NOT NULL DEFAULT 1,
@@ -42,8 +41,7 @@ const STATEMENTS: &[&str] = &[
         attempts integer NOT NULL DEFAULT 0,
         claimed_by text,
         claim_expires_at timestamptz
-    )"#,
-];
+    )"#];
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {

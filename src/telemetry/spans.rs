@@ -210,14 +210,46 @@ pub struct SpanLabels<'a> {
 
 impl SpanLabels<'_> {
     /// Records the labels on `span` (which must have declared the fields, as every span made
-    /// here does).
+    /// here does), all in one record: every layer visits them once, not once per field.
     pub fn record(&self, span: &Span) {
-        span.record("tenant_id", tracing::field::display(self.tenant_id));
-        span.record("project_id", tracing::field::display(self.project_id));
-        span.record("endpoint_id", tracing::field::display(self.endpoint_id));
-        span.record("isvc_name", self.isvc_name);
-        span.record("generation", self.generation);
+        let (tenant, project, endpoint) = (
+            tracing::field::display(self.tenant_id),
+            tracing::field::display(self.project_id),
+            tracing::field::display(self.endpoint_id),
+        );
+        record_all(
+            span,
+            [
+                ("tenant_id", &tenant),
+                ("project_id", &project),
+                ("endpoint_id", &endpoint),
+                ("isvc_name", &self.isvc_name),
+                ("generation", &self.generation),
+            ],
+        );
     }
+}
+
+/// Records several fields of `span` at once (fields it did not declare are left out).
+pub fn record_all<const N: usize>(span: &Span, fields: [(&str, &dyn tracing::Value); N]) {
+    let Some(metadata) = span.metadata() else {
+        return;
+    };
+    let set = metadata.fields();
+    let found = fields.map(|(name, value)| (set.field(name), value));
+    if found.iter().any(|(field, _)| field.is_none()) {
+        // not every field is declared: record those that are, one by one
+        for (field, value) in &found {
+            if let Some(field) = field {
+                span.record(field.name(), *value);
+            }
+        }
+        return;
+    }
+    // every field was found just above
+    let owned = found.map(|(field, value)| (field.unwrap_or_else(|| unreachable!()), value));
+    let values = owned.each_ref().map(|(field, value)| (field, Some(*value)));
+    span.record_all(&set.value_set(&values));
 }
 
 /// Records how the work of `span` ended.
