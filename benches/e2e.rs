@@ -59,6 +59,8 @@ struct Scale {
     /// Endpoints of the opt-in large k8s run (`E2E_K8S_LARGE`).
     k8s_large: Option<usize>,
     rollback_endpoints: usize,
+    /// Deploy events of one tenant's backlog in the memory scenario.
+    backlog_events: usize,
     /// Deploy events of the flooding tenant in the fairness scenario.
     flood_events: usize,
     /// Simulated deploy time of the fairness scenario.
@@ -76,6 +78,7 @@ fn main() {
             k8s_runs: 3,
             k8s_large: None,
             rollback_endpoints: 20,
+            backlog_events: 100_000,
             flood_events: 50_000,
             flood_delay: Duration::from_secs(2),
             durable: true,
@@ -88,6 +91,7 @@ fn main() {
             k8s_runs: 1,
             k8s_large: None,
             rollback_endpoints: 3,
+            backlog_events: 1_000,
             flood_events: 500,
             flood_delay: Duration::from_millis(300),
             durable: false,
@@ -957,6 +961,57 @@ async fn memory(scale: &Scale) {
     println!(
         "  all done, no actors alive        {:>7.1} MiB",
         idle_rss as f64 / 1024.0
+    );
+    backlog(scale).await;
+}
+
+/// One tenant's backlog: what a pending endpoint costs the worker while it waits for its turn.
+async fn backlog(scale: &Scale) {
+    let n = scale.backlog_events;
+    let env = if scale.durable {
+        Env::with_postgres(LocalPostgres::start_durable().expect("postgres")).await
+    } else {
+        Env::start().await
+    };
+    let setup = Setup {
+        env,
+        ids: Vec::new(),
+        endpoints: Vec::new(),
+    };
+    let endpoints = tenant_endpoints(&setup.env.db, n, "backlog").await;
+    // default caps: 256 of the tenant's endpoints run at a time, the rest wait
+    let worker = spawn_worker(&setup, &[("SIMULATE_DELAY_MS", "600000".into())]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(worker.http_port, "deploy_worker_endpoint_actors").await.is_none() {
+        assert!(Instant::now() < deadline, "the worker did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = rss_kib(worker.child.id());
+    platform::publish_all(&setup.env.js, events_of(&endpoints))
+        .await
+        .expect("publish the backlog");
+    let waiting = "deploy_worker_deploys_waiting";
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let queued = loop {
+        let queued = metric(worker.http_port, waiting).await.unwrap_or(0.0);
+        let running = count(&setup.env.db, "DEPLOYING").await as f64;
+        if queued + running >= n as f64 {
+            break queued;
+        }
+        assert!(Instant::now() < deadline, "the backlog was never all accepted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let after = rss_kib(worker.child.id());
+    stop(worker);
+    println!("one tenant's backlog ({n} deploy events, default caps)");
+    println!(
+        "  resident set                     {:>7.1} MiB before, {:.1} MiB with {queued:.0} endpoints waiting",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    println!(
+        "  per waiting endpoint             {:>7.0} bytes (everything above the start, running passes included)",
+        after.saturating_sub(before) as f64 * 1024.0 / queued.max(1.0)
     );
 }
 

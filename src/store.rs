@@ -364,12 +364,20 @@ pub enum Write {
     History(HistoryEntry),
     /// Record a refused message.
     Rejected(RejectedEvent),
-    /// Record that an endpoint wants converging ([`crate::requests`]); the reply says whether
-    /// the request passed the tenant check.
-    Request(Request),
+    /// Record that endpoints want converging ([`crate::requests`]); the reply says, per
+    /// request, whether it passed the tenant check.
+    Requests(Vec<Request>),
 }
 
 impl Write {
+    /// Rows it writes (a batch of requests writes one per request).
+    fn rows(&self) -> usize {
+        match self {
+            Write::Requests(requests) => requests.len(),
+            _ => 1,
+        }
+    }
+
     /// Replaces known secrets in the free-text fields (reasons, a refused payload) by
     /// `[redacted]`: an error message that quotes a secret must not be stored with it.
     fn redact_secrets(&mut self) {
@@ -387,7 +395,7 @@ impl Write {
                 text(&mut r.reason);
                 text(&mut r.payload);
             }
-            Write::Request(_) => {}
+            Write::Requests(_) => {}
         }
     }
 }
@@ -401,12 +409,12 @@ pub enum Applied {
     Superseded,
 }
 
-/// What the committer answers for one write: [`Applied`] for the outcome writes, [`Recorded`]
-/// for a [`Write::Request`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the committer answers for one write: [`Applied`] for the outcome writes, one
+/// [`Recorded`] per request for [`Write::Requests`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Committed {
     Applied(Applied),
-    Recorded(Recorded),
+    Recorded(Vec<Recorded>),
 }
 
 type LoadReply = oneshot::Sender<Result<Option<EndpointRecord>, StoreError>>;
@@ -477,21 +485,23 @@ impl Store {
         }
     }
 
-    /// Records that an endpoint wants converging, in the group commit; the future answers once
-    /// it is durable (the event may be acked then) or refused by the tenant check.
+    /// Records that endpoints want converging, in the group commit; the future answers, per
+    /// request and in order, once they are durable (their events may be acked then) or refused
+    /// by the tenant check.
     ///
-    /// The request is queued when this is called, not when the future is first polled, so
+    /// The requests are queued when this is called, not when the future is first polled, so
     /// requests recorded one after the other keep their order (the newest event's trace is the
     /// one a pass continues).
-    pub fn record_request(
+    pub fn record_requests(
         &self,
-        request: Request,
-    ) -> impl Future<Output = Result<Recorded, StoreError>> + use<> {
-        let committed = self.commit(Write::Request(request));
+        requests: Vec<Request>,
+    ) -> impl Future<Output = Result<Vec<Recorded>, StoreError>> + use<> {
+        let n = requests.len();
+        let committed = self.commit(Write::Requests(requests));
         async move {
             match committed.await? {
                 Committed::Recorded(recorded) => Ok(recorded),
-                Committed::Applied(_) => Ok(Recorded::Refused),
+                Committed::Applied(_) => Ok(vec![Recorded::Refused; n]),
             }
         }
     }
@@ -660,7 +670,7 @@ async fn run_committer(
             batch.push(item);
         }
         let (writes, replies): (Vec<Write>, Vec<WriteReply>) = batch.into_iter().unzip();
-        metrics.commit_batch(writes.len());
+        metrics.commit_batch(writes.iter().map(Write::rows).sum());
         match commit(&db, &writes).await {
             Ok(applied) => {
                 for (reply, applied) in replies.into_iter().zip(applied) {
@@ -678,8 +688,8 @@ async fn run_committer(
                         .await
                         .map(|committed| {
                             committed
-                                .first()
-                                .copied()
+                                .into_iter()
+                                .next()
                                 .unwrap_or(Committed::Applied(Applied::Yes))
                         });
                     if let Err(err) = &result {
@@ -781,7 +791,7 @@ async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Committ
                 only_gen: s.only_at_generation,
                 ready_gen: s.ready_generation,
             }),
-            Write::History(_) | Write::Rejected(_) | Write::Request(_) => None,
+            Write::History(_) | Write::Rejected(_) | Write::Requests(_) => None,
         })
         .collect();
     let rejected: Vec<&RejectedEvent> = writes
@@ -855,9 +865,10 @@ async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Committ
     let requests: Vec<&Request> = writes
         .iter()
         .filter_map(|w| match w {
-            Write::Request(r) => Some(r),
+            Write::Requests(r) => Some(r),
             _ => None,
         })
+        .flatten()
         .collect();
     let mut recorded = if requests.is_empty() {
         Vec::new()
@@ -870,7 +881,11 @@ async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Committ
         .iter()
         .zip(applied)
         .map(|(w, applied)| match w {
-            Write::Request(_) => Committed::Recorded(recorded.next().unwrap_or(Recorded::Refused)),
+            Write::Requests(r) => Committed::Recorded(
+                r.iter()
+                    .map(|_| recorded.next().unwrap_or(Recorded::Refused))
+                    .collect(),
+            ),
             _ => Committed::Applied(applied),
         })
         .collect())

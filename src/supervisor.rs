@@ -30,7 +30,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use dashmap::DashMap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
@@ -56,10 +56,10 @@ pub struct ActorEntry {
 /// Endpoint id → its live actor.
 pub type ActorRegistry = DashMap<Uuid, ActorEntry>;
 
-/// A message pulled from a consumer.
+/// Messages pulled from a consumer, in stream order.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Incoming(jetstream::Message);
+struct Incoming(Vec<jetstream::Message>);
 
 /// Resume endpoints (released from a tenant pause): record a request for each.
 #[derive(Message)]
@@ -258,31 +258,37 @@ impl Supervisor {
 
     /// Records `requests` and schedules what they ask for.
     fn record(&self, requests: Vec<Request>, ctx: &mut Context<Self>) {
-        let store = self.ctx.store.clone();
-        let me = ctx.address();
-        for request in requests {
-            let me = me.clone();
-            let endpoint_id = request.endpoint_id;
-            let recorded = store.record_request(request);
-            tokio::spawn(async move {
-                match recorded.await {
-                    Ok(Recorded::Wanted { tenant_id, claimed }) => {
-                        me.do_send(Want(vec![WantedEndpoint {
-                            endpoint_id,
-                            tenant_id,
-                            claimed,
-                            delete: false,
-                        }]))
-                    }
-                    Ok(Recorded::Refused) => {}
-                    Err(err) => {
-                        tracing::warn!(%endpoint_id, error = %err,
-                            "cannot record a request; the next start-up reconcile or rescan \
-                             picks the endpoint up");
-                    }
-                }
-            });
+        if requests.is_empty() {
+            return;
         }
+        let ids: Vec<Uuid> = requests.iter().map(|r| r.endpoint_id).collect();
+        let recorded = self.ctx.store.record_requests(requests);
+        let me = ctx.address();
+        tokio::spawn(async move {
+            match recorded.await {
+                Ok(recorded) => {
+                    let wanted = ids
+                        .into_iter()
+                        .zip(recorded)
+                        .filter_map(|(endpoint_id, recorded)| match recorded {
+                            Recorded::Wanted { tenant_id, claimed } => Some(WantedEndpoint {
+                                endpoint_id,
+                                tenant_id,
+                                claimed,
+                                delete: false,
+                            }),
+                            Recorded::Refused => None,
+                        })
+                        .collect();
+                    me.do_send(Want(wanted));
+                }
+                Err(err) => {
+                    tracing::warn!(endpoints = ids.len(), error = %err,
+                        "cannot record requests; the next start-up reconcile or rescan picks \
+                         the endpoints up");
+                }
+            }
+        });
     }
 
     fn flush_releases(&mut self, ctx: &mut Context<Self>) {
@@ -407,29 +413,51 @@ async fn fetch(consumer: PullConsumer, supervisor: Addr<Supervisor>, stop: watch
                 continue;
             }
         };
-        while let Some(next) = batch.next().await {
-            match next {
-                Ok(message) if *stop.borrow() => {
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
-                }
-                Ok(message) => {
-                    failures = 0;
-                    // Awaiting the supervisor gives back-pressure to the pull.
-                    if supervisor.send(Incoming(message)).await.is_err() {
-                        return;
+        let mut ended = false;
+        while !ended {
+            // wait for one message, then take what has already arrived behind it: the
+            // supervisor records a chunk of requests in one write and answers them together
+            let mut next = batch.next().await;
+            let mut chunk = Vec::new();
+            let mut failed = false;
+            loop {
+                match next {
+                    None => ended = true,
+                    Some(Ok(message)) if *stop.borrow() => {
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                    }
+                    Some(Ok(message)) => {
+                        failures = 0;
+                        chunk.push(message);
+                    }
+                    Some(Err(err)) => {
+                        // For example 409 "exceeded MaxAckPending": wait a little, pull again.
+                        tracing::debug!(consumer = %name, error = %err, "pull ended");
+                        failures = failures.saturating_add(1);
+                        failed = true;
                     }
                 }
-                Err(err) => {
-                    // For example 409 "exceeded MaxAckPending": wait a little, pull again.
-                    tracing::debug!(consumer = %name, error = %err, "pull ended");
-                    failures = failures.saturating_add(1);
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(failures.min(50))))
-                        .await;
+                if ended || failed || chunk.len() >= CHUNK {
+                    break;
                 }
+                match batch.next().now_or_never() {
+                    Some(item) => next = item,
+                    None => break,
+                }
+            }
+            // Awaiting the supervisor gives back-pressure to the pull.
+            if !chunk.is_empty() && supervisor.send(Incoming(chunk)).await.is_err() {
+                return;
+            }
+            if failed {
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(failures.min(50)))).await;
             }
         }
     }
 }
+
+/// Most messages handed to the supervisor at once.
+const CHUNK: usize = 256;
 
 impl Actor for Supervisor {
     type Context = Context<Self>;
@@ -488,87 +516,125 @@ impl Actor for Supervisor {
 impl Handler<Incoming> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, Incoming(message): Incoming, ctx: &mut Self::Context) {
+    fn handle(&mut self, Incoming(messages): Incoming, ctx: &mut Self::Context) {
         let metrics = self.ctx.metrics.clone();
         if self.draining.is_some() {
             // Fetching has stopped; give what was already in flight back untouched.
-            metrics.event(message.subject.as_str(), Outcome::HandedBack);
-            metrics.retries(retry::SHUTDOWN, 1);
+            for message in &messages {
+                metrics.event(message.subject.as_str(), Outcome::HandedBack);
+            }
+            metrics.retries(retry::SHUTDOWN, messages.len());
             tokio::spawn(async move {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
+                for message in messages {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
             });
             return;
         }
-        let published_at = message.info().ok().map(|info| info.published);
-        let span = telemetry::receive_span(&message);
-        let decoded = EventKind::from_subject(message.subject.as_str())
-            .ok_or_else(|| format!("subject {} is not one the worker consumes", message.subject))
-            .and_then(|kind| {
-                ServingEvent::decode(&message.payload)
-                    .map(|event| (kind, event))
-                    .map_err(|err| err.to_string())
-            });
         let store = self.ctx.store.clone();
         let backoff = self.ctx.backoff;
-        match decoded {
-            Ok((kind, event)) => {
-                let name = self
-                    .ctx
-                    .deployer
-                    .name_for(&self.ctx.render.name_prefix, event.endpoint_id);
-                record_event(&span, &event, &name);
-                let request = Request {
-                    endpoint_id: event.endpoint_id,
-                    source: Source::Event {
-                        kind,
-                        tenant_id: event.tenant_id,
-                        project_id: event.project_id,
-                    },
-                    published_at,
-                    traceparent: telemetry::traceparent(&span),
-                };
-                let me = ctx.address();
-                let recorded = store.record_request(request);
-                tokio::spawn(async move {
-                    let answer = match recorded.await {
-                        Ok(Recorded::Wanted { tenant_id, claimed }) => {
-                            me.do_send(Want(vec![WantedEndpoint {
-                                endpoint_id: event.endpoint_id,
-                                tenant_id,
-                                claimed,
-                                delete: kind == EventKind::Delete,
-                            }]));
-                            telemetry::record_outcome(&span, ACCEPTED);
-                            AckKind::Ack
-                        }
-                        Ok(Recorded::Refused) => {
-                            let reason = refusal_reason(&store, kind, &event).await;
-                            span.in_scope(|| {
-                                tracing::warn!(endpoint_id = %event.endpoint_id,
-                                %reason, "refusing event")
-                            });
-                            refuse(&store, &metrics, backoff, &message, &span, reason).await
-                        }
-                        Err(err) => {
-                            telemetry::record_error(&span, &err);
-                            tracing::warn!(endpoint_id = %event.endpoint_id, error = %err,
-                                "cannot record the event; handing it back");
-                            hand_back(&metrics, backoff, &message, &span)
-                        }
-                    };
-                    answer_message(&message, &span, answer).await;
+        let mut accepted = Vec::with_capacity(messages.len());
+        let mut requests = Vec::with_capacity(messages.len());
+        for message in messages {
+            let published_at = message.info().ok().map(|info| info.published);
+            let span = telemetry::receive_span(&message);
+            let decoded = EventKind::from_subject(message.subject.as_str())
+                .ok_or_else(|| {
+                    format!("subject {} is not one the worker consumes", message.subject)
+                })
+                .and_then(|kind| {
+                    ServingEvent::decode(&message.payload)
+                        .map(|event| (kind, event))
+                        .map_err(|err| err.to_string())
                 });
-            }
-            Err(reason) => {
-                span.in_scope(
-                    || tracing::warn!(subject = %message.subject, %reason, "refusing event"),
-                );
-                tokio::spawn(async move {
-                    let answer = refuse(&store, &metrics, backoff, &message, &span, reason).await;
-                    answer_message(&message, &span, answer).await;
-                });
+            match decoded {
+                Ok((kind, event)) => {
+                    let name = self
+                        .ctx
+                        .deployer
+                        .name_for(&self.ctx.render.name_prefix, event.endpoint_id);
+                    record_event(&span, &event, &name);
+                    requests.push(Request {
+                        endpoint_id: event.endpoint_id,
+                        source: Source::Event {
+                            kind,
+                            tenant_id: event.tenant_id,
+                            project_id: event.project_id,
+                        },
+                        published_at,
+                        traceparent: telemetry::traceparent(&span),
+                    });
+                    accepted.push((message, span, kind, event));
+                }
+                Err(reason) => {
+                    span.in_scope(
+                        || tracing::warn!(subject = %message.subject, %reason, "refusing event"),
+                    );
+                    let (store, metrics) = (store.clone(), metrics.clone());
+                    tokio::spawn(async move {
+                        let answer =
+                            refuse(&store, &metrics, backoff, &message, &span, reason).await;
+                        answer_message(&message, &span, answer).await;
+                    });
+                }
             }
         }
+        if accepted.is_empty() {
+            return;
+        }
+        let me = ctx.address();
+        let recorded = store.record_requests(requests);
+        tokio::spawn(async move {
+            let recorded = recorded.await;
+            let mut wanted = Vec::with_capacity(accepted.len());
+            let mut answers = Vec::with_capacity(accepted.len());
+            for (i, (message, span, kind, event)) in accepted.into_iter().enumerate() {
+                let verdict = match &recorded {
+                    Ok(recorded) => recorded.get(i).copied(),
+                    Err(_) => None,
+                };
+                match (verdict, &recorded) {
+                    (Some(Recorded::Wanted { tenant_id, claimed }), _) => {
+                        wanted.push(WantedEndpoint {
+                            endpoint_id: event.endpoint_id,
+                            tenant_id,
+                            claimed,
+                            delete: kind == EventKind::Delete,
+                        });
+                        telemetry::record_outcome(&span, ACCEPTED);
+                        answers.push((message, span, AckKind::Ack));
+                    }
+                    (_, Err(err)) => {
+                        telemetry::record_error(&span, err);
+                        tracing::warn!(endpoint_id = %event.endpoint_id, error = %err,
+                            "cannot record the event; handing it back");
+                        let answer = hand_back(&metrics, backoff, &message, &span);
+                        answers.push((message, span, answer));
+                    }
+                    _ => {
+                        // the tenant check refused it: find out why, record it, terminate
+                        let (store, metrics) = (store.clone(), metrics.clone());
+                        tokio::spawn(async move {
+                            let reason = refusal_reason(&store, kind, &event).await;
+                            span.in_scope(|| {
+                                tracing::warn!(endpoint_id = %event.endpoint_id, %reason,
+                                    "refusing event")
+                            });
+                            let answer =
+                                refuse(&store, &metrics, backoff, &message, &span, reason).await;
+                            answer_message(&message, &span, answer).await;
+                        });
+                    }
+                }
+            }
+            // the requests are durable: the passes may start while the acks go out
+            if !wanted.is_empty() {
+                me.do_send(Want(wanted));
+            }
+            for (message, span, answer) in answers {
+                answer_message(&message, &span, answer).await;
+            }
+        });
     }
 }
 
