@@ -982,7 +982,10 @@ async fn backlog(scale: &Scale) {
     // default caps: 256 of the tenant's endpoints run at a time, the rest wait
     let worker = spawn_worker(&setup, &[("SIMULATE_DELAY_MS", "600000".into())]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(worker.http_port, "deploy_worker_endpoint_actors").await.is_none() {
+    while metric(worker.http_port, "deploy_worker_endpoint_actors")
+        .await
+        .is_none()
+    {
         assert!(Instant::now() < deadline, "the worker did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -998,7 +1001,10 @@ async fn backlog(scale: &Scale) {
         if queued + running >= n as f64 {
             break queued;
         }
-        assert!(Instant::now() < deadline, "the backlog was never all accepted");
+        assert!(
+            Instant::now() < deadline,
+            "the backlog was never all accepted"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let after = rss_kib(worker.child.id());

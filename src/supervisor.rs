@@ -56,10 +56,14 @@ pub struct ActorEntry {
 /// Endpoint id → its live actor.
 pub type ActorRegistry = DashMap<Uuid, ActorEntry>;
 
-/// Messages pulled from a consumer, in stream order.
+/// Messages pulled from a consumer, in stream order; `recorded` is dropped once their requests
+/// are committed (or refused), which bounds what the accept path holds in memory.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Incoming(Vec<jetstream::Message>);
+struct Incoming {
+    messages: Vec<jetstream::Message>,
+    recorded: tokio::sync::OwnedSemaphorePermit,
+}
 
 /// Resume endpoints (released from a tenant pause): record a request for each.
 #[derive(Message)]
@@ -397,6 +401,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 async fn fetch(consumer: PullConsumer, supervisor: Addr<Supervisor>, stop: watch::Receiver<bool>) {
     let name = consumer.cached_info().name.clone();
     let mut failures: u32 = 0;
+    // Chunks of this consumer whose requests are not committed yet: enough to keep the group
+    // commit busy, few enough that a backlog never sits in memory as messages.
+    let window = Arc::new(tokio::sync::Semaphore::new(ACCEPT_WINDOW));
     while !*stop.borrow() {
         let pulled = consumer
             .batch()
@@ -446,8 +453,17 @@ async fn fetch(consumer: PullConsumer, supervisor: Addr<Supervisor>, stop: watch
                 }
             }
             // Awaiting the supervisor gives back-pressure to the pull.
-            if !chunk.is_empty() && supervisor.send(Incoming(chunk)).await.is_err() {
-                return;
+            if !chunk.is_empty() {
+                let Ok(recorded) = window.clone().acquire_owned().await else {
+                    return;
+                };
+                let incoming = Incoming {
+                    messages: chunk,
+                    recorded,
+                };
+                if supervisor.send(incoming).await.is_err() {
+                    return;
+                }
             }
             if failed {
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(failures.min(50)))).await;
@@ -458,6 +474,8 @@ async fn fetch(consumer: PullConsumer, supervisor: Addr<Supervisor>, stop: watch
 
 /// Most messages handed to the supervisor at once.
 const CHUNK: usize = 256;
+/// Chunks per consumer being recorded at once.
+const ACCEPT_WINDOW: usize = 16;
 
 impl Actor for Supervisor {
     type Context = Context<Self>;
@@ -516,7 +534,8 @@ impl Actor for Supervisor {
 impl Handler<Incoming> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, Incoming(messages): Incoming, ctx: &mut Self::Context) {
+    fn handle(&mut self, Incoming { messages, recorded }: Incoming, ctx: &mut Self::Context) {
+        let window = recorded;
         let metrics = self.ctx.metrics.clone();
         if self.draining.is_some() {
             // Fetching has stopped; give what was already in flight back untouched.
@@ -586,6 +605,8 @@ impl Handler<Incoming> for Supervisor {
         let recorded = store.record_requests(requests);
         tokio::spawn(async move {
             let recorded = recorded.await;
+            // committed (or failed): the consumer may pull the next chunk
+            drop(window);
             let mut wanted = Vec::with_capacity(accepted.len());
             let mut answers = Vec::with_capacity(accepted.len());
             for (i, (message, span, kind, event)) in accepted.into_iter().enumerate() {
@@ -934,6 +955,9 @@ impl Handler<Stopped> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, stopped: Stopped, ctx: &mut Self::Context) {
+        if self.registry.len() <= 1 && self.scheduler.queued() == 0 {
+            release_free_memory();
+        }
         if self.draining.is_some() {
             // Nothing is routed while draining, so the entry is this actor's.
             self.registry.remove(&stopped.endpoint_id);
@@ -975,6 +999,18 @@ impl Handler<Terminate> for Supervisor {
     fn handle(&mut self, _: Terminate, ctx: &mut Self::Context) {
         ctx.stop();
     }
+}
+
+/// Hands the memory the passes freed back to the operating system once no actor is left.
+///
+/// The actors and their passes live on this thread, and the allocator keeps what they freed
+/// for reuse; with nothing running it would keep a burst's peak resident until the next burst.
+/// Collecting here, once per return to idle, costs nothing while the worker is busy.
+fn release_free_memory() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time;
+    // it only frees memory mimalloc itself holds unused (a no-op where it is not the
+    // process's allocator).
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 /// Records what a decoded event says on its `receive` span.
