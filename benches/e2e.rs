@@ -7,7 +7,8 @@
 //!
 //! - **throughput**: events/s from a JetStream backlog to committed `READY` rows, against a
 //!   bare pull + ack loop on the same NATS server and a bare batched `UPDATE` (the worker's own
-//!   statement shape, one commit per batch) on the same database;
+//!   statement shape, one commit per batch) on the same database, with the CPU per event of the
+//!   worker, of Postgres and of NATS;
 //! - **k8s mode** on the KServe stand-in: the worker's time from the first publish to every
 //!   endpoint `READY`, against an **ideal client** on the same stand-in (one list+watch of the
 //!   namespace, one create per endpoint, wait until all are Ready), median of interleaved runs;
@@ -21,7 +22,8 @@
 //!   publishes 20 five seconds after JetStream acknowledged the flood's last event; the small
 //!   tenant's event → `READY` times against the simulated deploy time (the floor);
 //! - **memory**: the worker's resident set with 10,000 deploys in flight (simulate mode with a
-//!   long delay) and again once they are done and the endpoint actors have gone idle.
+//!   long delay), again once they are done and the endpoint actors have gone idle, and with one
+//!   tenant's backlog of 100,000 deploy events waiting (what a waiting endpoint costs).
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a small smoke run of the
 //! same code paths, so the harness itself cannot rot. `E2E_SCENARIOS` (comma-separated:
@@ -72,7 +74,7 @@ fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let mut scale = if full {
         Scale {
-            throughput_events: 20_000,
+            throughput_events: 100_000,
             in_flight: 10_000,
             k8s_endpoints: 1_000,
             k8s_runs: 3,
