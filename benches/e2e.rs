@@ -155,14 +155,40 @@ struct Setup {
     endpoints: Vec<NewEndpoint>,
 }
 
-/// Servers, schema and `n` endpoints; their deploy events are published now or, with
-/// `publish_now` false, by a later [`publish`].
-async fn setup(scale: &Scale, n: usize, publish_now: bool) -> Setup {
-    let env = if scale.durable {
+/// Servers and schema: Postgres with production durability in a full run.
+async fn servers(scale: &Scale) -> Env {
+    if scale.durable {
         Env::with_postgres(LocalPostgres::start_durable().expect("postgres")).await
     } else {
         Env::start().await
-    };
+    }
+}
+
+/// Servers and schema, no endpoints yet (scenarios that make their own tenants).
+async fn empty_setup(scale: &Scale) -> Setup {
+    Setup {
+        env: servers(scale).await,
+        ids: Vec::new(),
+        endpoints: Vec::new(),
+    }
+}
+
+/// Waits until the worker serves its metrics (it has connected and started consuming).
+async fn wait_up(worker: &WorkerProcess) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(worker.http_port, "deploy_worker_endpoint_actors")
+        .await
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the worker did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Servers, schema and `n` endpoints; their deploy events are published now or, with
+/// `publish_now` false, by a later [`publish`].
+async fn setup(scale: &Scale, n: usize, publish_now: bool) -> Setup {
+    let env = servers(scale).await;
     let db = &env.db;
 
     // Ten tenants, as a shared worker sees them.
@@ -550,14 +576,7 @@ async fn k8s_worker_run(scale: &Scale, n: usize) -> WorkerRun {
         ],
     );
     let pid = worker.child.id();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(worker.http_port, "deploy_worker_endpoint_actors")
-        .await
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "the worker did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_up(&worker).await;
     let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
     publish(&setup).await;
@@ -932,11 +951,7 @@ async fn memory(scale: &Scale) {
         ],
     );
     let actors = "deploy_worker_endpoint_actors";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(worker.http_port, actors).await.is_none() {
-        assert!(Instant::now() < deadline, "the worker did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_up(&worker).await;
     let started_rss = rss_kib(worker.child.id());
     publish(&setup).await;
     wait_count(&setup.env.db, "DEPLOYING", n, Duration::from_secs(300)).await;
@@ -970,27 +985,11 @@ async fn memory(scale: &Scale) {
 /// One tenant's backlog: what a pending endpoint costs the worker while it waits for its turn.
 async fn backlog(scale: &Scale) {
     let n = scale.backlog_events;
-    let env = if scale.durable {
-        Env::with_postgres(LocalPostgres::start_durable().expect("postgres")).await
-    } else {
-        Env::start().await
-    };
-    let setup = Setup {
-        env,
-        ids: Vec::new(),
-        endpoints: Vec::new(),
-    };
+    let setup = empty_setup(scale).await;
     let endpoints = tenant_endpoints(&setup.env.db, n, "backlog").await;
     // default caps: 256 of the tenant's endpoints run at a time, the rest wait
     let worker = spawn_worker(&setup, &[("SIMULATE_DELAY_MS", "600000".into())]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(worker.http_port, "deploy_worker_endpoint_actors")
-        .await
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "the worker did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_up(&worker).await;
     let before = rss_kib(worker.child.id());
     platform::publish_all(&setup.env.js, events_of(&endpoints))
         .await
@@ -1078,16 +1077,7 @@ fn events_of(
 }
 
 async fn fairness(scale: &Scale) {
-    let env = if scale.durable {
-        Env::with_postgres(LocalPostgres::start_durable().expect("postgres")).await
-    } else {
-        Env::start().await
-    };
-    let setup = Setup {
-        env,
-        ids: Vec::new(),
-        endpoints: Vec::new(),
-    };
+    let setup = empty_setup(scale).await;
     let flood = tenant_endpoints(&setup.env.db, scale.flood_events, "flood").await;
     let small = tenant_endpoints(&setup.env.db, 20, "small").await;
     let delay = scale.flood_delay;
@@ -1096,14 +1086,7 @@ async fn fairness(scale: &Scale) {
         &setup,
         &[("SIMULATE_DELAY_MS", delay.as_millis().to_string())],
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(worker.http_port, "deploy_worker_endpoint_actors")
-        .await
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "the worker did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_up(&worker).await;
     let started = Instant::now();
     platform::publish_all(&setup.env.js, events_of(&flood))
         .await

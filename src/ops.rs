@@ -43,7 +43,7 @@ pub enum OpsError {
     #[error(
         "cannot publish to JetStream: {0}; check NATS_URL and that the stream MLOPS_SERVING exists"
     )]
-    Publish(String),
+    Publish(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// No endpoint has this id.
     #[error("endpoint {0} does not exist")]
     UnknownEndpoint(Uuid),
@@ -81,7 +81,7 @@ async fn publish_traced(
     let message_id = Uuid::new_v4().to_string();
     publish::publish_traced(js, kind, fields, &message_id, &cx)
         .await
-        .map_err(|err| OpsError::Publish(err.to_string()))?;
+        .map_err(OpsError::Publish)?;
     Ok((message_id, publish::traceparent(&cx)))
 }
 
@@ -333,7 +333,7 @@ pub async fn replay_rejected(
         let message_id = Uuid::new_v4().to_string();
         publish::publish_raw(js, kind, payload, Some(&message_id))
             .await
-            .map_err(|err| OpsError::Publish(err.to_string()))?;
+            .map_err(OpsError::Publish)?;
         // Published first: should marking fail, a second replay publishes a duplicate, which
         // the worker treats like any repeated event (level-triggered), never a lost one.
         db.execute_raw(statement(
@@ -438,7 +438,7 @@ pub async fn resume_tenant(
     let republished =
         publish::publish_all(js, held.iter().map(|row| (EventKind::Deploy, row.fields())))
             .await
-            .map_err(|err| OpsError::Publish(err.to_string()))?;
+            .map_err(OpsError::Publish)?;
     Ok(Resumed {
         was_paused: deleted.rows_affected() > 0,
         republished,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{Env, Tenant, wait_for};
 use deploy_worker::events::{self, EventKind};
-use devkit::platform::{self, EventFields};
+use devkit::platform;
 use devkit::sandbox::{LocalNatsCluster, LocalPostgres};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use uuid::Uuid;
@@ -46,13 +46,7 @@ fn spawn_worker(env: &Env, nats_urls: &str) -> Child {
 /// Publishes a deploy event until JetStream acknowledges it; a retry carries the same message
 /// id, so the stream keeps one copy whichever attempt got through.
 async fn publish_until_acked(env: &Env, tenant: &Tenant, endpoint_id: Uuid) {
-    let fields = EventFields {
-        tenant_id: tenant.tenant_id,
-        project_id: tenant.project_id,
-        endpoint_id,
-        name: "endpoint",
-        model: Some(tenant.version),
-    };
+    let fields = tenant.event_fields(endpoint_id);
     let message_id = Uuid::new_v4().to_string();
     let deadline = Instant::now() + LONG;
     while let Err(err) = platform::publish(&env.js, EventKind::Deploy, &fields, &message_id).await {

@@ -111,6 +111,37 @@ fn spawn_worker_binary(
         .expect("start the worker binary")
 }
 
+/// `n` endpoints of one tenant, the worker binary running (see [`spawn_worker_binary`]) and a
+/// deploy event published for each.
+async fn deploy_through_binary(
+    env: &Env,
+    n: usize,
+    delay_ms: u64,
+    grace_seconds: u64,
+    ack_wait_seconds: u64,
+) -> (Vec<uuid::Uuid>, std::process::Child) {
+    let tenant = env.tenant().await;
+    let ids = env.endpoints(&tenant, n).await;
+    let child = spawn_worker_binary(env, delay_ms, grace_seconds, ack_wait_seconds);
+    for id in &ids {
+        env.publish(EventKind::Deploy, &tenant, *id).await;
+    }
+    (ids, child)
+}
+
+/// The next worker after a crash: it finds the requests once the dead worker's claims have
+/// expired (two seconds here) and converges every endpoint of `ids`.
+async fn converge_after_crash(env: &Env, ids: &[uuid::Uuid]) -> Worker {
+    let mut settings = env.settings();
+    settings.claim_ttl_seconds = 2;
+    let worker = Worker::start(&settings).await.unwrap();
+    wait_for("every endpoint READY after the crash", LONG, || async {
+        env.count_status(ids, "READY").await == ids.len()
+    })
+    .await;
+    worker
+}
+
 fn sigterm(child: &std::process::Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -136,12 +167,7 @@ async fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::pr
 #[actix_rt::test]
 async fn sigterm_lets_in_flight_deploys_finish_and_hands_the_rest_back() {
     let env = Env::start().await;
-    let tenant = env.tenant().await;
-    let ids = env.endpoints(&tenant, 30).await;
-    let mut child = spawn_worker_binary(&env, 1_500, 20, 30);
-    for id in &ids {
-        env.publish(EventKind::Deploy, &tenant, *id).await;
-    }
+    let (ids, mut child) = deploy_through_binary(&env, 30, 1_500, 20, 30).await;
     wait_for("deploys in flight", LONG, || async {
         env.count_status(&ids, "DEPLOYING").await == 5
     })
@@ -179,12 +205,7 @@ async fn sigterm_lets_in_flight_deploys_finish_and_hands_the_rest_back() {
 #[actix_rt::test]
 async fn sigterm_with_a_short_grace_hands_running_deploys_back() {
     let env = Env::start().await;
-    let tenant = env.tenant().await;
-    let ids = env.endpoints(&tenant, 5).await;
-    let mut child = spawn_worker_binary(&env, 60_000, 1, 30);
-    for id in &ids {
-        env.publish(EventKind::Deploy, &tenant, *id).await;
-    }
+    let (ids, mut child) = deploy_through_binary(&env, 5, 60_000, 1, 30).await;
     wait_for("deploys in flight", LONG, || async {
         env.count_status(&ids, "DEPLOYING").await == 5
     })
@@ -209,12 +230,7 @@ async fn sigterm_with_a_short_grace_hands_running_deploys_back() {
 #[actix_rt::test]
 async fn a_crash_mid_deploy_leaves_nothing_deploying_once_a_worker_runs_again() {
     let env = Env::start().await;
-    let tenant = env.tenant().await;
-    let ids = env.endpoints(&tenant, 10).await;
-    let mut child = spawn_worker_binary(&env, 30_000, 20, 3);
-    for id in &ids {
-        env.publish(EventKind::Deploy, &tenant, *id).await;
-    }
+    let (ids, mut child) = deploy_through_binary(&env, 10, 30_000, 20, 3).await;
     wait_for("deploys in flight", LONG, || async {
         env.count_status(&ids, "DEPLOYING").await == 5
     })
@@ -224,15 +240,7 @@ async fn a_crash_mid_deploy_leaves_nothing_deploying_once_a_worker_runs_again() 
     child.wait().unwrap();
     assert_eq!(env.count_status(&ids, "DEPLOYING").await, 5);
 
-    // The next worker finds the requests once the dead worker's claims have expired (two
-    // seconds here) and converges every endpoint.
-    let mut settings = env.settings();
-    settings.claim_ttl_seconds = 2;
-    let worker = Worker::start(&settings).await.unwrap();
-    wait_for("every endpoint READY after the crash", LONG, || async {
-        env.count_status(&ids, "READY").await == ids.len()
-    })
-    .await;
+    let worker = converge_after_crash(&env, &ids).await;
     env.wait_all_answered(LONG).await;
     worker.shutdown().await.unwrap();
 }
@@ -242,12 +250,7 @@ async fn a_crash_mid_deploy_leaves_nothing_deploying_once_a_worker_runs_again() 
 #[actix_rt::test]
 async fn a_crash_right_after_a_batch_of_acks_loses_no_acked_event() {
     let env = Env::start().await;
-    let tenant = env.tenant().await;
-    let ids = env.endpoints(&tenant, 200).await;
-    let mut child = spawn_worker_binary(&env, 2_000, 20, 30);
-    for id in &ids {
-        env.publish(EventKind::Deploy, &tenant, *id).await;
-    }
+    let (ids, mut child) = deploy_through_binary(&env, 200, 2_000, 20, 30).await;
     wait_for("every event acked", LONG, || async {
         env.stream_messages().await == 0 && env.ack_pending().await == 0
     })
@@ -267,14 +270,7 @@ async fn a_crash_right_after_a_batch_of_acks_loses_no_acked_event() {
         "every acked event's endpoint is READY or has its request recorded"
     );
 
-    // The next worker finds the requests (the dead worker's claims expire) and converges all.
-    let mut settings = env.settings();
-    settings.claim_ttl_seconds = 2;
-    let worker = Worker::start(&settings).await.unwrap();
-    wait_for("every endpoint READY after the crash", LONG, || async {
-        env.count_status(&ids, "READY").await == ids.len()
-    })
-    .await;
+    let worker = converge_after_crash(&env, &ids).await;
     wait_for("no request left", LONG, || async {
         env.requests().await == (0, 0)
     })

@@ -169,13 +169,7 @@ impl Env {
 
     /// Publishes a deploy/delete event for `endpoint_id` as the platform would.
     pub async fn publish(&self, kind: EventKind, tenant: &Tenant, endpoint_id: Uuid) {
-        let fields = EventFields {
-            tenant_id: tenant.tenant_id,
-            project_id: tenant.project_id,
-            endpoint_id,
-            name: "endpoint",
-            model: Some(tenant.version),
-        };
+        let fields = tenant.event_fields(endpoint_id);
         platform::publish(&self.js, kind, &fields, &Uuid::new_v4().to_string())
             .await
             .expect("publish");
@@ -417,6 +411,19 @@ pub struct Tenant {
     pub tenant_id: Uuid,
     pub project_id: Uuid,
     pub version: ModelVersionRef,
+}
+
+impl Tenant {
+    /// What the platform's event says of an endpoint of this tenant.
+    pub fn event_fields(&self, endpoint_id: Uuid) -> EventFields<'static> {
+        EventFields {
+            tenant_id: self.tenant_id,
+            project_id: self.project_id,
+            endpoint_id,
+            name: "endpoint",
+            model: Some(self.version),
+        }
+    }
 }
 
 #[derive(Debug, FromQueryResult)]
