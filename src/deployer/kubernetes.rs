@@ -507,10 +507,11 @@ impl KubernetesDeployer {
             attempt += 1;
             let delay = API_BACKOFF.delay(attempt);
             if Instant::now() + delay >= deadline {
-                return Err(Halt::Budget(DeployError::Transient(format!(
-                    "cannot {what}: {}",
-                    describe(&err)
-                ))));
+                return Err(Halt::Budget(DeployError::Api {
+                    what: what.to_owned(),
+                    reason: describe(&err),
+                    source: std::sync::Arc::new(err),
+                }));
             }
             tracing::debug!(error = %describe(&err), ?delay, "{what} failed; retrying");
             let never = Interrupt::never();

@@ -131,8 +131,19 @@ pub enum DeleteOutcome {
 /// A failure that is not the endpoint's fault: the deploy is retried later, never `ERROR`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DeployError {
-    /// The cluster could not be reached or answered with a passing error (5xx, 429,
-    /// conflicts, a cut watch): retry with backoff.
+    /// A Kubernetes API call kept failing with a passing error (5xx, 429, conflicts,
+    /// unreachable) until the deploy's time budget ran out: retry with backoff.
+    #[error("cannot {what}: {reason}")]
+    Api {
+        /// What was being done (`apply InferenceService ns/name`, …).
+        what: String,
+        /// The API server's answer, readably (its message, code and reason).
+        reason: String,
+        /// The client's error.
+        #[source]
+        source: Arc<kube::Error>,
+    },
+    /// The cluster could not be watched, or the wait was interrupted: retry with backoff.
     #[error("{0}")]
     Transient(String),
     /// The cluster refuses the worker itself (401/403, a missing namespace): nothing an
