@@ -163,11 +163,12 @@ pub struct Settings {
     #[arg(long, env = "ENDPOINT_IDLE_SECONDS", default_value_t = 30)]
     pub endpoint_idle_seconds: u64,
 
-    /// Ack wait of the consumers the worker creates (progress acks keep long deploys alive).
+    /// Ack wait of the consumers the worker creates (a message is acked once its request is
+    /// recorded, well within it).
     #[arg(long, env = "NATS_ACK_WAIT_SECONDS", default_value_t = 30)]
     pub nats_ack_wait_seconds: u64,
 
-    /// Max unacked messages per consumer the worker creates (bounds memory).
+    /// Max unacked messages per consumer the worker creates.
     #[arg(long, env = "NATS_MAX_ACK_PENDING", default_value_t = 20_000)]
     pub nats_max_ack_pending: i64,
 

@@ -180,9 +180,6 @@ pub struct Consumers {
     pub deploy: PullConsumer,
     /// Consumer of [`DELETE_SUBJECT`].
     pub delete: PullConsumer,
-    /// The shorter of the two consumers' actual ack waits (an existing consumer keeps its
-    /// own): progress acks must come well within it.
-    pub ack_wait: Duration,
 }
 
 /// The stream configuration the platform uses, for creating it when missing.
@@ -205,15 +202,9 @@ pub async fn bind(
         .get_or_create_stream(stream_config())
         .await
         .map_err(BindError::Stream)?;
-    let (deploy, deploy_wait) =
-        bind_consumer(&stream, DEPLOY_CONSUMER, DEPLOY_SUBJECT, settings).await?;
-    let (delete, delete_wait) =
-        bind_consumer(&stream, DELETE_CONSUMER, DELETE_SUBJECT, settings).await?;
-    Ok(Consumers {
-        deploy,
-        delete,
-        ack_wait: deploy_wait.min(delete_wait),
-    })
+    let deploy = bind_consumer(&stream, DEPLOY_CONSUMER, DEPLOY_SUBJECT, settings).await?;
+    let delete = bind_consumer(&stream, DELETE_CONSUMER, DELETE_SUBJECT, settings).await?;
+    Ok(Consumers { deploy, delete })
 }
 
 async fn bind_consumer(
@@ -221,7 +212,7 @@ async fn bind_consumer(
     name: &'static str,
     subject: &'static str,
     settings: ConsumerSettings,
-) -> Result<(PullConsumer, Duration), BindError> {
+) -> Result<PullConsumer, BindError> {
     let config = pull::Config {
         durable_name: Some(name.to_owned()),
         filter_subject: subject.to_owned(),
@@ -255,7 +246,7 @@ async fn bind_consumer(
             name,
             setting: "ack_policy",
             found: format!("{:?}", found.ack_policy),
-            needed: "explicit acks: each message is acked only once its outcome is committed",
+            needed: "explicit acks: each message is acked only once its request is committed",
         });
     }
     if found.max_deliver > 0 {
@@ -287,7 +278,7 @@ async fn bind_consumer(
             max_ack_pending = found.max_ack_pending,
             "using the durable consumer's own ack wait and ack-pending limit");
     }
-    Ok((consumer, found.ack_wait))
+    Ok(consumer)
 }
 
 #[cfg(test)]

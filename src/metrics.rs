@@ -316,8 +316,8 @@ impl Metrics {
         }
     }
 
-    /// Adds the gauges sampled at scrape time: deploys in flight per tenant and waiting for a
-    /// permit, in total and per tenant (from `admission`), and endpoint actors alive (what
+    /// Adds the gauges sampled at scrape time: passes running per tenant and endpoints waiting,
+    /// in total and per tenant (from the `scheduler`), and endpoint actors alive (what
     /// `actors` counts at scrape time). A count, not the supervisor's registry, so metrics
     /// depend on nothing that counts into them.
     pub fn register_live_state(

@@ -128,8 +128,8 @@ pub const PANICS_BEFORE_ERROR: u32 = 3;
 pub enum Phase {
     /// Normal operation.
     Running,
-    /// SIGTERM: passes still waiting for a permit hand their events back; deploys that
-    /// started run on.
+    /// SIGTERM: passes about to start a deploy hand their requests back; deploys that started
+    /// run on.
     Draining,
     /// The grace period is over: running deploys are abandoned and handed back too.
     Aborting,
@@ -162,13 +162,13 @@ impl PassResult {
 /// of the newest delivery's `receive` span (the intent it converges to is at least that new),
 /// linked to the others'.
 ///
-/// A panic inside the pass (a worker bug) is caught here: the messages it had not answered are
-/// handed back, and the endpoint's actor lives on. When passes panic
-/// [`PANICS_BEFORE_ERROR`] times in a row at the same spec generation, the endpoint ends `ERROR`
-/// with the panic message and the messages are terminated, so a bug cannot redeliver forever.
+/// A panic inside the pass (a worker bug) is caught here: the request is handed back, and the
+/// endpoint's actor lives on. When passes panic [`PANICS_BEFORE_ERROR`] times in a row at the
+/// same spec generation, the endpoint ends `ERROR` with the panic message, so a bug cannot
+/// retry forever.
 ///
 /// `newer` tells the pass what arrives for the endpoint meanwhile: a deploy that is waiting —
-/// for a permit, between retries, for Ready — stops waiting once a delete or a newer spec
+/// between retries, for Ready — stops waiting once a delete or a newer spec
 /// generation shows up, and records `superseded` so the next pass starts at once.
 pub async fn run(
     ctx: Arc<PassContext>,
@@ -842,8 +842,8 @@ impl<'a> Pass<'a> {
     }
 
     /// The cluster refuses the worker itself: the endpoint stays `DEPLOYING` with the reason
-    /// an operator acts on, and the messages come back after the longest retry delay — no
-    /// permit is held meanwhile, and once the cause is fixed they converge with no new event.
+    /// an operator acts on, and the request runs again after the longest retry delay — no pass
+    /// slot is held meanwhile, and once the cause is fixed it converges with no new event.
     async fn misconfigured(&self, reason: String) -> PassResult {
         tracing::warn!(endpoint_id = %self.record.id, %reason, "the cluster refuses the worker");
         telemetry::record_error(&self.span, &reason);

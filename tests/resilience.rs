@@ -442,11 +442,11 @@ async fn existing_consumers_are_checked_and_fixed_where_safe() {
         .delete_consumer(events::DELETE_CONSUMER)
         .await
         .unwrap();
-    let consumers = events::bind(&env.js, env.settings().consumer_settings())
+    events::bind(&env.js, env.settings().consumer_settings())
         .await
         .unwrap();
     assert_eq!(
-        consumers.ack_wait,
+        deploy.info().await.unwrap().config.ack_wait,
         Duration::from_secs(3),
         "the consumer's own ack wait"
     );
