@@ -193,6 +193,37 @@ pub fn stream_config() -> stream::Config {
     }
 }
 
+impl BindError {
+    /// Whether trying again may succeed: NATS did not answer, or answered with an error a
+    /// JetStream cluster gives while it elects a leader or several replicas create the same
+    /// consumer at once. A consumer whose settings the worker cannot run with is not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Stream(_) | Self::Consumer { .. })
+    }
+}
+
+/// Gets or creates the stream, then gets or creates both durable consumers; transient failures
+/// are retried for about half a minute (replicas starting together on a JetStream cluster
+/// create the same consumers at once, and some of them time out).
+pub async fn bind_with_retries(
+    js: &jetstream::Context,
+    settings: ConsumerSettings,
+) -> Result<Consumers, BindError> {
+    const ATTEMPTS: u32 = 8;
+    let mut attempt = 1;
+    loop {
+        match bind(js, settings).await {
+            Err(err) if err.is_transient() && attempt < ATTEMPTS => {
+                let delay = Duration::from_millis(250 * 2u64.pow(attempt.min(5)));
+                tracing::warn!(error = %err, attempt, ?delay, "cannot bind the consumers yet; retrying");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            bound => return bound,
+        }
+    }
+}
+
 /// Gets or creates the stream, then gets or creates both durable consumers.
 pub async fn bind(
     js: &jetstream::Context,

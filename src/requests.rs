@@ -327,6 +327,7 @@ SELECT endpoint_id, tenant_id, retry_ms FROM kept"#;
 const RENEW_SQL: &str = r#"
 UPDATE convergence_requests SET claim_expires_at = now() + $2 * interval '1 millisecond'
 WHERE claimed_by = $1
+  AND endpoint_id IN (SELECT value::uuid FROM jsonb_array_elements_text($3::jsonb))
 RETURNING endpoint_id, version, wants_delete"#;
 
 const RESCAN_SQL: &str = r#"
@@ -426,12 +427,18 @@ impl Claims {
             .collect())
     }
 
-    /// Extends every claim this replica holds, and tells what each request looks like now.
-    pub async fn renew(&self) -> Result<Vec<Renewed>, StoreError> {
+    /// Extends this replica's claims on `held` (the passes it runs), and tells what each
+    /// request looks like now. A claim it holds without knowing it (the answer to a claim
+    /// query was lost) is not renewed, so it expires and is taken over.
+    pub async fn renew(&self, held: &[Uuid]) -> Result<Vec<Renewed>, StoreError> {
         Ok(Renewed::find_by_statement(Statement::from_sql_and_values(
             DbBackend::Postgres,
             RENEW_SQL,
-            [self.holder.clone().into(), millis(self.ttl).into()],
+            [
+                self.holder.clone().into(),
+                millis(self.ttl).into(),
+                json_param(held)?,
+            ],
         ))
         .all(&self.db)
         .await?)

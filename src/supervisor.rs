@@ -104,7 +104,7 @@ struct Claimed {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Released {
-    released: Vec<Uuid>,
+    batch: Vec<Release>,
     still_wanted: Result<Vec<StillWanted>, crate::store::StoreError>,
 }
 
@@ -143,6 +143,9 @@ pub struct Scheduling {
 /// busy until the next rescan, small enough to read in milliseconds.
 const RESCAN_PER_TENANT: usize = 2_000;
 const RESCAN_LIMIT: usize = 20_000;
+
+/// How long a failed release waits before it is tried again.
+const RELEASE_RETRY: Duration = Duration::from_secs(1);
 
 /// A claim this replica holds.
 #[derive(Debug, Clone)]
@@ -304,14 +307,9 @@ impl Supervisor {
         let claims = self.claims.clone();
         let me = ctx.address();
         tokio::spawn(async move {
-            let released = batch.iter().map(|r| r.endpoint_id).collect();
             let still_wanted = claims.release(&batch).await;
-            if still_wanted.is_err() {
-                // the claims expire by themselves; their requests are rescanned then
-                tracing::warn!("cannot release claims; they expire and are taken over");
-            }
             me.do_send(Released {
-                released,
+                batch,
                 still_wanted,
             });
         });
@@ -495,10 +493,11 @@ impl Actor for Supervisor {
             if act.held.is_empty() {
                 return;
             }
+            let held: Vec<Uuid> = act.held.keys().copied().collect();
             let claims = act.claims.clone();
             let me = ctx.address();
             tokio::spawn(async move {
-                match claims.renew().await {
+                match claims.renew(&held).await {
                     Ok(renewed) => me.do_send(RenewedClaims(renewed)),
                     Err(err) => tracing::warn!(error = %err, "cannot renew claims"),
                 }
@@ -850,8 +849,19 @@ impl Handler<Released> for Supervisor {
 
     fn handle(&mut self, released: Released, ctx: &mut Self::Context) {
         self.releasing = false;
-        for endpoint_id in &released.released {
-            self.scheduler.finish(*endpoint_id);
+        if let Err(err) = &released.still_wanted
+            && self.draining.is_none()
+        {
+            // The claims are still ours (and still renewed): try again shortly rather than
+            // leave them held while the worker runs. When stopping, they expire instead.
+            tracing::warn!(error = %err, endpoints = released.batch.len(),
+                "cannot release claims; retrying");
+            self.releases.extend(released.batch);
+            ctx.run_later(RELEASE_RETRY, |act, ctx| act.flush_releases(ctx));
+            return;
+        }
+        for release in &released.batch {
+            self.scheduler.finish(release.endpoint_id);
         }
         if let Ok(still_wanted) = released.still_wanted
             && self.draining.is_none()

@@ -172,7 +172,7 @@ impl Worker {
             .await
             .map_err(WorkerError::Nats)?;
         let js = async_nats::jetstream::new(nats.clone());
-        let consumers = events::bind(&js, settings.consumer_settings()).await?;
+        let consumers = events::bind_with_retries(&js, settings.consumer_settings()).await?;
         let readiness = Readiness::new(
             store.clone(),
             nats.clone(),
@@ -360,7 +360,16 @@ pub async fn run(
     settings: &Settings,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let worker = Worker::start(settings).await?;
+    // Listen for the stop from the start: a SIGTERM while the worker is still connecting and
+    // binding ends it cleanly instead of killing it.
+    let mut stop = std::pin::pin!(stop);
+    let worker = tokio::select! {
+        started = Worker::start(settings) => started?,
+        () = &mut stop => {
+            tracing::info!("shutdown requested before the worker had started");
+            return Ok(());
+        }
+    };
     stop.await;
     tracing::info!("shutdown requested");
     worker.shutdown().await

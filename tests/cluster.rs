@@ -24,8 +24,10 @@ type Pass = (
     chrono::DateTime<chrono::Utc>,
 );
 
-fn spawn_worker(env: &Env, nats_urls: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_deploy-worker"))
+/// A worker process and the port of its HTTP probes.
+fn spawn_worker(env: &Env, nats_urls: &str) -> (Child, u16) {
+    let port = devkit::sandbox::free_port().expect("free port");
+    let child = Command::new(env!("CARGO_BIN_EXE_deploy-worker"))
         .arg("run")
         .env("DATABASE_URL", env.pg.url())
         .env("NATS_URL", nats_urls)
@@ -35,12 +37,13 @@ fn spawn_worker(env: &Env, nats_urls: &str) -> Child {
         .env("RESCAN_SECONDS", "1")
         .env("RETRY_BASE_MS", "100")
         .env("RETRY_MAX_MS", "1000")
-        .env("HTTP_LISTEN", "127.0.0.1:0")
+        .env("HTTP_LISTEN", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start the worker binary")
+        .expect("start the worker binary");
+    (child, port)
 }
 
 /// Publishes a deploy event until JetStream acknowledges it; a retry carries the same message
@@ -92,7 +95,13 @@ async fn three_replicas_on_a_three_node_cluster_survive_losing_a_node_and_a_work
         tenants.push(tenant);
     }
     let ids: Vec<Uuid> = endpoints.iter().map(|(_, id)| *id).collect();
-    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&env, &urls)).collect();
+    let (mut workers, ports): (Vec<Child>, Vec<u16>) =
+        (0..3).map(|_| spawn_worker(&env, &urls)).unzip();
+    // three replicas consuming before anything is published
+    for port in ports {
+        let addr = ([127, 0, 0, 1], port).into();
+        common::wait_http(addr, "/readyz", LONG, |r| r.status == 200).await;
+    }
 
     let (early, late) = endpoints.split_at(endpoints.len() / 2);
     for (tenant, id) in early {
