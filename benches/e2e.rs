@@ -194,19 +194,7 @@ async fn setup(scale: &Scale, n: usize, publish_now: bool) -> Setup {
     // Ten tenants, as a shared worker sees them.
     let mut new = Vec::with_capacity(n);
     for t in 0..10 {
-        let (tenant_id, project_id) = (Uuid::new_v4(), Uuid::new_v4());
-        let version = platform::create_model_version(
-            db,
-            &NewModelVersion {
-                tenant_id,
-                project_id,
-                model_name: "load".into(),
-                version: 1,
-                artifact_uri: Some("gs://models/load/1".into()),
-            },
-        )
-        .await
-        .expect("model version");
+        let (tenant_id, project_id, version) = new_tenant(db, "load").await;
         new.extend((t..n).step_by(10).map(|i| NewEndpoint {
             tenant_id,
             project_id,
@@ -958,11 +946,12 @@ async fn memory(scale: &Scale) {
     let busy_rss = rss_kib(worker.child.id());
     wait_count(&setup.env.db, "READY", n, Duration::from_secs(300)).await;
     // Idle actors stop after 1 s; wait until the worker reports none alive.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(worker.http_port, actors).await != Some(0.0) {
-        assert!(Instant::now() < deadline, "endpoint actors did not go idle");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_for(
+        "endpoint actors to go idle",
+        Duration::from_secs(60),
+        || async { metric(worker.http_port, actors).await == Some(0.0) },
+    )
+    .await;
     let idle_rss = rss_kib(worker.child.id());
     stop(worker);
     println!("memory (worker resident set)");
@@ -1022,12 +1011,11 @@ async fn backlog(scale: &Scale) {
     );
 }
 
-/// `n` endpoints of one new tenant (one project, one model version).
-async fn tenant_endpoints(
+/// A new tenant with one project and one version of model `label`.
+async fn new_tenant(
     db: &DatabaseConnection,
-    n: usize,
     label: &str,
-) -> Vec<(Uuid, NewEndpoint)> {
+) -> (Uuid, Uuid, platform::ModelVersionRef) {
     let (tenant_id, project_id) = (Uuid::new_v4(), Uuid::new_v4());
     let version = platform::create_model_version(
         db,
@@ -1041,6 +1029,16 @@ async fn tenant_endpoints(
     )
     .await
     .expect("model version");
+    (tenant_id, project_id, version)
+}
+
+/// `n` endpoints of one new tenant (one project, one model version).
+async fn tenant_endpoints(
+    db: &DatabaseConnection,
+    n: usize,
+    label: &str,
+) -> Vec<(Uuid, NewEndpoint)> {
+    let (tenant_id, project_id, version) = new_tenant(db, label).await;
     let new: Vec<NewEndpoint> = (0..n)
         .map(|i| NewEndpoint {
             tenant_id,
