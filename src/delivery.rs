@@ -7,8 +7,6 @@
 //! so the pass continues the newest event's trace and links to the others. The worker's own
 //! requests (a start-up resume, the informer's follow-ups) are deliveries too, with no events.
 
-use std::time::Instant;
-
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -29,8 +27,6 @@ pub struct Delivery {
     /// W3C `traceparent`s of the events' `receive` spans, oldest first: the pass is a child of
     /// the last and links to the others.
     pub traceparents: Vec<String>,
-    /// When this worker claimed it.
-    pub received_at: Instant,
     /// Set when the informer, not an event, asks for the pass (see [`Follow`]).
     pub follow: Option<Follow>,
 }
@@ -64,7 +60,6 @@ impl Delivery {
             events: 0,
             published_at: None,
             traceparents: Vec::new(),
-            received_at: Instant::now(),
             follow,
         }
     }
@@ -91,7 +86,6 @@ impl Delivery {
                     .split_ascii_whitespace()
                     .map(str::to_owned)
                     .collect(),
-                received_at: Instant::now(),
                 follow: None,
             });
         } else if claim.wants_delete {

@@ -18,13 +18,10 @@
 //!   the row only if the version is the one it claimed, otherwise the endpoint is still wanted
 //!   and runs again.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement, TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -355,11 +352,6 @@ impl Claims {
         Self { db, holder, ttl }
     }
 
-    /// Who this replica is in `claimed_by`.
-    pub fn holder(&self) -> &str {
-        &self.holder
-    }
-
     /// How long a claim lives without renewal.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -480,28 +472,10 @@ impl Claims {
     /// Records a request for every endpoint left `DEPLOYING` that has none (an earlier
     /// release of the worker kept no requests; a crash of this one left them claimed).
     pub async fn resume_deploying(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin().await?;
-        let done = txn
+        let done = self
+            .db
             .execute_raw(Statement::from_string(DbBackend::Postgres, RESUME_SQL))
             .await?;
-        txn.commit().await?;
         Ok(done.rows_affected())
-    }
-
-    /// How many requests are waiting (claimed or not), per tenant: the backlog the metrics
-    /// report.
-    pub async fn backlog(&self) -> Result<HashMap<Option<Uuid>, i64>, StoreError> {
-        #[derive(FromQueryResult)]
-        struct Row {
-            tenant_id: Option<Uuid>,
-            waiting: i64,
-        }
-        let rows = Row::find_by_statement(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT tenant_id, count(*) AS waiting FROM convergence_requests GROUP BY tenant_id",
-        ))
-        .all(&self.db)
-        .await?;
-        Ok(rows.into_iter().map(|r| (r.tenant_id, r.waiting)).collect())
     }
 }

@@ -20,11 +20,6 @@ pub fn trace_id(span: &Span) -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
-/// The span context of `span` (invalid when it is not traced), e.g. to link to it.
-pub fn span_context(span: &Span) -> opentelemetry::trace::SpanContext {
-    span.context().span().span_context().clone()
-}
-
 /// The `receive` span of one JetStream message: its parent is the publisher's span from the
 /// message headers (a new trace when there is none), and it lives until the message is
 /// answered. Records `trace_id` so compact log lines carry it.
