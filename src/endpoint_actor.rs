@@ -24,12 +24,17 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::delivery::Delivery;
-use crate::pass::{self, Newer, PassContext, PassResult};
+use crate::pass::{self, Newer, PassContext, PassResult, Row};
 
-/// What one claimed request asks of this actor's endpoint.
+/// What one claimed request asks of this actor's endpoint, with the row the claim read.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver(pub Vec<Delivery>);
+pub struct Deliver {
+    /// What the request covers.
+    pub batch: Vec<Delivery>,
+    /// The endpoint's row.
+    pub row: Row,
+}
 
 /// Something new was asked of the endpoint while its pass runs.
 #[derive(Message)]
@@ -126,11 +131,11 @@ impl EndpointActor {
         }
     }
 
-    fn start_pass(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
+    fn start_pass(&mut self, batch: Vec<Delivery>, row: Row, ctx: &mut Context<Self>) {
         self.busy = true;
         let (newer, newer_rx) = watch::channel(Newer::default());
         self.newer = Some(newer);
-        let work = pass::run(self.ctx.clone(), self.endpoint_id, batch, newer_rx);
+        let work = pass::run(self.ctx.clone(), self.endpoint_id, batch, row, newer_rx);
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
             act.newer = None;
@@ -139,8 +144,9 @@ impl EndpointActor {
                 act.hand_back_pending();
                 ctx.stop();
             } else if !act.pending.is_empty() {
+                // the row read with its claim predates this pass's writes: read it again
                 let next = act.pending.remove(0);
-                act.start_pass(next, ctx);
+                act.start_pass(next, Row::Unread, ctx);
             } else {
                 act.arm_idle_timer(ctx);
             }
@@ -192,7 +198,7 @@ impl Actor for EndpointActor {
 impl Handler<Deliver> for EndpointActor {
     type Result = ();
 
-    fn handle(&mut self, Deliver(batch): Deliver, ctx: &mut Self::Context) {
+    fn handle(&mut self, Deliver { batch, row }: Deliver, ctx: &mut Self::Context) {
         self.handled += 1;
         if let Some(timer) = self.idle_timer.take() {
             ctx.cancel_future(timer);
@@ -205,7 +211,7 @@ impl Handler<Deliver> for EndpointActor {
             // anyway, it waits for the first rather than interleaving with it
             self.pending.push(batch);
         } else {
-            self.start_pass(batch, ctx);
+            self.start_pass(batch, row, ctx);
         }
     }
 }

@@ -135,6 +135,15 @@ pub enum Phase {
     Aborting,
 }
 
+/// The endpoint's row as a pass starts with it.
+#[derive(Debug, Clone)]
+pub enum Row {
+    /// Not read yet: the pass reads it first.
+    Unread,
+    /// Read with the claim (`None`: the endpoint does not exist), so the pass needs no query.
+    Read(Option<EndpointRecord>),
+}
+
 /// How a pass ended, for the actor's bookkeeping and for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PassResult {
@@ -174,6 +183,7 @@ pub async fn run(
     ctx: Arc<PassContext>,
     endpoint_id: Uuid,
     mut batch: Vec<Delivery>,
+    row: Row,
     newer: watch::Receiver<Newer>,
 ) -> PassResult {
     let traceparents: Vec<&str> = batch
@@ -182,8 +192,8 @@ pub async fn run(
         .collect();
     let span = telemetry::pass_span(&traceparents, endpoint_id, events_covered(&batch));
     let owner = OnceLock::new();
-    let work =
-        AssertUnwindSafe(run_pass(&ctx, endpoint_id, &mut batch, &owner, newer)).catch_unwind();
+    let work = AssertUnwindSafe(run_pass(&ctx, endpoint_id, &mut batch, row, &owner, newer))
+        .catch_unwind();
     let result = match work.instrument(span.clone()).await {
         Ok(result) => {
             if !ctx.panics.is_empty() {
@@ -299,13 +309,17 @@ async fn run_pass(
     ctx: &PassContext,
     endpoint_id: Uuid,
     batch: &mut [Delivery],
+    row: Row,
     owner: &OnceLock<Owner>,
     newer: watch::Receiver<Newer>,
 ) -> PassResult {
     let started = Instant::now();
     let load = telemetry::step_span(Step::LoadIntent);
     load.record("endpoint_id", tracing::field::display(endpoint_id));
-    let loaded = ctx.store.load(endpoint_id).instrument(load.clone()).await;
+    let loaded = match row {
+        Row::Read(row) => Ok(row),
+        Row::Unread => ctx.store.load(endpoint_id).instrument(load.clone()).await,
+    };
     let (record, name) = match loaded {
         Ok(Some(record)) => {
             let name = ctx.deployer.name_for(&ctx.render.name_prefix, record.id);

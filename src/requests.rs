@@ -21,13 +21,15 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, QueryResult, Statement,
+};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::delivery::Follow;
 use crate::events::EventKind;
-use crate::store::{StoreError, json_param};
+use crate::store::{EndpointRecord, StoreError, json_param};
 
 /// Who asks for a pass over an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +230,27 @@ impl Claim {
     }
 }
 
+/// A claim, with the endpoint's row as the claiming statement read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedRequest {
+    /// The claim.
+    pub claim: Claim,
+    /// The endpoint's row at the claim; `None` when the endpoint does not exist.
+    pub row: Option<EndpointRecord>,
+}
+
+impl FromQueryResult for ClaimedRequest {
+    fn from_query_result(res: &QueryResult, pre: &str) -> Result<Self, DbErr> {
+        let claim = Claim::from_query_result(res, pre)?;
+        let found: Option<Uuid> = res.try_get(pre, "e_id")?;
+        let row = match found {
+            Some(_) => Some(EndpointRecord::from_query_result(res, &format!("{pre}e_"))?),
+            None => None,
+        };
+        Ok(Self { claim, row })
+    }
+}
+
 /// How a pass over a claimed request ended, for [`Claims::release`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
@@ -283,16 +306,31 @@ pub struct Claims {
     ttl: Duration,
 }
 
+// The claim reads the endpoint's row in the same statement (what `Store::load` reads, its
+// columns prefixed `e_`), so a pass starts without a query of its own.
 const CLAIM_SQL: &str = r#"
-UPDATE convergence_requests r SET claimed_by = $2,
-    claim_expires_at = now() + $3 * interval '1 millisecond'
-FROM (SELECT endpoint_id FROM convergence_requests
-      WHERE endpoint_id IN (SELECT value::uuid FROM jsonb_array_elements_text($1::jsonb))
-        AND (claimed_by IS NULL OR claim_expires_at < now())
-      FOR UPDATE SKIP LOCKED) c
-WHERE r.endpoint_id = c.endpoint_id
-RETURNING r.endpoint_id, r.version, r.events, r.wants_delete, r.follow, r.first_published_at,
-    r.traceparents, r.attempts"#;
+WITH claimed AS (
+    UPDATE convergence_requests r SET claimed_by = $2,
+        claim_expires_at = now() + $3 * interval '1 millisecond'
+    FROM (SELECT endpoint_id FROM convergence_requests
+          WHERE endpoint_id IN (SELECT value::uuid FROM jsonb_array_elements_text($1::jsonb))
+            AND (claimed_by IS NULL OR claim_expires_at < now())
+          FOR UPDATE SKIP LOCKED) c
+    WHERE r.endpoint_id = c.endpoint_id
+    RETURNING r.endpoint_id, r.version, r.events, r.wants_delete, r.follow,
+        r.first_published_at, r.traceparents, r.attempts
+)
+SELECT c.*, e.id AS e_id, e.tenant_id AS e_tenant_id, e.project_id AS e_project_id,
+    e.name::text AS e_name, e.status AS e_status, e.url AS e_url, e.runtime AS e_runtime,
+    e.model_id AS e_model_id, e.model_version_id AS e_model_version_id,
+    e.traffic AS e_traffic, e.autoscaling AS e_autoscaling,
+    e.runtime_config AS e_runtime_config, e.spec_generation AS e_spec_generation,
+    e.ready_generation AS e_ready_generation,
+    (mv.id IS NOT NULL) AS e_model_version_found, mv.artifact_uri AS e_artifact_uri,
+    EXISTS (SELECT 1 FROM tenant_pauses p WHERE p.tenant_id = e.tenant_id) AS e_tenant_paused
+FROM claimed c
+LEFT JOIN endpoints e ON e.id = c.endpoint_id
+LEFT JOIN model_versions mv ON mv.id = e.model_version_id AND mv.tenant_id = e.tenant_id"#;
 
 const RELEASE_SQL: &str = r#"
 WITH input AS (
@@ -358,19 +396,22 @@ impl Claims {
     }
 
     /// Claims what it can of `ids`: rows another live replica holds, rows locked by a claim
-    /// running right now, and rows already done are left out.
-    pub async fn claim(&self, ids: &[Uuid]) -> Result<Vec<Claim>, StoreError> {
-        Ok(Claim::find_by_statement(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            CLAIM_SQL,
-            [
-                json_param(ids)?,
-                self.holder.clone().into(),
-                millis(self.ttl).into(),
-            ],
-        ))
-        .all(&self.db)
-        .await?)
+    /// running right now, and rows already done are left out. Each claim comes with its
+    /// endpoint's row, read by the same statement.
+    pub async fn claim(&self, ids: &[Uuid]) -> Result<Vec<ClaimedRequest>, StoreError> {
+        Ok(
+            ClaimedRequest::find_by_statement(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                CLAIM_SQL,
+                [
+                    json_param(ids)?,
+                    self.holder.clone().into(),
+                    millis(self.ttl).into(),
+                ],
+            ))
+            .all(&self.db)
+            .await?,
+        )
     }
 
     /// Ends the claims of finished passes: a request converged at its claimed version is

@@ -447,7 +447,8 @@ impl Store {
             .min_connections(1)
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(5))
-            .sqlx_logging(false);
+            .sqlx_logging(false)
+            .map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_custom_plan")]));
         let db = Database::connect(options).await.map_err(ConnectError)?;
         Ok(Self::start(db, settings.batch_max, metrics))
     }

@@ -41,8 +41,10 @@ use crate::endpoint_actor::{
 use crate::events::{EventKind, ServingEvent};
 use crate::metrics::retry;
 use crate::outcome::Outcome;
-use crate::pass::{PassContext, PassResult};
-use crate::requests::{Claim, Claims, Recorded, Release, Renewed, Request, Source, StillWanted};
+use crate::pass::{PassContext, PassResult, Row};
+use crate::requests::{
+    ClaimedRequest, Claims, Recorded, Release, Renewed, Request, Source, StillWanted,
+};
 use crate::scheduler::{Scheduler, Wanted};
 use crate::store::{RejectedEvent, Store};
 use crate::telemetry;
@@ -97,7 +99,7 @@ struct WantedEndpoint {
 #[rtype(result = "()")]
 struct Claimed {
     asked: Vec<Uuid>,
-    got: Result<Vec<Claim>, crate::store::StoreError>,
+    got: Result<Vec<ClaimedRequest>, crate::store::StoreError>,
 }
 
 /// The answer to a release query.
@@ -208,7 +210,13 @@ impl Supervisor {
         }
     }
 
-    fn route(&mut self, endpoint_id: Uuid, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
+    fn route(
+        &mut self,
+        endpoint_id: Uuid,
+        batch: Vec<Delivery>,
+        row: Row,
+        ctx: &mut Context<Self>,
+    ) {
         let spawn = || {
             let reports = Reports {
                 idle: ctx.address().recipient(),
@@ -233,7 +241,7 @@ impl Supervisor {
             *entry = spawn();
         }
         entry.routed += 1;
-        entry.addr.do_send(Deliver(batch));
+        entry.addr.do_send(Deliver { batch, row });
     }
 
     fn nudge(&self, endpoint_id: Uuid, delete: bool) {
@@ -567,11 +575,9 @@ impl Handler<Incoming> for Supervisor {
                 });
             match decoded {
                 Ok((kind, event)) => {
-                    let name = self
-                        .ctx
-                        .deployer
-                        .name_for(&self.ctx.render.name_prefix, event.endpoint_id);
-                    record_event(&span, &event, &name);
+                    if !span.is_none() {
+                        record_event(&span, &event, &self.ctx);
+                    }
                     requests.push(Request {
                         endpoint_id: event.endpoint_id,
                         source: Source::Event {
@@ -580,11 +586,15 @@ impl Handler<Incoming> for Supervisor {
                             project_id: event.project_id,
                         },
                         published_at,
-                        traceparent: telemetry::traceparent(&span),
+                        traceparent: telemetry::receive_traceparent(
+                            &span,
+                            message.headers.as_ref(),
+                        ),
                     });
                     accepted.push((message, span, kind, event));
                 }
                 Err(reason) => {
+                    let span = traced(span, &message, None, &self.ctx);
                     span.in_scope(
                         || tracing::warn!(subject = %message.subject, %reason, "refusing event"),
                     );
@@ -602,6 +612,7 @@ impl Handler<Incoming> for Supervisor {
         }
         let me = ctx.address();
         let recorded = store.record_requests(requests);
+        let pass_ctx = self.ctx.clone();
         tokio::spawn(async move {
             let recorded = recorded.await;
             // committed (or failed): the consumer may pull the next chunk
@@ -634,6 +645,7 @@ impl Handler<Incoming> for Supervisor {
                     _ => {
                         // the tenant check refused it: find out why, record it, terminate
                         let (store, metrics) = (store.clone(), metrics.clone());
+                        let span = traced(span, &message, Some(&event), &pass_ctx);
                         tokio::spawn(async move {
                             let reason = refusal_reason(&store, kind, &event).await;
                             span.in_scope(|| {
@@ -778,7 +790,7 @@ impl Handler<Claimed> for Supervisor {
             }
         };
         let mut unclaimed: std::collections::HashSet<Uuid> = asked.into_iter().collect();
-        for claim in got {
+        for ClaimedRequest { claim, row } in got {
             unclaimed.remove(&claim.endpoint_id);
             let endpoint_id = claim.endpoint_id;
             self.held.insert(
@@ -794,7 +806,12 @@ impl Handler<Claimed> for Supervisor {
             if self.draining.is_some() {
                 self.pass_finished(endpoint_id, PassResult::HandedBack(Some(Duration::ZERO)));
             } else {
-                self.route(endpoint_id, Delivery::from_claim(claim), ctx);
+                self.route(
+                    endpoint_id,
+                    Delivery::from_claim(claim),
+                    Row::Read(row),
+                    ctx,
+                );
             }
         }
         // held by another replica, or already converged by one: its holder runs it again if
@@ -1023,8 +1040,30 @@ fn release_free_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
+/// `span`, or when it is disabled (spans are not exported) a traced `receive` span for
+/// `message` with what `event` says: a line about one message carries its trace id either way.
+fn traced(
+    span: tracing::Span,
+    message: &jetstream::Message,
+    event: Option<&ServingEvent>,
+    ctx: &PassContext,
+) -> tracing::Span {
+    if !span.is_none() {
+        return span;
+    }
+    let span = telemetry::traced_receive_span(message);
+    if let Some(event) = event {
+        record_event(&span, event, ctx);
+    }
+    span
+}
+
 /// Records what a decoded event says on its `receive` span.
-fn record_event(span: &tracing::Span, event: &ServingEvent, isvc_name: &str) {
+fn record_event(span: &tracing::Span, event: &ServingEvent, ctx: &PassContext) {
+    let isvc_name = ctx
+        .deployer
+        .name_for(&ctx.render.name_prefix, event.endpoint_id);
+    let isvc_name = isvc_name.as_str();
     let endpoint = tracing::field::display(event.endpoint_id);
     match (event.tenant_id, event.project_id) {
         (Some(tenant), Some(project)) => {

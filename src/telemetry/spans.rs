@@ -20,10 +20,22 @@ pub fn trace_id(span: &Span) -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
+/// The `receive` span of one JetStream message when spans are exported (see [`STEP_SPANS`]),
+/// otherwise a disabled span: [`receive_traceparent`] then makes up the trace context the span
+/// would have had, so the pass continues the publisher's trace all the same. Code that logs
+/// about one message (a refusal) takes [`traced_receive_span`] instead, so the line carries the
+/// message's trace id either way.
+pub fn receive_span(message: &jetstream::Message) -> Span {
+    if !step_spans() {
+        return Span::none();
+    }
+    traced_receive_span(message)
+}
+
 /// The `receive` span of one JetStream message: its parent is the publisher's span from the
 /// message headers (a new trace when there is none), and it lives until the message is
 /// answered. Records `trace_id` so compact log lines carry it.
-pub fn receive_span(message: &jetstream::Message) -> Span {
+pub fn traced_receive_span(message: &jetstream::Message) -> Span {
     let info = message.info().ok();
     let span = tracing::info_span!(
         "receive",
@@ -51,6 +63,34 @@ pub fn receive_span(message: &jetstream::Message) -> Span {
         span.record("trace_id", id.as_str());
     }
     span
+}
+
+/// The W3C `traceparent` of the `receive` span of a message with `headers`: the span's own when
+/// it exists, else a new span id in the publisher's trace (a new trace when the headers carry
+/// none), as the span would have had. Stored with the message's request, it makes the pass a
+/// child of the publisher's trace.
+pub fn receive_traceparent(span: &Span, headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    use opentelemetry::trace::{TraceFlags, TraceId};
+    use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+    if !span.is_none() {
+        return traceparent(span);
+    }
+    let ids = RandomIdGenerator::default();
+    let parent = match headers {
+        Some(headers) => extract_context(Some(headers)),
+        None => opentelemetry::Context::new(),
+    };
+    let parent = parent.span().span_context().clone();
+    let (trace_id, flags): (TraceId, TraceFlags) = if parent.is_valid() {
+        (parent.trace_id(), parent.trace_flags())
+    } else {
+        (ids.new_trace_id(), TraceFlags::SAMPLED)
+    };
+    Some(format!(
+        "00-{trace_id}-{}-{:02x}",
+        ids.new_span_id(),
+        flags.to_u8()
+    ))
 }
 
 /// The span of one pass: a child of the last of `traceparents` (the `receive` span of the
@@ -135,11 +175,11 @@ macro_rules! step_span {
     };
 }
 
-/// Whether the steps of a pass get spans of their own: only when spans are exported (or a test
-/// or embedder installed its own trace provider). Without an exporter nobody sees them, and at
-/// thousands of events a second seven spans per deploy are a large share of the worker's CPU;
-/// the `receive` and `pass` spans are always there (their trace id goes into the history row
-/// and the logs).
+/// Whether the steps of a pass, and each message's `receive` span, get spans of their own:
+/// only when spans are exported (or a test or embedder installed its own trace provider).
+/// Without an exporter nobody sees them, and at thousands of events a second they are a large
+/// share of the worker's CPU; the `pass` span is always there (its trace id, the publisher's,
+/// goes into the history row and the logs).
 static STEP_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Turns the step spans on (see [`STEP_SPANS`]).
