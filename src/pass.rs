@@ -11,9 +11,10 @@
 //!    recorded `DEPLOYING` with [`PAUSED_REASON`]; `deploy-worker tenant resume` asks for a pass
 //!    over every endpoint so held); follow or repair what the informer reported; otherwise
 //!    deploy;
-//! 3. for a deploy: validates and renders the manifest (an invalid intent ends `ERROR` with the
-//!    validation message), records `DEPLOYING`, runs the deployer, records `READY`/`ERROR`
-//!    guarded by the spec generation.
+//! 3. for a deploy: validates the intent and renders the manifest (k8s mode; simulate mode
+//!    applies none, so it only validates; an invalid intent ends `ERROR` with the validation
+//!    message), records `DEPLOYING`, runs the deployer, records `READY`/`ERROR` guarded by the
+//!    spec generation.
 //!
 //! Database or deployer trouble hands the request back ([`PassResult::HandedBack`]): it stays
 //! in Postgres and the scheduler runs it again after a backoff delay.
@@ -190,10 +191,18 @@ pub async fn run(
         .iter()
         .flat_map(|d| d.traceparents.iter().map(String::as_str))
         .collect();
-    let span = telemetry::pass_span(&traceparents, endpoint_id, events_covered(&batch));
+    let (span, trace_id) = telemetry::pass_span(&traceparents, endpoint_id, events_covered(&batch));
     let owner = OnceLock::new();
-    let work = AssertUnwindSafe(run_pass(&ctx, endpoint_id, &mut batch, row, &owner, newer))
-        .catch_unwind();
+    let work = AssertUnwindSafe(run_pass(
+        &ctx,
+        endpoint_id,
+        &mut batch,
+        row,
+        &owner,
+        newer,
+        &trace_id,
+    ))
+    .catch_unwind();
     let result = match work.instrument(span.clone()).await {
         Ok(result) => {
             if !ctx.panics.is_empty() {
@@ -203,7 +212,7 @@ pub async fn run(
         }
         Err(panic) => {
             let owner = owner.get().copied();
-            recover(&ctx, endpoint_id, &batch, owner, panic.as_ref())
+            recover(&ctx, endpoint_id, &batch, owner, panic.as_ref(), trace_id)
                 .instrument(span.clone())
                 .await
         }
@@ -229,6 +238,7 @@ async fn recover(
     batch: &[Delivery],
     owner: Option<Owner>,
     panic: &(dyn std::any::Any + Send),
+    trace_id: Option<String>,
 ) -> PassResult {
     let message = panic
         .downcast_ref::<&str>()
@@ -276,7 +286,7 @@ async fn recover(
             isvc_name: ctx.deployer.name_for(&ctx.render.name_prefix, endpoint_id),
             url: None,
             events: i32::try_from(events_covered(batch)).unwrap_or(i32::MAX),
-            trace_id: telemetry::trace_id(&Span::current()),
+            trace_id,
             event_published_at: batch.iter().filter_map(|d| d.published_at).min(),
             started_at: now,
             finished_at: now,
@@ -312,6 +322,7 @@ async fn run_pass(
     row: Row,
     owner: &OnceLock<Owner>,
     newer: watch::Receiver<Newer>,
+    trace_id: &Option<String>,
 ) -> PassResult {
     let started = Instant::now();
     let load = telemetry::step_span(Step::LoadIntent);
@@ -366,7 +377,7 @@ async fn run_pass(
     drop(load);
 
     let batch: &[Delivery] = batch;
-    let pass = Pass::new(ctx, &record, batch, name, newer);
+    let pass = Pass::new(ctx, &record, batch, name, newer, trace_id.clone());
     let follow_only = batch.iter().all(|d| d.follow.is_some());
     if batch.iter().any(|d| d.kind == EventKind::Delete) {
         pass.delete().await
@@ -469,6 +480,7 @@ impl<'a> Pass<'a> {
         batch: &'a [Delivery],
         name: String,
         newer: watch::Receiver<Newer>,
+        trace_id: Option<String>,
     ) -> Self {
         Self {
             ctx,
@@ -478,7 +490,7 @@ impl<'a> Pass<'a> {
             newer,
             started_at: Utc::now(),
             span: Span::current(),
-            trace_id: telemetry::trace_id(&Span::current()),
+            trace_id,
             deploy_action: EventKind::Deploy.as_str(),
         }
     }
@@ -802,8 +814,12 @@ impl<'a> Pass<'a> {
         let render = self.step(Step::Render);
         let rendered = render.in_scope(|| {
             let intent = self.record.intent();
-            // boxed: the manifest lives across the deploy's awaits, in the pass future
-            kserve::render(&intent, &self.ctx.render).map(Box::new)
+            if self.ctx.deployer.applies_manifests() {
+                // boxed: the manifest lives across the deploy's awaits, in the pass future
+                kserve::render(&intent, &self.ctx.render).map(|m| Some(Box::new(m)))
+            } else {
+                kserve::check(&intent, &self.ctx.render).map(|()| None)
+            }
         });
         let manifest = match rendered {
             Ok(manifest) => {
@@ -823,7 +839,7 @@ impl<'a> Pass<'a> {
         // intent has moved on; it never finishes by itself.
         let watching = self.watch_for_newer(fire);
         tokio::select! {
-            result = self.deploy_rendered(&manifest, &interrupt) => result,
+            result = self.deploy_rendered(manifest.as_deref(), &interrupt) => result,
             never = watching => match never {},
         }
     }
@@ -904,7 +920,7 @@ impl<'a> Pass<'a> {
 
     async fn deploy_rendered(
         &self,
-        manifest: &InferenceService,
+        manifest: Option<&InferenceService>,
         interrupt: &Interrupt,
     ) -> PassResult {
         if *self.ctx.phase.borrow() >= Phase::Draining {

@@ -359,6 +359,13 @@ impl KubernetesDeployer {
         &self,
         request: DeployRequest<'_>,
     ) -> Result<DeployOutcome, DeployError> {
+        if request.manifest.is_none() {
+            return Ok(DeployOutcome::Failed {
+                reason: "no manifest was rendered for this deploy; this is a deploy-worker bug: \
+                         report it"
+                    .to_owned(),
+            });
+        }
         let deadline = Instant::now() + self.timeout;
         // An object that vanishes during the wait (deleted out of band, an API server restored
         // empty) is applied again within the same budget.
@@ -587,7 +594,7 @@ impl KubernetesDeployer {
             }
         }
         let wanted = request
-            .manifest
+            .manifest?
             .metadata
             .annotations
             .as_ref()
@@ -896,7 +903,10 @@ fn classify(request: &DeployRequest<'_>, object: &InferenceService, target: i64)
 /// The request's manifest with the hash of its spec in [`ANNOTATION_SPEC_HASH`], so the
 /// informer can tell when someone else changes the spec.
 fn with_spec_hash(request: &DeployRequest<'_>) -> InferenceService {
-    let mut manifest = request.manifest.clone();
+    // `deploy` refuses a request without a manifest before anything is applied
+    let mut manifest = request.manifest.cloned().unwrap_or_else(|| {
+        InferenceService::new(request.name, crate::kserve::InferenceServiceSpec::default())
+    });
     // the request's name: an adopted object keeps the earlier worker's
     manifest.metadata.name = Some(request.name.to_owned());
     manifest

@@ -189,8 +189,9 @@ pub struct DeployRequest<'a> {
     pub project_id: Uuid,
     /// Its spec generation.
     pub generation: i64,
-    /// The manifest to apply.
-    pub manifest: &'a InferenceService,
+    /// The manifest to apply; `None` for a deployer that applies none (simulate mode, see
+    /// [`Deployer::applies_manifests`]), whose intent the pass only validated.
+    pub manifest: Option<&'a InferenceService>,
     /// The InferenceService name.
     pub name: &'a str,
     /// Fires when a newer intent makes this deploy moot.
@@ -218,6 +219,13 @@ impl Deployer {
             // future, simulate mode's included
             Self::Kubernetes(d) => Box::pin(d.deploy(request)).await,
         }
+    }
+
+    /// Whether deploys apply a manifest: simulate mode applies nothing, so a pass only
+    /// validates the intent (the same checks, without building the manifest it would throw
+    /// away).
+    pub fn applies_manifests(&self) -> bool {
+        !matches!(self, Self::Simulate(_))
     }
 
     /// The deployer's misconfiguration alarm (simulate mode never raises one).

@@ -17,6 +17,12 @@ pub fn render(intent: &Intent, opts: &RenderOptions) -> Result<InferenceService,
     Ok(build(intent, &spec, opts))
 }
 
+/// Checks an intent exactly as [`render`] does (validation with the worker's defaults, then the
+/// tenant policy) without building the manifest: what a deployer that applies nothing needs.
+pub fn check(intent: &Intent, opts: &RenderOptions) -> Result<(), IntentError> {
+    validate(intent, opts).map(drop)
+}
+
 /// What both renderers render: the intent validated with the worker's default resources, then
 /// checked against the tenant policy.
 pub(super) fn validate<'a>(

@@ -91,7 +91,7 @@ pub(super) fn install_with_filter(
     use tracing_subscriber::util::SubscriberInitExt;
     register_secrets(secrets);
     if exporting {
-        super::spans::enable_step_spans();
+        super::spans::export_spans();
     }
     logs_and_traces(&provider, vec![(format, io::stderr)], default_filter)
         .try_init()
@@ -128,7 +128,7 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     // whoever brings their own provider wants to see the whole tree
-    super::spans::enable_step_spans();
+    super::spans::export_spans();
     logs_and_traces(provider, outputs, default_filter)
 }
 
@@ -149,8 +149,13 @@ where
         .unwrap_or_else(|| Box::new(tracing_subscriber::layer::Identity::new()));
     let traces = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(TRACER_NAME))
-        // the worker's own spans and events at info and above, whatever `RUST_LOG` says
-        .with_filter(Targets::new().with_target("deploy_worker", Level::INFO));
+        // the worker's own spans and events at info and above, whatever `RUST_LOG` says, and
+        // only when spans are exported: otherwise nobody reads what this layer builds, and the
+        // spans carry their trace ids as fields (see `spans::spans_exported`)
+        .with_filter(tracing_subscriber::filter::FilterExt::and(
+            Targets::new().with_target("deploy_worker", Level::INFO),
+            tracing_subscriber::filter::dynamic_filter_fn(|_, _| super::spans::spans_exported()),
+        ));
     Registry::default().with(logs).with(traces)
 }
 

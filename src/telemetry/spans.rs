@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use super::*;
 
-/// The hex trace id of `span`, when it is traced.
+/// The hex trace id of `span`, when it is traced by the OpenTelemetry layer (spans are
+/// exported; see [`spans_exported`]).
 pub fn trace_id(span: &Span) -> Option<String> {
     let cx = span.context();
     let span_ref = cx.span();
@@ -20,13 +21,13 @@ pub fn trace_id(span: &Span) -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
-/// The `receive` span of one JetStream message when spans are exported (see [`STEP_SPANS`]),
+/// The `receive` span of one JetStream message when spans are exported (see [`EXPORTED`]),
 /// otherwise a disabled span: [`receive_traceparent`] then makes up the trace context the span
 /// would have had, so the pass continues the publisher's trace all the same. Code that logs
 /// about one message (a refusal) takes [`traced_receive_span`] instead, so the line carries the
 /// message's trace id either way.
 pub fn receive_span(message: &jetstream::Message) -> Span {
-    if !step_spans() {
+    if !spans_exported() {
         return Span::none();
     }
     traced_receive_span(message)
@@ -54,15 +55,30 @@ pub fn traced_receive_span(message: &jetstream::Message) -> Span {
         error = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    let parent = extract_context(message.headers.as_ref());
-    if parent.span().span_context().is_valid() {
-        // Only fails when the span is not traced at all; there is nothing to attach then.
-        let _ = span.set_parent(parent);
+    if spans_exported() {
+        let parent = extract_context(message.headers.as_ref());
+        if parent.span().span_context().is_valid() {
+            // Only fails when the span is not traced at all; there is nothing to attach then.
+            let _ = span.set_parent(parent);
+        }
     }
-    if let Some(id) = trace_id(&span) {
+    let id = trace_id(&span).or_else(|| {
+        receive_traceparent(&Span::none(), message.headers.as_ref())
+            .and_then(|t| traceparent_trace_id(&t).map(str::to_owned))
+    });
+    if let Some(id) = id {
         span.record("trace_id", id.as_str());
     }
     span
+}
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), when well formed.
+fn traceparent_trace_id(traceparent: &str) -> Option<&str> {
+    let id = traceparent.split('-').nth(1)?;
+    let valid = id.len() == 32
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && id.bytes().any(|b| b != b'0');
+    valid.then_some(id)
 }
 
 /// The W3C `traceparent` of the `receive` span of a message with `headers`: the span's own when
@@ -93,10 +109,15 @@ pub fn receive_traceparent(span: &Span, headers: Option<&async_nats::HeaderMap>)
     ))
 }
 
-/// The span of one pass: a child of the last of `traceparents` (the `receive` span of the
-/// newest event it covers, recorded with its request), linked to the others; a new trace when
-/// there are none (the worker's own requests).
-pub fn pass_span(traceparents: &[&str], endpoint_id: Uuid, events: usize) -> Span {
+/// The span of one pass and its trace id: a child of the last of `traceparents` (the `receive`
+/// span of the newest event it covers, recorded with its request), linked to the others; a new
+/// trace when there are none (the worker's own requests). When spans are not exported the span
+/// only carries the trace id, as its `trace_id` field, for the log lines inside it.
+pub fn pass_span(
+    traceparents: &[&str],
+    endpoint_id: Uuid,
+    events: usize,
+) -> (Span, Option<String>) {
     let span = tracing::info_span!(
         parent: None,
         "pass",
@@ -110,6 +131,18 @@ pub fn pass_span(traceparents: &[&str], endpoint_id: Uuid, events: usize) -> Spa
         events = events,
         trace_id = tracing::field::Empty,
     );
+    if !spans_exported() {
+        use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+        let id = traceparents
+            .last()
+            .and_then(|t| traceparent_trace_id(t))
+            .map_or_else(
+                || RandomIdGenerator::default().new_trace_id().to_string(),
+                str::to_owned,
+            );
+        span.record("trace_id", id.as_str());
+        return (span, Some(id));
+    }
     if let Some((newest, others)) = traceparents.split_last() {
         let parent = context_from_traceparent(newest);
         if parent.span().span_context().is_valid() {
@@ -123,10 +156,11 @@ pub fn pass_span(traceparents: &[&str], endpoint_id: Uuid, events: usize) -> Spa
             }
         }
     }
-    if let Some(id) = trace_id(&span) {
+    let id = trace_id(&span);
+    if let Some(id) = &id {
         span.record("trace_id", id.as_str());
     }
-    span
+    (span, id)
 }
 
 /// The steps of a pass, each a child span of the pass.
@@ -175,27 +209,30 @@ macro_rules! step_span {
     };
 }
 
-/// Whether the steps of a pass, and each message's `receive` span, get spans of their own:
-/// only when spans are exported (or a test or embedder installed its own trace provider).
-/// Without an exporter nobody sees them, and at thousands of events a second they are a large
-/// share of the worker's CPU; the `pass` span is always there (its trace id, the publisher's,
-/// goes into the history row and the logs).
-static STEP_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Whether spans are exported (or a test or embedder installed its own trace provider). Only
+/// then do the steps of a pass and each message's `receive` span get spans of their own, and
+/// does the OpenTelemetry layer see any span. Without an exporter nobody sees them, and at
+/// thousands of events a second they are a large share of the worker's CPU and memory: the
+/// trace context is then carried as text (the `traceparent` stored with a request, the
+/// `trace_id` field of a `pass` span), so history rows and log lines still name the
+/// publisher's trace.
+static EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Turns the step spans on (see [`STEP_SPANS`]).
-pub(super) fn enable_step_spans() {
-    STEP_SPANS.store(true, std::sync::atomic::Ordering::Relaxed);
+/// Turns exported spans on (see [`EXPORTED`]).
+pub(super) fn export_spans() {
+    EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn step_spans() -> bool {
-    STEP_SPANS.load(std::sync::atomic::Ordering::Relaxed)
+/// Whether spans are exported (see [`EXPORTED`]).
+pub fn spans_exported() -> bool {
+    EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A span for `step`, a child of the current span, carrying `labels` from the start (cheaper
 /// than recording them one by one afterwards: every layer sees the span's fields once); a
 /// disabled span when step spans are off.
 pub fn labelled_step_span(step: Step, labels: &SpanLabels<'_>) -> Span {
-    if !step_spans() {
+    if !spans_exported() {
         return Span::none();
     }
     match step {
@@ -213,7 +250,7 @@ pub fn labelled_step_span(step: Step, labels: &SpanLabels<'_>) -> Span {
 /// (empty until recorded, e.g. with [`SpanLabels::record`]); a disabled span when step spans
 /// are off.
 pub fn step_span(step: Step) -> Span {
-    if !step_spans() {
+    if !spans_exported() {
         return Span::none();
     }
     // Span names must be literals for `tracing`, hence one arm per step.
