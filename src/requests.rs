@@ -240,11 +240,39 @@ pub struct ClaimedRequest {
 }
 
 impl FromQueryResult for ClaimedRequest {
-    fn from_query_result(res: &QueryResult, pre: &str) -> Result<Self, DbErr> {
-        let claim = Claim::from_query_result(res, pre)?;
-        let found: Option<Uuid> = res.try_get(pre, "e_id")?;
+    /// Decodes a row of the claim statement by position (see `CLAIM_SQL`).
+    fn from_query_result(res: &QueryResult, _pre: &str) -> Result<Self, DbErr> {
+        let claim = Claim {
+            endpoint_id: res.try_get_by_index(0)?,
+            version: res.try_get_by_index(1)?,
+            events: res.try_get_by_index(2)?,
+            wants_delete: res.try_get_by_index(3)?,
+            follow: res.try_get_by_index(4)?,
+            first_published_at: res.try_get_by_index(5)?,
+            traceparents: res.try_get_by_index(6)?,
+            attempts: res.try_get_by_index(7)?,
+        };
+        let found: Option<Uuid> = res.try_get_by_index(8)?;
         let row = match found {
-            Some(_) => Some(EndpointRecord::from_query_result(res, &format!("{pre}e_"))?),
+            Some(id) => Some(EndpointRecord {
+                id,
+                tenant_id: res.try_get_by_index(9)?,
+                project_id: res.try_get_by_index(10)?,
+                name: res.try_get_by_index(11)?,
+                status: res.try_get_by_index(12)?,
+                url: res.try_get_by_index(13)?,
+                runtime: res.try_get_by_index(14)?,
+                model_id: res.try_get_by_index(15)?,
+                model_version_id: res.try_get_by_index(16)?,
+                traffic: res.try_get_by_index(17)?,
+                autoscaling: res.try_get_by_index(18)?,
+                runtime_config: res.try_get_by_index(19)?,
+                spec_generation: res.try_get_by_index(20)?,
+                ready_generation: res.try_get_by_index(21)?,
+                model_version_found: res.try_get_by_index(22)?,
+                artifact_uri: res.try_get_by_index(23)?,
+                tenant_paused: res.try_get_by_index(24)?,
+            }),
             None => None,
         };
         Ok(Self { claim, row })
@@ -306,8 +334,10 @@ pub struct Claims {
     ttl: Duration,
 }
 
-// The claim reads the endpoint's row in the same statement (what `Store::load` reads, its
-// columns prefixed `e_`), so a pass starts without a query of its own.
+// The claim reads the endpoint's row in the same statement (what `Store::load` reads), so a
+// pass starts without a query of its own. The columns are decoded by position, in the order
+// `ClaimedRequest::from_query_result` reads them: by name, every column of every row costs a
+// lookup and, for the endpoint's, a prefixed name built on the heap.
 const CLAIM_SQL: &str = r#"
 WITH claimed AS (
     UPDATE convergence_requests r SET claimed_by = $2,
@@ -320,14 +350,12 @@ WITH claimed AS (
     RETURNING r.endpoint_id, r.version, r.events, r.wants_delete, r.follow,
         r.first_published_at, r.traceparents, r.attempts
 )
-SELECT c.*, e.id AS e_id, e.tenant_id AS e_tenant_id, e.project_id AS e_project_id,
-    e.name::text AS e_name, e.status AS e_status, e.url AS e_url, e.runtime AS e_runtime,
-    e.model_id AS e_model_id, e.model_version_id AS e_model_version_id,
-    e.traffic AS e_traffic, e.autoscaling AS e_autoscaling,
-    e.runtime_config AS e_runtime_config, e.spec_generation AS e_spec_generation,
-    e.ready_generation AS e_ready_generation,
-    (mv.id IS NOT NULL) AS e_model_version_found, mv.artifact_uri AS e_artifact_uri,
-    EXISTS (SELECT 1 FROM tenant_pauses p WHERE p.tenant_id = e.tenant_id) AS e_tenant_paused
+SELECT c.endpoint_id, c.version, c.events, c.wants_delete, c.follow, c.first_published_at,
+    c.traceparents, c.attempts,
+    e.id, e.tenant_id, e.project_id, e.name::text, e.status, e.url, e.runtime, e.model_id,
+    e.model_version_id, e.traffic, e.autoscaling, e.runtime_config, e.spec_generation,
+    e.ready_generation, (mv.id IS NOT NULL), mv.artifact_uri,
+    EXISTS (SELECT 1 FROM tenant_pauses p WHERE p.tenant_id = e.tenant_id)
 FROM claimed c
 LEFT JOIN endpoints e ON e.id = c.endpoint_id
 LEFT JOIN model_versions mv ON mv.id = e.model_version_id AND mv.tenant_id = e.tenant_id"#;
