@@ -43,6 +43,7 @@ use crate::deployer::{
 };
 use crate::events::EventKind;
 use crate::follow::RepairLimiter;
+use crate::intent::IntentError;
 use crate::kserve::{self, InferenceService, RenderOptions};
 use crate::metrics::{Metrics, follow, retry};
 use crate::outcome::Outcome;
@@ -331,7 +332,7 @@ async fn run_pass(
         Row::Read(row) => Ok(row),
         Row::Unread => ctx.store.load(endpoint_id).instrument(load.clone()).await,
     };
-    let (record, name) = match loaded {
+    let (mut record, name) = match loaded {
         Ok(Some(record)) => {
             let name = ctx.deployer.name_for(&ctx.render.name_prefix, record.id);
             let labels = labels(&record, &name);
@@ -377,11 +378,26 @@ async fn run_pass(
     drop(load);
 
     let batch: &[Delivery] = batch;
-    let pass = Pass::new(ctx, &record, batch, name, newer, trace_id.clone());
     let follow_only = batch.iter().all(|d| d.follow.is_some());
-    if batch.iter().any(|d| d.kind == EventKind::Delete) {
+    let deletes = batch.iter().any(|d| d.kind == EventKind::Delete);
+    let follows =
+        follow_only || (record.is_converged() && batch.iter().any(|d| d.follow.is_some()));
+    let deploys = !deletes
+        && !follows
+        && !record.is_deleted()
+        && !record.is_converged()
+        && !record.tenant_paused;
+    let rendered = deploys.then(|| {
+        let rendered = render_intent(ctx, &record, &name);
+        // What the deploy needs is in the manifest now (or the intent was refused): the row's
+        // JSON documents need not stay in memory for as long as the deploy waits.
+        record.forget_spec();
+        rendered
+    });
+    let pass = Pass::new(ctx, &record, batch, name, newer, trace_id.clone());
+    if deletes {
         pass.delete().await
-    } else if follow_only || (record.is_converged() && batch.iter().any(|d| d.follow.is_some())) {
+    } else if follows {
         pass.follow().await
     } else if record.is_deleted() {
         pass.record_only(
@@ -394,11 +410,42 @@ async fn run_pass(
     } else if record.tenant_paused {
         pass.hold_for_pause().await
     } else {
-        let result = pass.deploy().await;
+        let result = match rendered {
+            Some(rendered) => pass.deploy_rendered_intent(rendered).await,
+            None => pass.deploy().await,
+        };
         ctx.metrics
             .deploy_finished(result.label(), started.elapsed().as_secs_f64());
         result
     }
+}
+
+/// What a deploy of `record`'s intent applies: the rendered manifest in k8s mode, nothing in
+/// simulate mode (which applies none, so the intent is only validated); the intent's refusal
+/// when it is invalid. Runs in a `render` step span.
+fn render_intent(
+    ctx: &PassContext,
+    record: &EndpointRecord,
+    name: &str,
+) -> Result<Option<Box<InferenceService>>, IntentError> {
+    let render = telemetry::labelled_step_span(Step::Render, &labels(record, name));
+    let rendered = render.in_scope(|| {
+        let intent = record.intent();
+        if ctx.deployer.applies_manifests() {
+            // boxed: the manifest lives across the deploy's awaits, in the pass future
+            kserve::render(&intent, &ctx.render).map(|m| Some(Box::new(m)))
+        } else {
+            kserve::check(&intent, &ctx.render).map(|()| None)
+        }
+    });
+    match &rendered {
+        Ok(_) => telemetry::record_outcome(&render, "rendered"),
+        Err(err) => {
+            telemetry::record_outcome(&render, "invalid");
+            telemetry::record_error(&render, err);
+        }
+    }
+    rendered
 }
 
 /// The span attributes of a pass over `record`, whose InferenceService is `name`.
@@ -811,29 +858,19 @@ impl<'a> Pass<'a> {
     }
 
     async fn deploy(&self) -> PassResult {
-        let render = self.step(Step::Render);
-        let rendered = render.in_scope(|| {
-            let intent = self.record.intent();
-            if self.ctx.deployer.applies_manifests() {
-                // boxed: the manifest lives across the deploy's awaits, in the pass future
-                kserve::render(&intent, &self.ctx.render).map(|m| Some(Box::new(m)))
-            } else {
-                kserve::check(&intent, &self.ctx.render).map(|()| None)
-            }
-        });
+        let rendered = render_intent(self.ctx, self.record, &self.name);
+        self.deploy_rendered_intent(rendered).await
+    }
+
+    /// Deploys what [`render_intent`] made of the intent; an invalid intent ends `ERROR`.
+    async fn deploy_rendered_intent(
+        &self,
+        rendered: Result<Option<Box<InferenceService>>, IntentError>,
+    ) -> PassResult {
         let manifest = match rendered {
-            Ok(manifest) => {
-                telemetry::record_outcome(&render, "rendered");
-                manifest
-            }
-            Err(err) => {
-                telemetry::record_outcome(&render, "invalid");
-                telemetry::record_error(&render, &err);
-                drop(render);
-                return self.fail(EventKind::Deploy, err.to_string()).await;
-            }
+            Ok(manifest) => manifest,
+            Err(err) => return self.fail(EventKind::Deploy, err.to_string()).await,
         };
-        drop(render);
         let (fire, interrupt) = Interrupt::new();
         // Runs beside the deploy for as long as it waits, and fires the interrupt once the
         // intent has moved on; it never finishes by itself.

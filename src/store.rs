@@ -168,6 +168,16 @@ impl EndpointRecord {
         }
     }
 
+    /// Drops the JSON documents and artifact of the intent (traffic, autoscaling, runtime
+    /// settings), which only validating and rendering read: a deploy that waits minutes then
+    /// holds its row without them.
+    pub fn forget_spec(&mut self) {
+        self.traffic = None;
+        self.autoscaling = None;
+        self.runtime_config = None;
+        self.artifact_uri = None;
+    }
+
     /// True when the intent at the current generation is already served.
     pub fn is_converged(&self) -> bool {
         self.status == status::READY && self.ready_generation == Some(self.spec_generation)
