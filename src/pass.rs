@@ -143,7 +143,7 @@ pub enum Row {
     /// Not read yet: the pass reads it first.
     Unread,
     /// Read with the claim (`None`: the endpoint does not exist), so the pass needs no query.
-    Read(Option<EndpointRecord>),
+    Read(Option<Box<EndpointRecord>>),
 }
 
 /// How a pass ended, for the actor's bookkeeping and for tests.
@@ -329,7 +329,7 @@ async fn run_pass(
     let load = telemetry::step_span(Step::LoadIntent);
     load.record("endpoint_id", tracing::field::display(endpoint_id));
     let loaded = match row {
-        Row::Read(row) => Ok(row),
+        Row::Read(row) => Ok(row.map(|row| *row)),
         Row::Unread => ctx.store.load(endpoint_id).instrument(load.clone()).await,
     };
     let (mut record, name) = match loaded {

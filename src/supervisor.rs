@@ -809,7 +809,7 @@ impl Handler<Claimed> for Supervisor {
                 self.route(
                     endpoint_id,
                     Delivery::from_claim(claim),
-                    Row::Read(row),
+                    Row::Read(row.map(Box::new)),
                     ctx,
                 );
             }
