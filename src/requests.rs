@@ -77,7 +77,7 @@ pub enum Recorded {
     Refused,
 }
 
-/// A request row as `jsonb_to_recordset` reads it.
+/// A request row as `json_to_recordset` reads it.
 #[derive(Serialize)]
 struct RequestRow<'a> {
     n: usize,
@@ -93,7 +93,7 @@ struct RequestRow<'a> {
 
 const RECORD_SQL: &str = r#"
 WITH input AS (
-    SELECT * FROM jsonb_to_recordset($1::jsonb) AS i(n integer, endpoint_id uuid, event boolean,
+    SELECT * FROM json_to_recordset($1::json) AS i(n integer, endpoint_id uuid, event boolean,
         is_delete boolean, tenant_id uuid, project_id uuid, follow text,
         published_at timestamptz, traceparent text)
 ), checked AS (
@@ -343,7 +343,7 @@ WITH claimed AS (
     UPDATE convergence_requests r SET claimed_by = $2,
         claim_expires_at = now() + $3 * interval '1 millisecond'
     FROM (SELECT endpoint_id FROM convergence_requests
-          WHERE endpoint_id IN (SELECT value::uuid FROM jsonb_array_elements_text($1::jsonb))
+          WHERE endpoint_id IN (SELECT value::uuid FROM json_array_elements_text($1::json))
             AND (claimed_by IS NULL OR claim_expires_at < now())
           FOR UPDATE SKIP LOCKED) c
     WHERE r.endpoint_id = c.endpoint_id
@@ -355,14 +355,14 @@ SELECT c.endpoint_id, c.version, c.events, c.wants_delete, c.follow, c.first_pub
     e.id, e.tenant_id, e.project_id, e.name::text, e.status, e.url, e.runtime, e.model_id,
     e.model_version_id, e.traffic, e.autoscaling, e.runtime_config, e.spec_generation,
     e.ready_generation, (mv.id IS NOT NULL), mv.artifact_uri,
-    EXISTS (SELECT 1 FROM tenant_pauses p WHERE p.tenant_id = e.tenant_id)
+    e.tenant_id IN (SELECT tenant_id FROM tenant_pauses)
 FROM claimed c
 LEFT JOIN endpoints e ON e.id = c.endpoint_id
 LEFT JOIN model_versions mv ON mv.id = e.model_version_id AND mv.tenant_id = e.tenant_id"#;
 
 const RELEASE_SQL: &str = r#"
 WITH input AS (
-    SELECT * FROM jsonb_to_recordset($1::jsonb)
+    SELECT * FROM json_to_recordset($1::json)
         AS i(endpoint_id uuid, version bigint, events integer, covered text, failed boolean,
              retry_ms bigint)
 ), done AS (
@@ -390,7 +390,7 @@ SELECT endpoint_id, tenant_id, retry_ms FROM kept"#;
 const RENEW_SQL: &str = r#"
 UPDATE convergence_requests SET claim_expires_at = now() + $2 * interval '1 millisecond'
 WHERE claimed_by = $1
-  AND endpoint_id IN (SELECT value::uuid FROM jsonb_array_elements_text($3::jsonb))
+  AND endpoint_id IN (SELECT value::uuid FROM json_array_elements_text($3::json))
 RETURNING endpoint_id, version, wants_delete"#;
 
 const RESCAN_SQL: &str = r#"

@@ -146,6 +146,11 @@ pub struct Scheduling {
 const RESCAN_PER_TENANT: usize = 2_000;
 const RESCAN_LIMIT: usize = 20_000;
 
+/// Claim queries, and release queries, running at once: two, so that while one waits for its
+/// commit to reach the disk the next batch is already on its way (they cover disjoint
+/// endpoints: an endpoint is admitted, and its pass ends, once at a time).
+const QUERIES_IN_FLIGHT: usize = 2;
+
 /// How long a failed release waits before it is tried again.
 const RELEASE_RETRY: Duration = Duration::from_secs(1);
 
@@ -170,12 +175,13 @@ pub struct Supervisor {
     scheduling: Scheduling,
     scheduler: Scheduler,
     held: HashMap<Uuid, Held>,
-    /// Ends of passes not yet released in Postgres, and whether a release query runs.
+    /// Ends of passes not yet released in Postgres, and how many release queries run.
     releases: Vec<Release>,
-    releasing: bool,
-    /// Whether a claim query runs: one at a time, so everything admitted meanwhile is claimed
-    /// by the next one (a few statements per second under load, not one per event).
-    claiming: bool,
+    releasing: usize,
+    /// How many claim queries run (at most [`QUERIES_IN_FLIGHT`]): everything admitted
+    /// meanwhile is claimed by the next one, so under load a claim covers hundreds of
+    /// endpoints.
+    claiming: usize,
     rescanning: bool,
     fetchers: Vec<tokio::task::JoinHandle<()>>,
     stop_fetching: watch::Sender<bool>,
@@ -201,8 +207,8 @@ impl Supervisor {
             scheduling,
             held: HashMap::new(),
             releases: Vec::new(),
-            releasing: false,
-            claiming: false,
+            releasing: 0,
+            claiming: 0,
             rescanning: false,
             fetchers: Vec::new(),
             stop_fetching: watch::channel(false).0,
@@ -252,14 +258,14 @@ impl Supervisor {
 
     /// Admits what the caps allow and claims it (once the claim query running has answered).
     fn admit(&mut self, ctx: &mut Context<Self>) {
-        if self.draining.is_some() || self.claiming {
+        if self.draining.is_some() || self.claiming >= QUERIES_IN_FLIGHT {
             return;
         }
         let admitted = self.scheduler.admit();
         if admitted.is_empty() {
             return;
         }
-        self.claiming = true;
+        self.claiming += 1;
         let claims = self.claims.clone();
         let me = ctx.address();
         tokio::spawn(async move {
@@ -307,10 +313,10 @@ impl Supervisor {
     }
 
     fn flush_releases(&mut self, ctx: &mut Context<Self>) {
-        if self.releasing || self.releases.is_empty() {
+        if self.releasing >= QUERIES_IN_FLIGHT || self.releases.is_empty() {
             return;
         }
-        self.releasing = true;
+        self.releasing += 1;
         let batch = std::mem::take(&mut self.releases);
         let claims = self.claims.clone();
         let me = ctx.address();
@@ -326,8 +332,8 @@ impl Supervisor {
     fn finish_drain_if_done(&mut self, ctx: &mut Context<Self>) {
         if self.draining.is_none()
             || !self.registry.is_empty()
-            || self.claiming
-            || self.releasing
+            || self.claiming > 0
+            || self.releasing > 0
             || !self.releases.is_empty()
         {
             return;
@@ -780,7 +786,7 @@ impl Handler<Claimed> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, Claimed { asked, got }: Claimed, ctx: &mut Self::Context) {
-        self.claiming = false;
+        self.claiming = self.claiming.saturating_sub(1);
         let got = match got {
             Ok(got) => got,
             Err(err) => {
@@ -865,7 +871,7 @@ impl Handler<Released> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, released: Released, ctx: &mut Self::Context) {
-        self.releasing = false;
+        self.releasing = self.releasing.saturating_sub(1);
         if let Err(err) = &released.still_wanted
             && self.draining.is_none()
         {
