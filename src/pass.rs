@@ -399,6 +399,11 @@ async fn run_pass(
         pass.delete().await
     } else if follows {
         pass.follow().await
+    } else if let Some(rendered) = rendered {
+        let result = pass.deploy_rendered_intent(rendered).await;
+        ctx.metrics
+            .deploy_finished(result.label(), started.elapsed().as_secs_f64());
+        result
     } else if record.is_deleted() {
         pass.record_only(
             Outcome::Skipped,
@@ -407,16 +412,9 @@ async fn run_pass(
         .await
     } else if record.is_converged() {
         pass.record_only(Outcome::Unchanged, None).await
-    } else if record.tenant_paused {
-        pass.hold_for_pause().await
     } else {
-        let result = match rendered {
-            Some(rendered) => pass.deploy_rendered_intent(rendered).await,
-            None => pass.deploy().await,
-        };
-        ctx.metrics
-            .deploy_finished(result.label(), started.elapsed().as_secs_f64());
-        result
+        // what `deploys` leaves: the tenant is paused
+        pass.hold_for_pause().await
     }
 }
 

@@ -415,4 +415,38 @@ mod tests {
         );
         assert!(!extract_context(None).span().span_context().is_valid());
     }
+
+    #[test]
+    fn without_a_span_the_receive_traceparent_continues_the_publishers_trace() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        );
+        let made =
+            receive_traceparent(&tracing::Span::none(), Some(&headers)).expect("a traceparent");
+        let sc = context_from_traceparent(&made)
+            .span()
+            .span_context()
+            .clone();
+        assert!(sc.is_valid(), "{made}");
+        // the publisher's trace and sampling decision, a span of its own
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(!sc.is_sampled());
+        assert_ne!(sc.span_id().to_string(), "00f067aa0ba902b7");
+
+        // no (or a malformed) traceparent: a new, valid, sampled trace each time
+        let mut garbage = HeaderMap::new();
+        garbage.insert("traceparent", "00-not-a-trace-01");
+        let first = receive_traceparent(&tracing::Span::none(), Some(&garbage)).expect("one");
+        let second = receive_traceparent(&tracing::Span::none(), None).expect("another");
+        for made in [&first, &second] {
+            let sc = context_from_traceparent(made).span().span_context().clone();
+            assert!(sc.is_valid() && sc.is_sampled(), "{made}");
+        }
+        assert_ne!(first[3..35], second[3..35], "two new traces");
+    }
 }

@@ -92,11 +92,7 @@ pub fn receive_traceparent(span: &Span, headers: Option<&async_nats::HeaderMap>)
         return traceparent(span);
     }
     let ids = RandomIdGenerator::default();
-    let parent = match headers {
-        Some(headers) => extract_context(Some(headers)),
-        None => opentelemetry::Context::new(),
-    };
-    let parent = parent.span().span_context().clone();
+    let parent = extract_context(headers).span().span_context().clone();
     let (trace_id, flags): (TraceId, TraceFlags) = if parent.is_valid() {
         (parent.trace_id(), parent.trace_flags())
     } else {
