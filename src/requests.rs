@@ -197,7 +197,7 @@ pub(crate) async fn record<C: ConnectionTrait>(
 }
 
 /// A claimed request: what the pass over its endpoint is to cover.
-#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     /// The endpoint.
     pub endpoint_id: Uuid,

@@ -467,7 +467,8 @@ impl Store {
             // Plan every statement for the tables as they are now. A cached generic plan is
             // made once, for the table sizes of the moment: `convergence_requests` goes from
             // empty to a 100,000-row backlog in seconds, and plans made while it was empty
-            // scanned it whole for every claim and release (three times the CPU per event)
+            // scanned it whole for every claim and release (Postgres's CPU per event nearly
+            // doubled)
             // until autovacuum's next analyze. Planning the largest statement (the claim) takes
             // about 0.4 ms, and every statement here covers a batch of hundreds of rows.
             .map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_custom_plan")]));
@@ -605,7 +606,7 @@ SELECT e.id, e.tenant_id, e.project_id, e.name::text AS name, e.status, e.url, e
        e.model_id, e.model_version_id, e.traffic, e.autoscaling, e.runtime_config,
        e.spec_generation, e.ready_generation,
        (mv.id IS NOT NULL) AS model_version_found, mv.artifact_uri,
-       EXISTS (SELECT 1 FROM tenant_pauses p WHERE p.tenant_id = e.tenant_id) AS tenant_paused
+       e.tenant_id IN (SELECT tenant_id FROM tenant_pauses) AS tenant_paused
 FROM endpoints e
 LEFT JOIN model_versions mv ON mv.id = e.model_version_id AND mv.tenant_id = e.tenant_id
 WHERE e.id IN (SELECT value::uuid FROM json_array_elements_text($1::json))"#;

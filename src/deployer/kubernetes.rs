@@ -359,18 +359,20 @@ impl KubernetesDeployer {
         &self,
         request: DeployRequest<'_>,
     ) -> Result<DeployOutcome, DeployError> {
-        if request.manifest.is_none() {
+        let Some(manifest) = request.manifest else {
             return Ok(DeployOutcome::Failed {
                 reason: "no manifest was rendered for this deploy; this is a deploy-worker bug: \
                          report it"
                     .to_owned(),
             });
-        }
+        };
+        // what every attempt applies, its spec hash computed once
+        let manifest = with_spec_hash(manifest, request.name);
         let deadline = Instant::now() + self.timeout;
         // An object that vanishes during the wait (deleted out of band, an API server restored
         // empty) is applied again within the same budget.
         loop {
-            let object = match self.apply_step(&request, deadline).await {
+            let object = match self.apply_step(&request, &manifest, deadline).await {
                 Ok(object) => object,
                 Err(outcome) => return outcome,
             };
@@ -412,11 +414,12 @@ impl KubernetesDeployer {
     async fn apply_step(
         &self,
         request: &DeployRequest<'_>,
+        manifest: &InferenceService,
         deadline: Instant,
     ) -> Result<Box<InferenceService>, Result<DeployOutcome, DeployError>> {
         let apply = deploy_step_span(DeployStep::Apply, request);
         let applied = self
-            .apply(request, deadline)
+            .apply(request, manifest, deadline)
             .instrument(apply.clone())
             .await;
         match applied {
@@ -452,6 +455,7 @@ impl KubernetesDeployer {
     async fn apply(
         &self,
         request: &DeployRequest<'_>,
+        manifest: &InferenceService,
         deadline: Instant,
     ) -> Result<ApplyDecision, Halt> {
         let what = format!("apply InferenceService {}/{}", self.namespace, request.name);
@@ -460,7 +464,7 @@ impl KubernetesDeployer {
             .with_retries(deadline, &what, Some(request.interrupt), || async {
                 // after a conflict the cache is behind: read the object fresh
                 let fresh = conflicted.swap(false, std::sync::atomic::Ordering::Relaxed);
-                let result = self.apply_once(request, fresh).await;
+                let result = self.apply_once(request, manifest, fresh).await;
                 if matches!(&result, Err(kube::Error::Api(status)) if status.code == 409) {
                     conflicted.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -534,6 +538,7 @@ impl KubernetesDeployer {
     async fn apply_once(
         &self,
         request: &DeployRequest<'_>,
+        manifest: &InferenceService,
         fresh: bool,
     ) -> Result<ApplyDecision, kube::Error> {
         // an object of the earlier worker is not in the cache until adopted: read it
@@ -548,11 +553,13 @@ impl KubernetesDeployer {
                 field_manager: Some(FIELD_MANAGER.to_owned()),
                 ..Default::default()
             };
-            let manifest = LeanInferenceService::from(with_spec_hash(request));
-            let created = self.api.create(&params, &manifest).await?;
+            let created = self
+                .api
+                .create(&params, &LeanInferenceService::from(manifest.clone()))
+                .await?;
             return Ok(ApplyDecision::Written(Box::new(created.into())));
         };
-        if let Some(reason) = self.refusal(request, &existing) {
+        if let Some(reason) = self.refusal(request, manifest, &existing) {
             return Ok(ApplyDecision::Refused(reason));
         }
         if !request.overwrite_newer
@@ -562,7 +569,7 @@ impl KubernetesDeployer {
         {
             return Ok(ApplyDecision::Superseded);
         }
-        let mut manifest = with_spec_hash(request);
+        let mut manifest = manifest.clone();
         // Precondition: only if nobody wrote the object since we checked it.
         manifest.metadata.resource_version = existing.metadata.resource_version.clone();
         let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -574,7 +581,12 @@ impl KubernetesDeployer {
     }
 
     /// Why an existing object must not be overwritten by this request, if it must not.
-    fn refusal(&self, request: &DeployRequest<'_>, existing: &InferenceService) -> Option<String> {
+    fn refusal(
+        &self,
+        request: &DeployRequest<'_>,
+        manifest: &InferenceService,
+        existing: &InferenceService,
+    ) -> Option<String> {
         let ours = request.endpoint_id.to_string();
         match existing.endpoint_id() {
             Some(id) if id == ours => {}
@@ -593,8 +605,7 @@ impl KubernetesDeployer {
                 ));
             }
         }
-        let wanted = request
-            .manifest?
+        let wanted = manifest
             .metadata
             .annotations
             .as_ref()
@@ -900,15 +911,12 @@ fn classify(request: &DeployRequest<'_>, object: &InferenceService, target: i64)
     Observed::Pending(state)
 }
 
-/// The request's manifest with the hash of its spec in [`ANNOTATION_SPEC_HASH`], so the
+/// `manifest`, named `name`, with the hash of its spec in [`ANNOTATION_SPEC_HASH`], so the
 /// informer can tell when someone else changes the spec.
-fn with_spec_hash(request: &DeployRequest<'_>) -> InferenceService {
-    // `deploy` refuses a request without a manifest before anything is applied
-    let mut manifest = request.manifest.cloned().unwrap_or_else(|| {
-        InferenceService::new(request.name, crate::kserve::InferenceServiceSpec::default())
-    });
+fn with_spec_hash(manifest: &InferenceService, name: &str) -> InferenceService {
+    let mut manifest = manifest.clone();
     // the request's name: an adopted object keeps the earlier worker's
-    manifest.metadata.name = Some(request.name.to_owned());
+    manifest.metadata.name = Some(name.to_owned());
     manifest
         .metadata
         .annotations
