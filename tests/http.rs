@@ -189,7 +189,12 @@ async fn readiness_follows_postgres_and_nats() {
     );
 
     env.nats.stop().expect("stop nats");
-    let down = wait_http(addr, "/readyz", wait, |r| r.status == 503).await;
+    // the consumer check may time out before the client notices the connection is gone: wait
+    // for the report that names NATS
+    let down = wait_http(addr, "/readyz", wait, |r| {
+        r.status == 503 && report(r).nats != "ok"
+    })
+    .await;
     let body = report(&down);
     assert!(!body.ready);
     assert_ne!(body.nats, "ok", "{body:?}");
@@ -202,7 +207,10 @@ async fn readiness_follows_postgres_and_nats() {
     wait_http(addr, "/readyz", wait, |r| r.status == 200).await;
 
     env.pg.stop().expect("stop postgres");
-    let down = wait_http(addr, "/readyz", wait, |r| r.status == 503).await;
+    let down = wait_http(addr, "/readyz", wait, |r| {
+        r.status == 503 && report(r).database != "ok"
+    })
+    .await;
     let body = report(&down);
     assert_ne!(body.database, "ok", "{body:?}");
     assert_eq!(body.nats, "ok", "{body:?}");
