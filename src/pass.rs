@@ -962,10 +962,23 @@ impl<'a> Pass<'a> {
             return self.hand_back(retry::SHUTDOWN);
         }
         let deploying = self.status_write(status::DEPLOYING, UrlChange::Keep, None, None);
-        match self.persist(Write::Status(deploying), "DEPLOYING").await {
-            Ok((persist, Applied::Yes)) => telemetry::record_outcome(&persist, "deploying"),
-            Ok((persist, Applied::Superseded)) => return self.superseded(&persist).await,
-            Err(handed_back) => return handed_back,
+        if self.ctx.deployer.applies_manifests() {
+            // Nothing reaches the cluster before the database has said the intent is still
+            // this one (a deleted or newer endpoint's manifest is never applied).
+            match self.persist(Write::Status(deploying), "DEPLOYING").await {
+                Ok((persist, Applied::Yes)) => telemetry::record_outcome(&persist, "deploying"),
+                Ok((persist, Applied::Superseded)) => return self.superseded(&persist).await,
+                Err(handed_back) => return handed_back,
+            }
+        } else {
+            // A deployer that touches nothing outside the database has nothing to guard: the
+            // report is queued, and the outcome's write (under the same guard) decides. A
+            // deploy that ends before the report commits folds it into the outcome: one row
+            // update instead of two, and no one could have seen the `DEPLOYING` in between.
+            // Its step span stays in the trace (the write's place in the pass), without a wait.
+            let persist = self.step(Step::Persist);
+            self.ctx.store.queue(Write::Status(deploying));
+            telemetry::record_outcome(&persist, "deploying");
         }
         let deploy = self.step(Step::Deploy);
         let mut overwrite_newer = false;

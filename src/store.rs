@@ -511,6 +511,16 @@ impl Store {
         rx.await.map_err(|_| StoreError::ShutDown)?
     }
 
+    /// Queues a status report without waiting for its commit: for a write whose effect the
+    /// caller's next guarded write decides anyway (a `DEPLOYING` report before a deploy that
+    /// touches nothing outside the database). Should the next write for the same endpoint reach
+    /// the committer while this one still waits, the two commit as one (`fold_status`).
+    pub fn queue(&self, mut write: Write) {
+        write.redact_secrets();
+        // The answer is not awaited: dropping the receiver is how the caller says so.
+        drop(self.commit(write));
+    }
+
     /// Queues a write and waits until the transaction holding it has committed. Known secrets
     /// are redacted from its reasons and payload first (`telemetry::redact`).
     pub async fn write(&self, mut write: Write) -> Result<Applied, StoreError> {
@@ -677,14 +687,42 @@ async fn load_many(
     Ok(rows.into_iter().map(|row| (row.id, row)).collect())
 }
 
+/// Folds `later` into `earlier`, both queued for one endpoint, when committing the two in
+/// order is the same as committing `later` alone with what `earlier` set and `later` keeps
+/// (its URL, its Ready generation): `earlier` is a progress report (no history row) under the
+/// same generation guard, and neither is a delete, so the guard refuses both or neither.
+/// Returns `later` when it cannot be folded.
+fn fold_status(earlier: &mut StatusWrite, later: StatusWrite) -> Option<StatusWrite> {
+    let foldable = earlier.history.is_none()
+        && earlier.only_at_generation.is_some()
+        && earlier.only_at_generation == later.only_at_generation
+        && earlier.status != status::DELETED
+        && later.status != status::DELETED;
+    if !foldable {
+        return Some(later);
+    }
+    let url = match later.url {
+        UrlChange::Keep => std::mem::replace(&mut earlier.url, UrlChange::Keep),
+        changed => changed,
+    };
+    *earlier = StatusWrite {
+        url,
+        ready_generation: later.ready_generation.or(earlier.ready_generation),
+        ..later
+    };
+    None
+}
+
 async fn run_committer(
     db: DatabaseConnection,
     mut rx: mpsc::UnboundedReceiver<(Write, WriteReply)>,
     batch_max: usize,
     metrics: Arc<Metrics>,
 ) {
-    // A write for an endpoint already in the batch waits for the next one: one UPDATE
-    // cannot apply two changes to the same row in order.
+    // A status write for an endpoint already in the batch is folded into the one there when
+    // that is the same as committing both in order (`fold_status`: a `DEPLOYING` report
+    // overtaken by the deploy's outcome, which then commits alone); otherwise it waits for the
+    // next batch: one UPDATE cannot apply two changes to the same row in order.
     let mut held: Option<(Write, WriteReply)> = None;
     loop {
         let first = match held.take() {
@@ -695,35 +733,49 @@ async fn run_committer(
             },
         };
         let mut batch = vec![first];
-        let mut ids: HashSet<Uuid> = HashSet::new();
+        // Replies of writes folded into the write at the given index of `batch`.
+        let mut folded: Vec<(usize, WriteReply)> = Vec::new();
+        let mut ids: HashMap<Uuid, usize> = HashMap::new();
         if let Write::Status(w) = &batch[0].0 {
-            ids.insert(w.endpoint_id);
+            ids.insert(w.endpoint_id, 0);
         }
         while batch.len() < batch_max {
-            let Ok(item) = rx.try_recv() else { break };
-            if let Write::Status(w) = &item.0
-                && !ids.insert(w.endpoint_id)
-            {
-                held = Some(item);
+            let Ok((write, reply)) = rx.try_recv() else {
                 break;
-            }
-            batch.push(item);
-        }
-        let (writes, replies): (Vec<Write>, Vec<WriteReply>) = batch.into_iter().unzip();
-        metrics.commit_batch(writes.iter().map(Write::rows).sum());
-        match commit(&db, &writes).await {
-            Ok(applied) => {
-                for (reply, applied) in replies.into_iter().zip(applied) {
-                    let _ = reply.send(Ok(applied));
+            };
+            let Write::Status(w) = write else {
+                batch.push((write, reply));
+                continue;
+            };
+            let Some(&at) = ids.get(&w.endpoint_id) else {
+                ids.insert(w.endpoint_id, batch.len());
+                batch.push((Write::Status(w), reply));
+                continue;
+            };
+            let unfolded = match &mut batch[at].0 {
+                Write::Status(earlier) => fold_status(earlier, w),
+                _ => Some(w),
+            };
+            match unfolded {
+                None => folded.push((at, reply)),
+                Some(w) => {
+                    held = Some((Write::Status(w), reply));
+                    break;
                 }
             }
+        }
+        let (writes, replies): (Vec<Write>, Vec<WriteReply>) = batch.into_iter().unzip();
+        metrics.commit_batch(writes.iter().map(Write::rows).sum::<usize>() + folded.len());
+        let results: Vec<Result<Committed, StoreError>> = match commit(&db, &writes).await {
+            Ok(applied) => applied.into_iter().map(Ok).collect(),
             Err(err @ StoreError::Refused(_)) if writes.len() > 1 => {
                 // One write's data failed the whole transaction: commit them one by one, so
                 // the bad one fails alone and every other outcome still commits now.
                 metrics.database_error(crate::metrics::DB_COMMIT);
                 tracing::warn!(error = %err, writes = writes.len(),
                     "group commit refused by a data error; committing its writes one by one");
-                for (write, reply) in writes.iter().zip(replies) {
+                let mut results = Vec::with_capacity(writes.len());
+                for write in &writes {
                     let result = commit(&db, std::slice::from_ref(write))
                         .await
                         .map(|committed| {
@@ -736,17 +788,24 @@ async fn run_committer(
                         metrics.database_error(crate::metrics::DB_COMMIT);
                         tracing::warn!(error = %err, "a single write failed");
                     }
-                    let _ = reply.send(result);
+                    results.push(result);
                 }
+                results
             }
             Err(err) => {
                 // An outage fails every write the same way: one batch retry, not one per write.
                 metrics.database_error(crate::metrics::DB_COMMIT);
                 tracing::warn!(error = %err, writes = writes.len(), "group commit failed");
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
-                }
+                vec![Err(err); writes.len()]
             }
+        };
+        for (at, reply) in folded {
+            if let Some(result) = results.get(at) {
+                let _ = reply.send(result.clone());
+            }
+        }
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
         }
     }
 }
@@ -932,4 +991,100 @@ async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Committ
             _ => Committed::Applied(applied),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(status: &'static str, url: UrlChange, generation: Option<i64>) -> StatusWrite {
+        StatusWrite {
+            endpoint_id: Uuid::nil(),
+            status,
+            url,
+            reason: None,
+            only_at_generation: generation,
+            ready_generation: None,
+            history: None,
+        }
+    }
+
+    fn history() -> HistoryEntry {
+        let now = Utc::now();
+        HistoryEntry {
+            endpoint_id: Uuid::nil(),
+            tenant_id: Uuid::nil(),
+            project_id: Uuid::nil(),
+            generation: 3,
+            action: "deploy",
+            outcome: Outcome::Ready,
+            reason: None,
+            isvc_name: "ep".into(),
+            url: None,
+            events: 1,
+            trace_id: None,
+            event_published_at: None,
+            started_at: now,
+            finished_at: now,
+        }
+    }
+
+    #[test]
+    fn an_outcome_absorbs_the_progress_report_before_it() {
+        let mut earlier = write(status::DEPLOYING, UrlChange::Set("old".into()), Some(3));
+        earlier.reason = Some("held".into());
+        let mut later = write(status::READY, UrlChange::Keep, Some(3));
+        later.ready_generation = Some(3);
+        later.history = Some(history());
+        assert!(fold_status(&mut earlier, later).is_none());
+        assert_eq!(earlier.status, status::READY);
+        // what the report set and the outcome keeps survives; what the outcome sets wins
+        assert_eq!(earlier.url, UrlChange::Set("old".into()));
+        assert_eq!(earlier.reason, None);
+        assert_eq!(earlier.ready_generation, Some(3));
+        assert!(earlier.history.is_some());
+    }
+
+    #[test]
+    fn writes_that_do_not_commute_are_not_folded() {
+        let cases = [
+            // the earlier write records a pass: its history row must keep its own outcome
+            {
+                let mut w = write(status::DEPLOYING, UrlChange::Keep, Some(3));
+                w.history = Some(history());
+                (w, write(status::READY, UrlChange::Keep, Some(3)))
+            },
+            // different guards: one may apply and the other not
+            (
+                write(status::DEPLOYING, UrlChange::Keep, Some(3)),
+                write(status::READY, UrlChange::Keep, Some(4)),
+            ),
+            // unguarded
+            (
+                write(status::DEPLOYING, UrlChange::Keep, None),
+                write(status::READY, UrlChange::Keep, None),
+            ),
+            // a delete applies even to a deleted row, a report does not
+            (
+                write(status::DEPLOYING, UrlChange::Keep, Some(3)),
+                write(status::DELETED, UrlChange::Clear, Some(3)),
+            ),
+            (
+                write(status::DELETED, UrlChange::Clear, Some(3)),
+                write(status::READY, UrlChange::Keep, Some(3)),
+            ),
+        ];
+        for (mut earlier, later) in cases {
+            let before = earlier.clone();
+            let returned = fold_status(&mut earlier, later.clone());
+            assert!(
+                returned.is_some_and(|w| w.status == later.status),
+                "{} then {} must not fold",
+                before.status,
+                later.status
+            );
+            assert_eq!(earlier.status, before.status);
+            assert_eq!(earlier.url, before.url);
+        }
+    }
 }

@@ -6,11 +6,14 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use common::openmetrics::{parse_openmetrics, value};
 use common::{Env, wait_for};
 use deploy_worker::events::EventKind;
+use deploy_worker::metrics::Metrics;
 use deploy_worker::outcome::Outcome;
 use deploy_worker::retention::{self, Pruned, RetentionArgs};
 use deploy_worker::store::{
@@ -309,6 +312,84 @@ async fn old_rows(env: &Env, endpoint: Uuid, tenant: Uuid, n: usize, days: i32) 
             .await
             .expect("old rejected");
     }
+}
+
+/// A `DEPLOYING` report queued (not awaited) just before the deploy's outcome commits with it
+/// as one row update, and the guard decides both alike: the row ends as the outcome says, or
+/// untouched when the intent moved on.
+#[tokio::test]
+async fn a_progress_report_overtaken_by_the_outcome_commits_as_one_write_with_it() {
+    let env = Env::start().await;
+    let tenant = env.tenant().await;
+    let ids = env.endpoints(&tenant, 2).await;
+    let before = env.endpoint(ids[1]).await;
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::connect_with_metrics(
+        &env.pg.url(),
+        StoreSettings {
+            max_connections: 4,
+            batch_max: 16,
+        },
+        metrics.clone(),
+    )
+    .await
+    .expect("store");
+    let status = |id, status, generation, history: Option<HistoryEntry>| {
+        Write::Status(StatusWrite {
+            endpoint_id: id,
+            status,
+            url: match history {
+                Some(_) => UrlChange::Set("http://isvc-test.example.local".into()),
+                None => UrlChange::Keep,
+            },
+            reason: None,
+            only_at_generation: Some(generation),
+            ready_generation: history.as_ref().map(|_| generation),
+            history,
+        })
+    };
+    // The second endpoint's writes are guarded by a generation it never had.
+    store.queue(status(ids[0], "DEPLOYING", 1, None));
+    store.queue(status(ids[1], "DEPLOYING", 7, None));
+    // One thread: the committer cannot run between the queueing above and the two writes
+    // below, so it finds all four waiting.
+    let history = |id| Some(history_entry(id, tenant.tenant_id, tenant.project_id));
+    let (ready, stale) = tokio::time::timeout(
+        GUARD,
+        futures::future::join(
+            store.write(status(ids[0], "READY", 1, history(ids[0]))),
+            store.write(status(ids[1], "READY", 7, history(ids[1]))),
+        ),
+    )
+    .await
+    .expect("the outcomes commit");
+    assert_eq!(ready.expect("commit"), Applied::Yes);
+    assert_eq!(stale.expect("commit"), Applied::Superseded);
+
+    let row = env.endpoint(ids[0]).await;
+    assert_eq!(row.status, "READY");
+    assert_eq!(row.url.as_deref(), Some("http://isvc-test.example.local"));
+    assert_eq!(row.ready_generation, Some(1));
+    assert_eq!(env.endpoint(ids[1]).await.status, before.status);
+    let outcomes = |rows: Vec<common::HistoryRow>| -> Vec<String> {
+        rows.into_iter().map(|h| h.outcome).collect()
+    };
+    assert_eq!(outcomes(env.history(ids[0]).await), ["ready"]);
+    assert_eq!(outcomes(env.history(ids[1]).await), ["superseded"]);
+    // One transaction carried the four writes.
+    let families = parse_openmetrics(&metrics.encode().expect("metrics"));
+    assert_eq!(
+        value(
+            &families,
+            "deploy_worker_group_commit_batch_size_count",
+            &[]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&families, "deploy_worker_group_commit_batch_size_sum", &[]),
+        Some(4.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
