@@ -1,6 +1,6 @@
 //! Schema migrations for deploy-worker.
 //!
-//! Seven migrations, all safe on a database the platform already created:
+//! Eight migrations, all safe on a database the platform already created:
 //!
 //! 1. [`m20260101_000001_platform_tables`] creates the platform tables the worker reads
 //!    (`models`, `model_versions`, `endpoints`), the `citext` extension and an `updated_at`
@@ -18,6 +18,8 @@
 //!    converging, and the claims replicas take on them.
 //! 7. [`m20261202_000002_cheaper_status_writes`] makes a status write fire no trigger and
 //!    touch no index beyond what the platform's schema has.
+//! 8. [`m20261206_000001_request_page_room`] keeps half of each `convergence_requests` page
+//!    free, so a request's claim is a heap-only update.
 //!
 //! Every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`), so running the
 //! migrations twice, or against a half-migrated database, changes nothing that is there.
@@ -40,6 +42,7 @@ pub mod m20261201_000101_operator_tables;
 pub mod m20261201_000201_retention_indexes;
 pub mod m20261202_000001_convergence_requests;
 pub mod m20261202_000002_cheaper_status_writes;
+pub mod m20261206_000001_request_page_room;
 
 /// Runs `statements` in order on the migration's connection (every migration here is a
 /// list of idempotent SQL statements).
@@ -103,6 +106,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000201_retention_indexes::Migration),
             Box::new(m20261202_000001_convergence_requests::Migration),
             Box::new(m20261202_000002_cheaper_status_writes::Migration),
+            Box::new(m20261206_000001_request_page_room::Migration),
         ]
     }
 }
