@@ -22,16 +22,16 @@
 //! an outcome for spec generation *g* applies only while the row is still at *g* (a newer intent
 //! wins), and nothing but a delete moves a row out of `DELETED`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entity::status;
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, FromQueryResult,
-    Statement, TransactionTrait,
-};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sea_orm::sqlx::{self, ConnectOptions as _};
+use sea_orm::{DatabaseConnection, DbBackend, FromQueryResult, Statement};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -68,6 +68,12 @@ impl From<sea_orm::DbErr> for StoreError {
         } else {
             Self::Unavailable(Arc::new(err))
         }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(Arc::new(err))).into()
     }
 }
 
@@ -220,7 +226,7 @@ pub struct StatusWrite {
 }
 
 /// One `deployment_history` row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct HistoryEntry {
     /// Endpoint the pass worked on.
     pub endpoint_id: Uuid,
@@ -233,15 +239,12 @@ pub struct HistoryEntry {
     /// `deploy` or `delete`.
     pub action: &'static str,
     /// How the pass ended; the committer may turn it into [`Outcome::Superseded`].
-    #[serde(skip)]
     pub outcome: Outcome,
     /// Reason for an error or a skip.
-    #[serde(serialize_with = "db_text_opt")]
     pub reason: Option<String>,
     /// InferenceService name.
     pub isvc_name: String,
     /// URL served, when Ready.
-    #[serde(serialize_with = "db_text_opt")]
     pub url: Option<String>,
     /// Events the pass covered.
     pub events: i32,
@@ -358,16 +361,6 @@ fn db_text<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::
     }
 }
 
-fn db_text_opt<S: serde::Serializer>(
-    text: &Option<impl AsRef<str>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match text {
-        Some(text) => db_text(text.as_ref(), serializer),
-        None => serializer.serialize_none(),
-    }
-}
-
 /// A write handed to the committer.
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -457,38 +450,47 @@ impl Store {
         settings: StoreSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConnectError> {
-        let mut options = ConnectOptions::new(url.to_owned());
-        options
-            .max_connections(settings.max_connections)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(5))
-            .sqlx_logging(false)
+        let connect_error = |err: sqlx::Error| {
+            ConnectError(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(
+                Arc::new(err),
+            )))
+        };
+        let options = url
+            .parse::<PgConnectOptions>()
+            .map_err(connect_error)?
+            .disable_statement_logging()
             // Plan every statement for the tables as they are now. A cached generic plan is
             // made once, for the table sizes of the moment: `convergence_requests` goes from
             // empty to a 100,000-row backlog in seconds, and plans made while it was empty
             // scanned it whole for every claim and release (Postgres's CPU per event nearly
-            // doubled)
-            // until autovacuum's next analyze. Planning the largest statement (the claim) takes
-            // about 0.4 ms, and every statement here covers a batch of hundreds of rows.
-            .map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_custom_plan")]));
-        let db = Database::connect(options).await.map_err(ConnectError)?;
-        Ok(Self::start(db, settings.batch_max, metrics))
+            // doubled) until autovacuum's next analyze. Planning the largest statement (the
+            // claim) takes about 0.4 ms, and every statement here covers a batch of hundreds
+            // of rows.
+            .options([("plan_cache_mode", "force_custom_plan")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        Ok(Self::start(pool, settings.batch_max, metrics))
     }
 
-    fn start(db: DatabaseConnection, batch_max: usize, metrics: Arc<Metrics>) -> Self {
+    fn start(pool: PgPool, batch_max: usize, metrics: Arc<Metrics>) -> Self {
+        let db = DatabaseConnection::from(pool.clone());
         let batch_max = batch_max.max(1);
         let (loads, load_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
         tokio::spawn(run_loader(db.clone(), load_rx, batch_max, metrics.clone()));
         tokio::spawn(run_committer(
-            db.clone(),
+            pool.clone(),
             requests_rx,
             batch_max,
             metrics.clone(),
         ));
-        tokio::spawn(run_committer(db.clone(), outcomes_rx, batch_max, metrics));
+        tokio::spawn(run_committer(pool, outcomes_rx, batch_max, metrics));
         Self {
             db,
             loads,
@@ -714,7 +716,7 @@ fn fold_status(earlier: &mut StatusWrite, later: StatusWrite) -> Option<StatusWr
 }
 
 async fn run_committer(
-    db: DatabaseConnection,
+    pool: PgPool,
     mut rx: mpsc::UnboundedReceiver<(Write, WriteReply)>,
     batch_max: usize,
     metrics: Arc<Metrics>,
@@ -766,7 +768,7 @@ async fn run_committer(
         }
         let (writes, replies): (Vec<Write>, Vec<WriteReply>) = batch.into_iter().unzip();
         metrics.commit_batch(writes.iter().map(Write::rows).sum::<usize>() + folded.len());
-        let results: Vec<Result<Committed, StoreError>> = match commit(&db, &writes).await {
+        let results: Vec<Result<Committed, StoreError>> = match commit(&pool, &writes).await {
             Ok(applied) => applied.into_iter().map(Ok).collect(),
             Err(err @ StoreError::Refused(_)) if writes.len() > 1 => {
                 // One write's data failed the whole transaction: commit them one by one, so
@@ -776,14 +778,15 @@ async fn run_committer(
                     "group commit refused by a data error; committing its writes one by one");
                 let mut results = Vec::with_capacity(writes.len());
                 for write in &writes {
-                    let result = commit(&db, std::slice::from_ref(write))
-                        .await
-                        .map(|committed| {
-                            committed
-                                .into_iter()
-                                .next()
-                                .unwrap_or(Committed::Applied(Applied::Yes))
-                        });
+                    let result =
+                        commit(&pool, std::slice::from_ref(write))
+                            .await
+                            .map(|committed| {
+                                committed
+                                    .into_iter()
+                                    .next()
+                                    .unwrap_or(Committed::Applied(Applied::Yes))
+                            });
                     if let Err(err) = &result {
                         metrics.database_error(crate::metrics::DB_COMMIT);
                         tracing::warn!(error = %err, "a single write failed");
@@ -810,26 +813,42 @@ async fn run_committer(
     }
 }
 
-/// A history row with its final outcome, as `json_to_recordset` reads it.
-#[derive(Serialize)]
-struct HistoryRow<'a> {
-    #[serde(flatten)]
-    entry: &'a HistoryEntry,
-    outcome: &'static str,
+/// Text for a Postgres text column, which cannot hold NUL: a NUL becomes U+FFFD. Everything
+/// else is kept, and text without NUL is not copied.
+fn db_str(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{fffd}"))
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
-/// A status row as `json_to_recordset` reads it.
-#[derive(Serialize)]
-struct StatusRow<'a> {
-    id: Uuid,
-    status: &'a str,
-    set_url: bool,
-    #[serde(serialize_with = "db_text_opt")]
-    url: Option<&'a str>,
-    #[serde(serialize_with = "db_text_opt")]
-    reason: Option<&'a str>,
-    only_gen: Option<i64>,
-    ready_gen: Option<i64>,
+/// The status writes of a group commit, column by column: bound as typed arrays, which
+/// Postgres reads in binary with `unnest`, nothing to parse.
+#[derive(Default)]
+struct StatusColumns<'a> {
+    id: Vec<Uuid>,
+    status: Vec<&'a str>,
+    set_url: Vec<bool>,
+    url: Vec<Option<Cow<'a, str>>>,
+    reason: Vec<Option<Cow<'a, str>>>,
+    only_gen: Vec<Option<i64>>,
+    ready_gen: Vec<Option<i64>>,
+}
+
+impl<'a> StatusColumns<'a> {
+    fn push(&mut self, w: &'a StatusWrite) {
+        self.id.push(w.endpoint_id);
+        self.status.push(w.status);
+        self.set_url.push(w.url != UrlChange::Keep);
+        self.url.push(match &w.url {
+            UrlChange::Set(url) => Some(db_str(url)),
+            _ => None,
+        });
+        self.reason.push(w.reason.as_deref().map(db_str));
+        self.only_gen.push(w.only_at_generation);
+        self.ready_gen.push(w.ready_generation);
+    }
 }
 
 const UPDATE_SQL: &str = r#"
@@ -838,22 +857,58 @@ UPDATE endpoints AS e SET
     url = CASE WHEN v.set_url THEN v.url ELSE e.url END,
     status_reason = v.reason,
     ready_generation = COALESCE(v.ready_gen, e.ready_generation)
-FROM json_to_recordset($1::json) AS v(
-    id uuid, status text, set_url boolean, url text, reason text, only_gen bigint, ready_gen bigint)
+FROM unnest($1::uuid[], $2::text[], $3::boolean[], $4::text[], $5::text[], $6::bigint[],
+    $7::bigint[]) AS v(id, status, set_url, url, reason, only_gen, ready_gen)
 WHERE e.id = v.id
   AND (v.only_gen IS NULL OR e.spec_generation = v.only_gen)
   AND (v.status = 'DELETED' OR e.status <> 'DELETED')
 RETURNING e.id"#;
 
+/// The history rows of a group commit, column by column (see [`StatusColumns`]).
+#[derive(Default)]
+struct HistoryColumns<'a> {
+    endpoint_id: Vec<Uuid>,
+    tenant_id: Vec<Uuid>,
+    project_id: Vec<Uuid>,
+    generation: Vec<i64>,
+    action: Vec<&'a str>,
+    outcome: Vec<&'a str>,
+    reason: Vec<Option<Cow<'a, str>>>,
+    isvc_name: Vec<Cow<'a, str>>,
+    url: Vec<Option<Cow<'a, str>>>,
+    events: Vec<i32>,
+    trace_id: Vec<Option<Cow<'a, str>>>,
+    event_published_at: Vec<Option<DateTime<Utc>>>,
+    started_at: Vec<DateTime<Utc>>,
+    finished_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> HistoryColumns<'a> {
+    /// Adds `entry`, recorded as ending with `outcome`.
+    fn push(&mut self, entry: &'a HistoryEntry, outcome: Outcome) {
+        self.endpoint_id.push(entry.endpoint_id);
+        self.tenant_id.push(entry.tenant_id);
+        self.project_id.push(entry.project_id);
+        self.generation.push(entry.generation);
+        self.action.push(entry.action);
+        self.outcome.push(outcome.as_str());
+        self.reason.push(entry.reason.as_deref().map(db_str));
+        self.isvc_name.push(db_str(&entry.isvc_name));
+        self.url.push(entry.url.as_deref().map(db_str));
+        self.events.push(entry.events);
+        self.trace_id.push(entry.trace_id.as_deref().map(db_str));
+        self.event_published_at.push(entry.event_published_at);
+        self.started_at.push(entry.started_at);
+        self.finished_at.push(entry.finished_at);
+    }
+}
+
 const HISTORY_SQL: &str = r#"
 INSERT INTO deployment_history (endpoint_id, tenant_id, project_id, generation, action, outcome,
     reason, isvc_name, url, events, trace_id, event_published_at, started_at, finished_at)
-SELECT endpoint_id, tenant_id, project_id, generation, action, outcome,
-    reason, isvc_name, url, events, trace_id, event_published_at, started_at, finished_at
-FROM json_to_recordset($1::json) AS h(endpoint_id uuid, tenant_id uuid, project_id uuid,
-    generation bigint, action text, outcome text, reason text, isvc_name text, url text,
-    events integer, trace_id text, event_published_at timestamptz, started_at timestamptz,
-    finished_at timestamptz)"#;
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::integer[], $11::text[], $12::timestamptz[],
+    $13::timestamptz[], $14::timestamptz[])"#;
 
 const REJECTED_SQL: &str = r#"
 INSERT INTO rejected_events (subject, stream_sequence, endpoint_id, reason, payload,
@@ -866,36 +921,23 @@ FROM json_to_recordset($1::json) AS r(subject text, stream_sequence bigint, endp
 /// `value` as a JSON text parameter: written straight to a string, never built as a
 /// `serde_json::Value` tree first. The statements read it with `json_to_recordset($n::json)`
 /// (or `json_array_elements_text`), which parse the text once as they go; `jsonb` would first
-/// build a binary document only to take it apart again (a fifth more Postgres time for a
-/// batch of 500 history rows).
+/// build a binary document only to take it apart again. The group commit's own statements
+/// bind typed arrays instead ([`StatusColumns`]).
 pub(crate) fn json_param<T: Serialize + ?Sized>(value: &T) -> Result<sea_orm::Value, StoreError> {
     Ok(serde_json::to_string(value)?.into())
 }
 
 /// Commits one batch; returns, per write, whether it applied.
-async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Committed>, StoreError> {
-    #[derive(FromQueryResult)]
-    struct Updated {
-        id: Uuid,
+///
+/// The statements run on the driver (sqlx) directly, with typed array parameters: sea-orm's
+/// array values cannot hold NULL elements, and its statements copy their parameters.
+async fn commit(pool: &PgPool, writes: &[Write]) -> Result<Vec<Committed>, StoreError> {
+    let mut statuses = StatusColumns::default();
+    for w in writes {
+        if let Write::Status(w) = w {
+            statuses.push(w);
+        }
     }
-    let statuses: Vec<StatusRow<'_>> = writes
-        .iter()
-        .filter_map(|w| match w {
-            Write::Status(s) => Some(StatusRow {
-                id: s.endpoint_id,
-                status: s.status,
-                set_url: s.url != UrlChange::Keep,
-                url: match &s.url {
-                    UrlChange::Set(url) => Some(url),
-                    _ => None,
-                },
-                reason: s.reason.as_deref(),
-                only_gen: s.only_at_generation,
-                ready_gen: s.ready_generation,
-            }),
-            Write::History(_) | Write::Rejected(_) | Write::Requests(_) => None,
-        })
-        .collect();
     let rejected: Vec<&RejectedEvent> = writes
         .iter()
         .filter_map(|w| match w {
@@ -904,20 +946,22 @@ async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Committ
         })
         .collect();
 
-    let txn = db.begin().await?;
-    let updated: HashSet<Uuid> = if statuses.is_empty() {
+    let mut txn = pool.begin().await?;
+    let updated: HashSet<Uuid> = if statuses.id.is_empty() {
         HashSet::new()
     } else {
-        Updated::find_by_statement(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            UPDATE_SQL,
-            [json_param(&statuses)?],
-        ))
-        .all(&txn)
-        .await?
-        .into_iter()
-        .map(|row| row.id)
-        .collect()
+        sqlx::query_scalar::<_, Uuid>(UPDATE_SQL)
+            .bind(&statuses.id)
+            .bind(&statuses.status)
+            .bind(&statuses.set_url)
+            .bind(&statuses.url)
+            .bind(&statuses.reason)
+            .bind(&statuses.only_gen)
+            .bind(&statuses.ready_gen)
+            .fetch_all(&mut *txn)
+            .await?
+            .into_iter()
+            .collect()
     };
     let applied: Vec<Applied> = writes
         .iter()
@@ -927,42 +971,47 @@ async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Committ
         })
         .collect();
     // A pass whose outcome was refused by the guard is recorded as superseded.
-    let history: Vec<HistoryRow<'_>> = writes
-        .iter()
-        .zip(&applied)
-        .filter_map(|(w, applied)| match w {
+    let mut history = HistoryColumns::default();
+    for (w, applied) in writes.iter().zip(&applied) {
+        match w {
             Write::Status(StatusWrite {
                 history: Some(entry),
                 ..
-            }) => Some(HistoryRow {
-                outcome: match applied {
-                    Applied::Yes => entry.outcome.as_str(),
-                    Applied::Superseded => Outcome::Superseded.as_str(),
+            }) => history.push(
+                entry,
+                match applied {
+                    Applied::Yes => entry.outcome,
+                    Applied::Superseded => Outcome::Superseded,
                 },
-                entry,
-            }),
-            Write::History(entry) => Some(HistoryRow {
-                outcome: entry.outcome.as_str(),
-                entry,
-            }),
-            _ => None,
-        })
-        .collect();
-    if !history.is_empty() {
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            HISTORY_SQL,
-            [json_param(&history)?],
-        ))
-        .await?;
+            ),
+            Write::History(entry) => history.push(entry, entry.outcome),
+            _ => {}
+        }
+    }
+    if !history.endpoint_id.is_empty() {
+        sqlx::query(HISTORY_SQL)
+            .bind(&history.endpoint_id)
+            .bind(&history.tenant_id)
+            .bind(&history.project_id)
+            .bind(&history.generation)
+            .bind(&history.action)
+            .bind(&history.outcome)
+            .bind(&history.reason)
+            .bind(&history.isvc_name)
+            .bind(&history.url)
+            .bind(&history.events)
+            .bind(&history.trace_id)
+            .bind(&history.event_published_at)
+            .bind(&history.started_at)
+            .bind(&history.finished_at)
+            .execute(&mut *txn)
+            .await?;
     }
     if !rejected.is_empty() {
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            REJECTED_SQL,
-            [json_param(&rejected)?],
-        ))
-        .await?;
+        sqlx::query(REJECTED_SQL)
+            .bind(serde_json::to_string(&rejected)?)
+            .execute(&mut *txn)
+            .await?;
     }
     let requests: Vec<&Request> = writes
         .iter()
@@ -975,7 +1024,7 @@ async fn commit(db: &DatabaseConnection, writes: &[Write]) -> Result<Vec<Committ
     let mut recorded = if requests.is_empty() {
         Vec::new()
     } else {
-        crate::requests::record(&txn, &requests).await?
+        crate::requests::record(&mut txn, &requests).await?
     }
     .into_iter();
     txn.commit().await?;
@@ -1086,5 +1135,11 @@ mod tests {
             assert_eq!(earlier.status, before.status);
             assert_eq!(earlier.url, before.url);
         }
+    }
+
+    #[test]
+    fn text_for_postgres_loses_only_its_nul_bytes() {
+        assert!(matches!(db_str("plain"), Cow::Borrowed("plain")));
+        assert_eq!(db_str("a\0b"), "a\u{fffd}b");
     }
 }
