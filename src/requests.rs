@@ -18,21 +18,16 @@
 //!   the row only if the version is the one it claimed, otherwise the endpoint is still wanted
 //!   and runs again.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::sqlx::{self, Row as _, postgres::PgRow};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, QueryResult,
-    RuntimeErr, Statement,
-};
-use serde::Serialize;
+use sea_orm::sqlx::postgres::{PgPool, PgRow};
+use sea_orm::sqlx::{self, Row as _};
 use uuid::Uuid;
 
 use crate::delivery::Follow;
 use crate::events::EventKind;
-use crate::store::{EndpointRecord, StoreError, json_param};
+use crate::store::{EndpointRecord, StoreError};
 
 /// Who asks for a pass over an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,22 +228,11 @@ pub struct ClaimedRequest {
     pub row: Option<EndpointRecord>,
 }
 
-impl FromQueryResult for ClaimedRequest {
-    /// Decodes a row of the claim statement by position (see `CLAIM_SQL`), straight from the
-    /// driver's row: sea-orm's own getters build an error message (on the heap) for every NULL
-    /// column they meet, and most of an endpoint's optional columns are NULL. The driver's
-    /// per-value type check is skipped too (it compared type descriptions for each of 25
-    /// columns of every row): `CLAIM_SQL` fixes every column's type, and the tests read every
-    /// column back (a pass deploys from what they hold).
-    fn from_query_result(res: &QueryResult, _pre: &str) -> Result<Self, DbErr> {
-        let row = res
-            .try_as_pg_row()
-            .ok_or_else(|| DbErr::Type("the claim statement reads Postgres rows".to_owned()))?;
-        Self::decode(row).map_err(|err| DbErr::Query(RuntimeErr::SqlxError(Arc::new(err))))
-    }
-}
-
 impl ClaimedRequest {
+    /// Decodes a row of the claim statement by position (see `CLAIM_SQL`). The driver's
+    /// per-value type check is skipped (it compared type descriptions for each of 25 columns
+    /// of every row): `CLAIM_SQL` fixes every column's type, and the tests read every column
+    /// back (a pass deploys from what they hold).
     fn decode(row: &PgRow) -> Result<Self, sqlx::Error> {
         let claim = Claim {
             endpoint_id: row.try_get_unchecked(0)?,
@@ -315,7 +299,7 @@ pub struct StillWanted {
 }
 
 /// A claim renewed by [`Claims::renew`], with what its request looks like now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Renewed {
     /// The endpoint.
     pub endpoint_id: Uuid,
@@ -326,7 +310,7 @@ pub struct Renewed {
 }
 
 /// An unclaimed request found by [`Claims::rescan`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unclaimed {
     /// The endpoint.
     pub endpoint_id: Uuid,
@@ -337,7 +321,7 @@ pub struct Unclaimed {
 /// This replica's claims on convergence requests; cheap to clone.
 #[derive(Clone)]
 pub struct Claims {
-    db: DatabaseConnection,
+    pool: PgPool,
     holder: String,
     ttl: Duration,
 }
@@ -351,7 +335,7 @@ WITH claimed AS (
     UPDATE convergence_requests r SET claimed_by = $2,
         claim_expires_at = now() + $3 * interval '1 millisecond'
     FROM (SELECT endpoint_id FROM convergence_requests
-          WHERE endpoint_id IN (SELECT value::uuid FROM json_array_elements_text($1::json))
+          WHERE endpoint_id = ANY($1::uuid[])
             AND (claimed_by IS NULL OR claim_expires_at < now())
           FOR UPDATE SKIP LOCKED) c
     WHERE r.endpoint_id = c.endpoint_id
@@ -370,13 +354,12 @@ LEFT JOIN model_versions mv ON mv.id = e.model_version_id AND mv.tenant_id = e.t
 
 const RELEASE_SQL: &str = r#"
 WITH input AS (
-    SELECT * FROM json_to_recordset($1::json)
-        AS i(endpoint_id uuid, version bigint, events integer, covered text, failed boolean,
-             retry_ms bigint)
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::integer[], $4::text[], $5::boolean[],
+        $6::bigint[]) AS i(endpoint_id, version, events, covered, failed, retry_ms)
 ), done AS (
     DELETE FROM convergence_requests r USING input i
     WHERE r.endpoint_id = i.endpoint_id AND r.version = i.version AND NOT i.failed
-      AND r.claimed_by = $2
+      AND r.claimed_by = $7
     RETURNING r.endpoint_id
 ), kept AS (
     UPDATE convergence_requests r SET claimed_by = NULL, claim_expires_at = NULL,
@@ -389,7 +372,7 @@ WITH input AS (
             ELSE r.last_published_at END,
         not_before = now() + i.retry_ms * interval '1 millisecond'
     FROM input i
-    WHERE r.endpoint_id = i.endpoint_id AND r.claimed_by = $2
+    WHERE r.endpoint_id = i.endpoint_id AND r.claimed_by = $7
       AND r.endpoint_id NOT IN (SELECT endpoint_id FROM done)
     RETURNING r.endpoint_id, r.tenant_id, i.retry_ms
 )
@@ -398,7 +381,7 @@ SELECT endpoint_id, tenant_id, retry_ms FROM kept"#;
 const RENEW_SQL: &str = r#"
 UPDATE convergence_requests SET claim_expires_at = now() + $2 * interval '1 millisecond'
 WHERE claimed_by = $1
-  AND endpoint_id IN (SELECT value::uuid FROM json_array_elements_text($3::json))
+  AND endpoint_id = ANY($3::uuid[])
 RETURNING endpoint_id, version, wants_delete"#;
 
 const RESCAN_SQL: &str = r#"
@@ -421,9 +404,9 @@ fn millis(duration: Duration) -> i64 {
 
 impl Claims {
     /// Claims held as `holder` (unique per worker process), expiring `ttl` after their last
-    /// renewal.
-    pub fn new(db: DatabaseConnection, holder: String, ttl: Duration) -> Self {
-        Self { db, holder, ttl }
+    /// renewal, on the store's pool ([`crate::store::Store::pool`]).
+    pub fn new(pool: PgPool, holder: String, ttl: Duration) -> Self {
+        Self { pool, holder, ttl }
     }
 
     /// How long a claim lives without renewal.
@@ -435,63 +418,46 @@ impl Claims {
     /// running right now, and rows already done are left out. Each claim comes with its
     /// endpoint's row, read by the same statement.
     pub async fn claim(&self, ids: &[Uuid]) -> Result<Vec<ClaimedRequest>, StoreError> {
-        Ok(
-            ClaimedRequest::find_by_statement(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                CLAIM_SQL,
-                [
-                    json_param(ids)?,
-                    self.holder.clone().into(),
-                    millis(self.ttl).into(),
-                ],
-            ))
-            .all(&self.db)
-            .await?,
-        )
+        let rows = sqlx::query(CLAIM_SQL)
+            .bind(ids)
+            .bind(&self.holder)
+            .bind(millis(self.ttl))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(ClaimedRequest::decode)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Ends the claims of finished passes: a request converged at its claimed version is
     /// deleted; the others are released and returned, to run again.
     pub async fn release(&self, done: &[Release]) -> Result<Vec<StillWanted>, StoreError> {
-        #[derive(Serialize)]
-        struct Row<'a> {
-            endpoint_id: Uuid,
-            version: i64,
-            events: i32,
-            covered: Option<&'a str>,
-            failed: bool,
-            retry_ms: i64,
-        }
-        #[derive(FromQueryResult)]
-        struct Kept {
-            endpoint_id: Uuid,
-            tenant_id: Option<Uuid>,
-            retry_ms: i64,
-        }
-        let rows: Vec<Row> = done
+        let endpoint_id: Vec<Uuid> = done.iter().map(|r| r.endpoint_id).collect();
+        let version: Vec<i64> = done.iter().map(|r| r.version).collect();
+        let events: Vec<i32> = done.iter().map(|r| r.events).collect();
+        let covered: Vec<Option<&str>> = done.iter().map(|r| r.covered.as_deref()).collect();
+        let failed: Vec<bool> = done.iter().map(|r| r.retry_after.is_some()).collect();
+        let retry_ms: Vec<i64> = done
             .iter()
-            .map(|r| Row {
-                endpoint_id: r.endpoint_id,
-                version: r.version,
-                events: r.events,
-                covered: r.covered.as_deref(),
-                failed: r.retry_after.is_some(),
-                retry_ms: r.retry_after.map_or(0, millis),
-            })
+            .map(|r| r.retry_after.map_or(0, millis))
             .collect();
-        let kept = Kept::find_by_statement(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            RELEASE_SQL,
-            [json_param(&rows)?, self.holder.clone().into()],
-        ))
-        .all(&self.db)
-        .await?;
+        let kept: Vec<(Uuid, Option<Uuid>, i64)> = sqlx::query_as(RELEASE_SQL)
+            .bind(&endpoint_id)
+            .bind(&version)
+            .bind(&events)
+            .bind(&covered)
+            .bind(&failed)
+            .bind(&retry_ms)
+            .bind(&self.holder)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(kept
             .into_iter()
-            .map(|k| StillWanted {
-                endpoint_id: k.endpoint_id,
-                tenant_id: k.tenant_id,
-                retry_after: Duration::from_millis(u64::try_from(k.retry_ms).unwrap_or(0)),
+            .map(|(endpoint_id, tenant_id, retry_ms)| StillWanted {
+                endpoint_id,
+                tenant_id,
+                retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0)),
             })
             .collect())
     }
@@ -500,31 +466,32 @@ impl Claims {
     /// request looks like now. A claim it holds without knowing it (the answer to a claim
     /// query was lost) is not renewed, so it expires and is taken over.
     pub async fn renew(&self, held: &[Uuid]) -> Result<Vec<Renewed>, StoreError> {
-        Ok(Renewed::find_by_statement(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            RENEW_SQL,
-            [
-                self.holder.clone().into(),
-                millis(self.ttl).into(),
-                json_param(held)?,
-            ],
-        ))
-        .all(&self.db)
-        .await?)
+        let rows: Vec<(Uuid, i64, bool)> = sqlx::query_as(RENEW_SQL)
+            .bind(&self.holder)
+            .bind(millis(self.ttl))
+            .bind(held)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(endpoint_id, version, wants_delete)| Renewed {
+                endpoint_id,
+                version,
+                wants_delete,
+            })
+            .collect())
     }
 
     /// Gives up every claim this replica holds (at the end of a drain), so other replicas
     /// take the requests at once instead of after the claims expire.
     pub async fn release_all(&self) -> Result<u64, StoreError> {
-        let done = self
-            .db
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "UPDATE convergence_requests SET claimed_by = NULL, claim_expires_at = NULL \
-                 WHERE claimed_by = $1",
-                [self.holder.clone().into()],
-            ))
-            .await?;
+        let done = sqlx::query(
+            "UPDATE convergence_requests SET claimed_by = NULL, claim_expires_at = NULL \
+             WHERE claimed_by = $1",
+        )
+        .bind(&self.holder)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 
@@ -537,22 +504,24 @@ impl Claims {
         limit: usize,
     ) -> Result<Vec<Unclaimed>, StoreError> {
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        Ok(Unclaimed::find_by_statement(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            RESCAN_SQL,
-            [as_i64(per_tenant).into(), as_i64(limit).into()],
-        ))
-        .all(&self.db)
-        .await?)
+        let rows: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(RESCAN_SQL)
+            .bind(as_i64(per_tenant))
+            .bind(as_i64(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(endpoint_id, tenant_id)| Unclaimed {
+                endpoint_id,
+                tenant_id,
+            })
+            .collect())
     }
 
     /// Records a request for every endpoint left `DEPLOYING` that has none (an earlier
     /// release of the worker kept no requests; a crash of this one left them claimed).
     pub async fn resume_deploying(&self) -> Result<u64, StoreError> {
-        let done = self
-            .db
-            .execute_raw(Statement::from_string(DbBackend::Postgres, RESUME_SQL))
-            .await?;
+        let done = sqlx::query(RESUME_SQL).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 }

@@ -10,10 +10,14 @@
 //!   committed go into one transaction, and every waiter learns the result when it has
 //!   committed. One committer takes the convergence requests of accepted events (their
 //!   messages are acked only after that, so an acked event is always durable); the other takes
-//!   status changes, history rows and rejected-event records — one
-//!   `UPDATE … FROM json_to_recordset(…)`, two multi-row `INSERT`s. The two touch different
-//!   rows, so their transactions run side by side: neither waits for the other's commit to
-//!   reach the disk.
+//!   status changes, history rows and rejected-event records — one `UPDATE … FROM unnest(…)`,
+//!   two multi-row `INSERT`s. The two touch different rows, so their transactions run side by
+//!   side: neither waits for the other's commit to reach the disk.
+//!
+//! The group commit binds its rows as typed arrays, one per column, through the driver
+//! (`sqlx`) that sea-orm runs on: Postgres reads them in binary with `unnest`, with nothing to
+//! parse, and the worker writes no JSON. A status report that the outcome after it overtakes
+//! in the queue commits with it as one row update (`fold_status`).
 //!
 //! A failed query or commit is reported to every waiter as [`StoreError`]; the actors hand
 //! their messages back to JetStream with a delay, and the pool reconnects when Postgres is back.
@@ -354,11 +358,7 @@ pub fn printable(bytes: &[u8]) -> String {
 /// Serializes text for a Postgres text column through a JSON parameter, neither of which can
 /// hold NUL: a NUL becomes U+FFFD. Everything else is kept.
 fn db_text<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
-    if text.contains('\0') {
-        serializer.serialize_str(&text.replace('\0', "\u{fffd}"))
-    } else {
-        serializer.serialize_str(text)
-    }
+    serializer.serialize_str(&db_str(text))
 }
 
 /// A write handed to the committer.
@@ -430,6 +430,8 @@ type WriteReply = oneshot::Sender<Result<Committed, StoreError>>;
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// The driver's pool behind `db`, for the statements that bind typed arrays.
+    pool: PgPool,
     loads: mpsc::UnboundedSender<(Uuid, LoadReply)>,
     /// The committer of convergence requests ([`Write::Requests`]).
     requests: mpsc::UnboundedSender<(Write, WriteReply)>,
@@ -490,9 +492,10 @@ impl Store {
             batch_max,
             metrics.clone(),
         ));
-        tokio::spawn(run_committer(pool, outcomes_rx, batch_max, metrics));
+        tokio::spawn(run_committer(pool.clone(), outcomes_rx, batch_max, metrics));
         Self {
             db,
+            pool,
             loads,
             requests,
             outcomes,
@@ -502,6 +505,11 @@ impl Store {
     /// The underlying connection, for migrations, the demo and tests.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// The driver's pool behind [`db`](Self::db) (the claims run on it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Reads one endpoint (batched with concurrent reads). `None` when there is no such row.
@@ -917,15 +925,6 @@ SELECT subject, stream_sequence, endpoint_id, reason, payload,
     decode(payload_hex, 'hex'), payload_size, payload_sha256
 FROM json_to_recordset($1::json) AS r(subject text, stream_sequence bigint, endpoint_id uuid,
     reason text, payload text, payload_hex text, payload_size integer, payload_sha256 text)"#;
-
-/// `value` as a JSON text parameter: written straight to a string, never built as a
-/// `serde_json::Value` tree first. The statements read it with `json_to_recordset($n::json)`
-/// (or `json_array_elements_text`), which parse the text once as they go; `jsonb` would first
-/// build a binary document only to take it apart again. The group commit's own statements
-/// bind typed arrays instead ([`StatusColumns`]).
-pub(crate) fn json_param<T: Serialize + ?Sized>(value: &T) -> Result<sea_orm::Value, StoreError> {
-    Ok(serde_json::to_string(value)?.into())
-}
 
 /// Commits one batch; returns, per write, whether it applied.
 ///

@@ -201,7 +201,7 @@ impl Worker {
             Deployer::Simulate(_) => None,
         };
         let polled_consumers = vec![consumers.deploy.clone(), consumers.delete.clone()];
-        let claims = Claims::new(store.db().clone(), claim_holder(), settings.claim_ttl());
+        let claims = Claims::new(store.pool().clone(), claim_holder(), settings.claim_ttl());
         let supervisor = Supervisor::new(
             ctx,
             consumers,
