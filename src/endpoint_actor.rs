@@ -83,8 +83,8 @@ pub struct PassFinished {
     pub result: PassResult,
 }
 
-/// Where the actor reports.
-#[derive(Clone)]
+/// Where the actors report: made once by the supervisor and shared by every actor (an
+/// actor's own copies of the three recipients cost an allocation each to make and to drop).
 pub struct Reports {
     /// Idle reports.
     pub idle: Recipient<Idle>,
@@ -98,7 +98,7 @@ pub struct Reports {
 pub struct EndpointActor {
     endpoint_id: Uuid,
     ctx: Arc<PassContext>,
-    reports: Reports,
+    reports: Arc<Reports>,
     idle_after: Duration,
     pending: Vec<Vec<Delivery>>,
     busy: bool,
@@ -114,7 +114,7 @@ impl EndpointActor {
     pub fn new(
         endpoint_id: Uuid,
         ctx: Arc<PassContext>,
-        reports: Reports,
+        reports: Arc<Reports>,
         idle_after: Duration,
     ) -> Self {
         Self {

@@ -186,6 +186,8 @@ pub struct Supervisor {
     fetchers: Vec<tokio::task::JoinHandle<()>>,
     stop_fetching: watch::Sender<bool>,
     draining: Option<oneshot::Sender<()>>,
+    /// Where the endpoint actors report, shared by all of them (made at the first route).
+    reports: Option<Arc<Reports>>,
 }
 
 impl Supervisor {
@@ -213,6 +215,7 @@ impl Supervisor {
             fetchers: Vec::new(),
             stop_fetching: watch::channel(false).0,
             draining: None,
+            reports: None,
         }
     }
 
@@ -223,16 +226,21 @@ impl Supervisor {
         row: Row,
         ctx: &mut Context<Self>,
     ) {
+        let reports = self
+            .reports
+            .get_or_insert_with(|| {
+                Arc::new(Reports {
+                    idle: ctx.address().recipient(),
+                    stopped: ctx.address().recipient(),
+                    finished: ctx.address().recipient(),
+                })
+            })
+            .clone();
         let spawn = || {
-            let reports = Reports {
-                idle: ctx.address().recipient(),
-                stopped: ctx.address().recipient(),
-                finished: ctx.address().recipient(),
-            };
             let actor = EndpointActor::new(
                 endpoint_id,
                 self.ctx.clone(),
-                reports,
+                reports.clone(),
                 self.scheduling.idle_after,
             );
             ActorEntry {
