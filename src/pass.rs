@@ -43,7 +43,7 @@ use crate::deployer::{
 };
 use crate::events::EventKind;
 use crate::follow::RepairLimiter;
-use crate::intent::IntentError;
+use crate::intent::{Intent, IntentError};
 use crate::kserve::{self, InferenceService, RenderOptions};
 use crate::metrics::{Metrics, follow, retry};
 use crate::outcome::Outcome;
@@ -395,11 +395,10 @@ async fn run_pass(
         && !record.is_converged()
         && !record.tenant_paused;
     let rendered = deploys.then(|| {
-        let rendered = render_intent(ctx, &record, &name);
-        // What the deploy needs is in the manifest now (or the intent was refused): the row's
+        // What the deploy needs goes into the manifest (or the intent is refused): the row's
         // JSON documents need not stay in memory for as long as the deploy waits.
-        record.forget_spec();
-        rendered
+        let intent = record.take_intent();
+        render_intent(ctx, &record, intent, &name)
     });
     let pass = Pass::new(ctx, &record, batch, name, newer, trace_id.clone());
     if deletes {
@@ -425,17 +424,17 @@ async fn run_pass(
     }
 }
 
-/// What a deploy of `record`'s intent applies: the rendered manifest in k8s mode, nothing in
-/// simulate mode (which applies none, so the intent is only validated); the intent's refusal
+/// What a deploy of `intent` (`record`'s) applies: the rendered manifest in k8s mode, nothing
+/// in simulate mode (which applies none, so the intent is only validated); the intent's refusal
 /// when it is invalid. Runs in a `render` step span.
 fn render_intent(
     ctx: &PassContext,
     record: &EndpointRecord,
+    intent: Intent,
     name: &str,
 ) -> Result<Option<Box<InferenceService>>, IntentError> {
     let render = telemetry::labelled_step_span(Step::Render, &labels(record, name));
     let rendered = render.in_scope(|| {
-        let intent = record.intent();
         if ctx.deployer.applies_manifests() {
             // boxed: the manifest lives across the deploy's awaits, in the pass future
             kserve::render(&intent, &ctx.render).map(|m| Some(Box::new(m)))
@@ -863,7 +862,7 @@ impl<'a> Pass<'a> {
     }
 
     async fn deploy(&self) -> PassResult {
-        let rendered = render_intent(self.ctx, self.record, &self.name);
+        let rendered = render_intent(self.ctx, self.record, self.record.intent(), &self.name);
         self.deploy_rendered_intent(rendered).await
     }
 

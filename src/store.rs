@@ -157,6 +157,15 @@ pub struct EndpointRecord {
 impl EndpointRecord {
     /// The serving intent this row describes.
     pub fn intent(&self) -> Intent {
+        self.clone().take_intent()
+    }
+
+    /// The serving intent this row describes, taking its JSON documents and artifact (traffic,
+    /// autoscaling, runtime settings) out of the row instead of copying them: only validating
+    /// and rendering read them, and a deploy that waits minutes then holds its row without
+    /// them.
+    pub fn take_intent(&mut self) -> Intent {
+        let artifact_uri = self.artifact_uri.take();
         Intent {
             endpoint_id: self.id,
             tenant_id: self.tenant_id,
@@ -166,26 +175,12 @@ impl EndpointRecord {
             model_id: self.model_id,
             model_version_id: self.model_version_id,
             // A version of another tenant is treated as missing: never serve its artifact.
-            artifact_uri: if self.model_version_found {
-                self.artifact_uri.clone()
-            } else {
-                None
-            },
-            traffic: self.traffic.clone(),
-            autoscaling: self.autoscaling.clone(),
-            runtime_config: self.runtime_config.clone(),
+            artifact_uri: artifact_uri.filter(|_| self.model_version_found),
+            traffic: self.traffic.take(),
+            autoscaling: self.autoscaling.take(),
+            runtime_config: self.runtime_config.take(),
             generation: self.spec_generation,
         }
-    }
-
-    /// Drops the JSON documents and artifact of the intent (traffic, autoscaling, runtime
-    /// settings), which only validating and rendering read: a deploy that waits minutes then
-    /// holds its row without them.
-    pub fn forget_spec(&mut self) {
-        self.traffic = None;
-        self.autoscaling = None;
-        self.runtime_config = None;
-        self.artifact_uri = None;
     }
 
     /// True when the intent at the current generation is already served.
