@@ -401,26 +401,28 @@ async fn run_pass(
         render_intent(ctx, &record, intent, &name)
     });
     let pass = Pass::new(ctx, &record, batch, name, newer, trace_id.clone());
+    // Only the deploy's future is inline: the others are boxed, so a pass future (moved whole
+    // at each call that starts it) is only as large as the deploy path needs.
     if deletes {
-        pass.delete().await
+        Box::pin(pass.delete()).await
     } else if follows {
-        pass.follow().await
+        Box::pin(pass.follow()).await
     } else if let Some(rendered) = rendered {
         let result = pass.deploy_rendered_intent(rendered).await;
         ctx.metrics
             .deploy_finished(result.label(), started.elapsed().as_secs_f64());
         result
     } else if record.is_deleted() {
-        pass.record_only(
+        Box::pin(pass.record_only(
             Outcome::Skipped,
             Some("endpoint is deleted; deploy request ignored"),
-        )
+        ))
         .await
     } else if record.is_converged() {
-        pass.record_only(Outcome::Unchanged, None).await
+        Box::pin(pass.record_only(Outcome::Unchanged, None)).await
     } else {
         // what `deploys` leaves: the tenant is paused
-        pass.hold_for_pause().await
+        Box::pin(pass.hold_for_pause()).await
     }
 }
 
@@ -599,7 +601,10 @@ impl<'a> Pass<'a> {
     }
 
     /// Commits `write` and counts the events the pass covered; hands back on a database error.
-    async fn commit_outcome(&self, write: Write) -> PassResult {
+    ///
+    /// Queues the write when called (see [`persist`](Self::persist)); the future holds what it
+    /// needs to answer, not the write.
+    fn commit_outcome(&self, write: Write) -> impl Future<Output = PassResult> + '_ {
         let outcome = match &write {
             Write::Status(StatusWrite {
                 history: Some(h), ..
@@ -611,32 +616,36 @@ impl<'a> Pass<'a> {
             Write::Status(s) => Some(s.status),
             _ => None,
         };
-        let (persist, applied) = match self.persist(write, "the outcome").await {
-            Ok(written) => written,
-            Err(handed_back) => return handed_back,
-        };
-        match applied {
-            Applied::Yes => {
-                telemetry::record_outcome(&persist, outcome.as_str());
-                if outcome == Outcome::Ready {
-                    let now = Utc::now();
-                    for published in self.batch.iter().filter_map(|d| d.published_at) {
-                        let micros = (now - published).num_microseconds().unwrap_or(i64::MAX);
-                        self.ctx.metrics.event_to_ready(micros as f64 / 1e6);
+        let persisting = self.persist(write, "the outcome");
+        async move {
+            let (persist, applied) = match persisting.await {
+                Ok(written) => written,
+                Err(handed_back) => return handed_back,
+            };
+            match applied {
+                Applied::Yes => {
+                    telemetry::record_outcome(&persist, outcome.as_str());
+                    if outcome == Outcome::Ready {
+                        let now = Utc::now();
+                        for published in self.batch.iter().filter_map(|d| d.published_at) {
+                            let micros = (now - published).num_microseconds().unwrap_or(i64::MAX);
+                            self.ctx.metrics.event_to_ready(micros as f64 / 1e6);
+                        }
                     }
+                    for delivery in self.batch {
+                        answered(self.ctx, delivery, outcome);
+                    }
+                    self.log_committed(outcome);
+                    PassResult::Done(outcome)
                 }
-                for delivery in self.batch {
-                    answered(self.ctx, delivery, outcome);
+                Applied::Superseded => {
+                    self.log_committed(Outcome::Superseded);
+                    if matches!(&write_kind, Some(s) if *s != status::DELETED) {
+                        // rare: boxed, so every pass future does not carry its room
+                        Box::pin(self.remove_if_deleted()).await;
+                    }
+                    self.superseded(&persist).await
                 }
-                self.log_committed(outcome);
-                PassResult::Done(outcome)
-            }
-            Applied::Superseded => {
-                self.log_committed(Outcome::Superseded);
-                if matches!(&write_kind, Some(s) if *s != status::DELETED) {
-                    self.remove_if_deleted().await;
-                }
-                self.superseded(&persist).await
             }
         }
     }
@@ -644,22 +653,26 @@ impl<'a> Pass<'a> {
     /// Commits `write` in a `persist` step span, returned with what the store did. A database
     /// error is recorded on the step and the pass, and the batch handed back: `Err` is then the
     /// pass's result. `what` names the write in the log.
-    async fn persist(&self, write: Write, what: &str) -> Result<(Span, Applied), PassResult> {
+    ///
+    /// The write is queued when this is called; the future holds the answer's receiver, not
+    /// the write (a few hundred bytes less in every pass future, which moves whole).
+    fn persist(
+        &self,
+        write: Write,
+        what: &'static str,
+    ) -> impl Future<Output = Result<(Span, Applied), PassResult>> + '_ {
         let persist = self.step(Step::Persist);
-        match self
-            .ctx
-            .store
-            .write(write)
-            .instrument(persist.clone())
-            .await
-        {
-            Ok(applied) => Ok((persist, applied)),
-            Err(err) => {
-                telemetry::record_error(&persist, &err);
-                telemetry::record_error(&self.span, &err);
-                tracing::warn!(endpoint_id = %self.record.id, error = %err,
-                    "cannot record {what}; handing events back");
-                Err(self.hand_back(retry::DATABASE))
+        let written = self.ctx.store.write(write).instrument(persist.clone());
+        async move {
+            match written.await {
+                Ok(applied) => Ok((persist, applied)),
+                Err(err) => {
+                    telemetry::record_error(&persist, &err);
+                    telemetry::record_error(&self.span, &err);
+                    tracing::warn!(endpoint_id = %self.record.id, error = %err,
+                        "cannot record {what}; handing events back");
+                    Err(self.hand_back(retry::DATABASE))
+                }
             }
         }
     }
@@ -1061,15 +1074,19 @@ impl<'a> Pass<'a> {
                 write.ready_generation = Some(self.record.spec_generation);
                 self.commit_outcome(Write::Status(write)).await
             }
+            // The other endings are rare: boxed, their futures take no room in every pass's
+            // (which the happy path moves whole at each call).
             Some(Ok(DeployOutcome::Failed { reason })) => {
-                self.fail(EventKind::Deploy, reason).await
+                Box::pin(self.fail(EventKind::Deploy, reason)).await
             }
             Some(Ok(DeployOutcome::Superseded)) => {
                 let reason = "the InferenceService already records a newer spec generation";
-                self.record_only(Outcome::Superseded, Some(reason)).await
+                Box::pin(self.record_only(Outcome::Superseded, Some(reason))).await
             }
-            Some(Ok(DeployOutcome::Interrupted)) => self.interrupted("the deploy").await,
-            Some(Err(DeployError::Misconfigured(reason))) => self.misconfigured(reason).await,
+            Some(Ok(DeployOutcome::Interrupted)) => Box::pin(self.interrupted("the deploy")).await,
+            Some(Err(DeployError::Misconfigured(reason))) => {
+                Box::pin(self.misconfigured(reason)).await
+            }
             Some(Err(err)) => {
                 tracing::warn!(endpoint_id = %self.record.id, error = %err, "deploy failed transiently; handing events back");
                 self.hand_back(retry::DEPLOYER)

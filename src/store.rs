@@ -526,13 +526,23 @@ impl Store {
         drop(self.commit(write));
     }
 
-    /// Queues a write and waits until the transaction holding it has committed. Known secrets
-    /// are redacted from its reasons and payload first (`telemetry::redact`).
-    pub async fn write(&self, mut write: Write) -> Result<Applied, StoreError> {
+    /// Queues a write at once and returns a future that answers when the transaction holding
+    /// it has committed. Known secrets are redacted from its reasons and payload first
+    /// (`telemetry::redact`).
+    ///
+    /// The future holds only the answer's receiver (not the write): it is a part of every pass
+    /// future, which is moved whole at each `.await` that starts it.
+    pub fn write(
+        &self,
+        mut write: Write,
+    ) -> impl Future<Output = Result<Applied, StoreError>> + use<> {
         write.redact_secrets();
-        match self.commit(write).await? {
-            Committed::Applied(applied) => Ok(applied),
-            Committed::Recorded(_) => Ok(Applied::Yes),
+        let committed = self.commit(write);
+        async move {
+            match committed.await? {
+                Committed::Applied(applied) => Ok(applied),
+                Committed::Recorded(_) => Ok(Applied::Yes),
+            }
         }
     }
 
@@ -564,9 +574,13 @@ impl Store {
             Write::Requests(_) => &self.requests,
             _ => &self.outcomes,
         };
-        let queued = lane.send((write, tx));
+        // only whether it was queued: a failed send hands the write back, and the future
+        // would carry it
+        let queued = lane.send((write, tx)).is_ok();
         async move {
-            queued.map_err(|_| StoreError::ShutDown)?;
+            if !queued {
+                return Err(StoreError::ShutDown);
+            }
             rx.await.map_err(|_| StoreError::ShutDown)?
         }
     }
