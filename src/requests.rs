@@ -229,10 +229,9 @@ pub struct ClaimedRequest {
 }
 
 impl ClaimedRequest {
-    /// Decodes a row of the claim statement by position (see `CLAIM_SQL`). The driver's
-    /// per-value type check is skipped (it compared type descriptions for each of 25 columns
-    /// of every row): `CLAIM_SQL` fixes every column's type, and the tests read every column
-    /// back (a pass deploys from what they hold).
+    /// Decodes a row of the claim statement by position (see `CLAIM_SQL`): the claim's
+    /// columns, then the endpoint's from position 8 (`EndpointRecord::decode_at`). The
+    /// driver's per-value type check is skipped, as there.
     fn decode(row: &PgRow) -> Result<Self, sqlx::Error> {
         let claim = Claim {
             endpoint_id: row.try_get_unchecked(0)?,
@@ -246,25 +245,7 @@ impl ClaimedRequest {
         };
         let found: Option<Uuid> = row.try_get_unchecked(8)?;
         let row = match found {
-            Some(id) => Some(EndpointRecord {
-                id,
-                tenant_id: row.try_get_unchecked(9)?,
-                project_id: row.try_get_unchecked(10)?,
-                name: row.try_get_unchecked(11)?,
-                status: row.try_get_unchecked(12)?,
-                url: row.try_get_unchecked(13)?,
-                runtime: row.try_get_unchecked(14)?,
-                model_id: row.try_get_unchecked(15)?,
-                model_version_id: row.try_get_unchecked(16)?,
-                traffic: row.try_get_unchecked(17)?,
-                autoscaling: row.try_get_unchecked(18)?,
-                runtime_config: row.try_get_unchecked(19)?,
-                spec_generation: row.try_get_unchecked(20)?,
-                ready_generation: row.try_get_unchecked(21)?,
-                model_version_found: row.try_get_unchecked(22)?,
-                artifact_uri: row.try_get_unchecked(23)?,
-                tenant_paused: row.try_get_unchecked(24)?,
-            }),
+            Some(_) => Some(EndpointRecord::decode_at(row, 8)?),
             None => None,
         };
         Ok(Self { claim, row })
@@ -328,8 +309,7 @@ pub struct Claims {
 
 // The claim reads the endpoint's row in the same statement (what `Store::load` reads), so a
 // pass starts without a query of its own. The columns are decoded by position, in the order
-// `ClaimedRequest::from_query_result` reads them: by name, every column of every row costs a
-// lookup and, for the endpoint's, a prefixed name built on the heap.
+// `ClaimedRequest::decode` reads them; the endpoint's in `LOAD_SQL`'s order.
 const CLAIM_SQL: &str = r#"
 WITH claimed AS (
     UPDATE convergence_requests r SET claimed_by = $2,

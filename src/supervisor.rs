@@ -661,13 +661,23 @@ impl Handler<Incoming> for Supervisor {
                         let (store, metrics) = (store.clone(), metrics.clone());
                         let span = traced(span, &message, Some(&event), &pass_ctx);
                         tokio::spawn(async move {
-                            let reason = refusal_reason(&store, kind, &event).await;
-                            span.in_scope(|| {
-                                tracing::warn!(endpoint_id = %event.endpoint_id, %reason,
-                                    "refusing event")
-                            });
-                            let answer =
-                                refuse(&store, &metrics, backoff, &message, &span, reason).await;
+                            let answer = match refusal_reason(&store, kind, &event).await {
+                                Ok(reason) => {
+                                    span.in_scope(|| {
+                                        tracing::warn!(endpoint_id = %event.endpoint_id,
+                                            %reason, "refusing event")
+                                    });
+                                    refuse(&store, &metrics, backoff, &message, &span, reason).await
+                                }
+                                Err(err) => {
+                                    // never a wrong reason: ask again once Postgres answers
+                                    telemetry::record_error(&span, &err);
+                                    tracing::warn!(endpoint_id = %event.endpoint_id,
+                                        error = %err, "cannot read the endpoint to say why \
+                                        its event is refused; handing it back");
+                                    hand_back(&metrics, backoff, &message, &span)
+                                }
+                            };
                             answer_message(&message, &span, answer).await;
                         });
                     }
@@ -754,11 +764,15 @@ fn hand_back(
 /// Why the tenant check refused an event: the endpoint does not exist, or the event names
 /// another owner. An event's tenant and project must be the row's; a deploy may leave them out
 /// (it only converges the row's own intent), a delete removes what is running and must name
-/// both.
-async fn refusal_reason(store: &Store, kind: EventKind, event: &ServingEvent) -> String {
+/// both. A failed read is an error, not a reason.
+async fn refusal_reason(
+    store: &Store,
+    kind: EventKind,
+    event: &ServingEvent,
+) -> Result<String, crate::store::StoreError> {
     let show = |id: Option<Uuid>| id.map_or_else(|| "-".to_owned(), |id| id.to_string());
-    match store.load(event.endpoint_id).await {
-        Ok(Some(row)) => {
+    Ok(match store.load(event.endpoint_id).await? {
+        Some(row) => {
             let rule = if kind == EventKind::Delete {
                 " (a delete must name the endpoint's tenant_id and project_id)"
             } else {
@@ -774,12 +788,12 @@ async fn refusal_reason(store: &Store, kind: EventKind, event: &ServingEvent) ->
                 row.project_id
             )
         }
-        _ => format!(
+        None => format!(
             "endpoint {} does not exist; the event names an endpoint the platform never created \
              or already purged",
             event.endpoint_id
         ),
-    }
+    })
 }
 
 impl Handler<Want> for Supervisor {

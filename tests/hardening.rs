@@ -314,6 +314,31 @@ async fn old_rows(env: &Env, endpoint: Uuid, tenant: Uuid, n: usize, days: i32) 
     }
 }
 
+/// Two reads of one endpoint that land in the same batched load both get the row (the second
+/// used to get `None`, and a refused event was then recorded as naming an unknown endpoint).
+#[tokio::test]
+async fn every_read_of_an_endpoint_in_one_batched_load_gets_the_row() {
+    let env = Env::start().await;
+    let tenant = env.tenant().await;
+    let id = env.endpoints(&tenant, 1).await[0];
+    let store = Store::connect(
+        &env.pg.url(),
+        StoreSettings {
+            max_connections: 4,
+            batch_max: 16,
+        },
+    )
+    .await
+    .expect("store");
+    // One thread: the loader cannot run between the two requests, so one query serves both.
+    let (first, second) = futures::future::join(store.load(id), store.load(id)).await;
+    for loaded in [first, second] {
+        let row = loaded.expect("load").expect("the endpoint exists");
+        assert_eq!(row.id, id);
+        assert_eq!(row.tenant_id, tenant.tenant_id);
+    }
+}
+
 /// A `DEPLOYING` report queued (not awaited) just before the deploy's outcome commits with it
 /// as one row update, and the guard decides both alike: the row ends as the outcome says, or
 /// untouched when the intent moved on.
