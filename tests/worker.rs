@@ -124,7 +124,11 @@ async fn events_piling_up_for_one_endpoint_coalesce_into_one_deploy_of_the_lates
         history.len() <= 4,
         "the five queued events coalesce into few passes, not five: {history:?}"
     );
-    assert_eq!(history.iter().map(|h| h.events).sum::<i32>(), 6);
+    assert_eq!(
+        history.iter().map(|h| h.events).sum::<i32>(),
+        6,
+        "every event counted by the pass that covered it: {history:?}"
+    );
     worker.shutdown().await.unwrap();
 }
 

@@ -388,17 +388,22 @@ impl Env {
         (n as usize, claimed as usize)
     }
 
-    /// Waits until the stream is empty and nothing is unacknowledged: every event answered.
+    /// Waits until the stream is empty, nothing is unacknowledged and no convergence request
+    /// waits in Postgres: every event answered and every pass it asked for ended. (Events are
+    /// acked once recorded, so an empty stream alone says nothing of the passes still to run:
+    /// a history read before they end misses their rows.)
     pub async fn wait_all_answered(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let (left, pending) = (self.stream_messages().await, self.ack_pending().await);
-            if left == 0 && pending == 0 {
+            let (waiting, claimed) = self.requests().await;
+            if left == 0 && pending == 0 && waiting == 0 {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{left} messages still in the stream, {pending} unacknowledged"
+                "{left} messages still in the stream, {pending} unacknowledged, \
+                 {waiting} convergence requests waiting ({claimed} claimed)"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
