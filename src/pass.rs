@@ -192,7 +192,8 @@ pub async fn run(
         .iter()
         .flat_map(|d| d.traceparents.iter().map(String::as_str))
         .collect();
-    let (span, trace_id) = telemetry::pass_span(&traceparents, endpoint_id, events_covered(&batch));
+    let pass_span = telemetry::pass_span(&traceparents, endpoint_id, events_covered(&batch));
+    let trace_id = pass_span.trace_id().map(str::to_owned);
     let owner = OnceLock::new();
     let work = AssertUnwindSafe(run_pass(
         &ctx,
@@ -204,7 +205,7 @@ pub async fn run(
         &trace_id,
     ))
     .catch_unwind();
-    let result = match work.instrument(span.clone()).await {
+    let result = match pass_span.run_inside(work).await {
         Ok(result) => {
             if !ctx.panics.is_empty() {
                 ctx.panics.remove(&endpoint_id);
@@ -213,12 +214,19 @@ pub async fn run(
         }
         Err(panic) => {
             let owner = owner.get().copied();
-            recover(&ctx, endpoint_id, &batch, owner, panic.as_ref(), trace_id)
-                .instrument(span.clone())
+            pass_span
+                .run_inside(recover(
+                    &ctx,
+                    endpoint_id,
+                    &batch,
+                    owner,
+                    panic.as_ref(),
+                    trace_id,
+                ))
                 .await
         }
     };
-    telemetry::record_outcome(&span, result.label().as_str());
+    pass_span.record_outcome(result.label().as_str());
     result
 }
 
@@ -340,10 +348,10 @@ async fn run_pass(
             if telemetry::spans_exported() {
                 labels.record(&Span::current());
             } else {
-                // Only log lines read the pass span then: it names the endpoint and the trace
-                // already, and formatting the tenant's and project's ids for every pass (which
-                // logs nothing when all goes well) cost a few per cent of the worker's CPU.
-                Span::current().record("generation", record.spec_generation);
+                // Only log lines read the pass's context then: it names the endpoint and the
+                // trace already, and formatting the tenant's and project's ids for every pass
+                // (which logs nothing when all goes well) cost a few per cent of the worker's CPU.
+                telemetry::record_pass_generation(record.spec_generation);
             }
             telemetry::record_outcome(&load, "found");
             let _ = owner.set(Owner {

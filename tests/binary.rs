@@ -358,3 +358,64 @@ async fn json_logs_carry_trace_ids_and_never_secrets() {
         "the malformed event is logged (and refused)"
     );
 }
+
+/// Without an exporter a pass has no span (nobody would see it); the lines it logs still read
+/// as if they sat in one: inside `pass`, naming the endpoint, its spec generation, the events
+/// the pass covers and the publisher's trace, in both formats, also when everything else is
+/// logged at WARN only.
+#[actix_rt::test]
+async fn without_an_exporter_lines_inside_a_pass_still_name_the_endpoint_and_the_trace() {
+    let env = Env::start().await;
+    for (format, filter) in [
+        ("json", "info"),
+        ("compact", "warn,deploy_worker::pass=info"),
+    ] {
+        // no artifact: the pass ends ERROR, logged at INFO by a line that names the endpoint
+        // and the reason only
+        let invalid = env.create_endpoint(None).await;
+        let http = SocketAddr::from(([127, 0, 0, 1], sandbox::free_port().expect("port")));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = spawn_worker(
+            &[
+                ("DATABASE_URL", env.pg.url()),
+                ("NATS_URL", env.nats.url()),
+                ("HTTP_LISTEN", http.to_string()),
+                ("LOG_FORMAT", format.into()),
+                ("RUST_LOG", filter.into()),
+            ],
+            dir.path(),
+        );
+        wait_http(http, "/readyz", Duration::from_secs(60), |r| {
+            r.status == 200
+        })
+        .await;
+        let (cx, trace_id, _) = publisher_context();
+        env.publish_traced(&invalid, &cx).await;
+        env.wait_status(invalid.id, "ERROR").await;
+        let status = terminate(child);
+        assert!(status.success(), "exit status {status}");
+        let stderr = std::fs::read_to_string(dir.path().join("stderr")).expect("stderr");
+        let ended = stderr
+            .lines()
+            .find(|line| line.contains("endpoint ends in ERROR"))
+            .unwrap_or_else(|| panic!("no ERROR line in the {format} logs:\n{stderr}"));
+        if format == "json" {
+            let value: serde_json::Value = serde_json::from_str(ended).expect("a JSON line");
+            assert_eq!(value["spans"], serde_json::json!(["pass"]), "{ended}");
+            assert_eq!(value["endpoint_id"], invalid.id.to_string(), "{ended}");
+            assert_eq!(value["trace_id"], trace_id.to_string(), "{ended}");
+            assert_eq!(value["generation"], 1, "{ended}");
+            assert_eq!(value["events"], 1, "{ended}");
+        } else {
+            assert!(ended.contains(" pass: "), "{ended}");
+            for field in [
+                format!(" endpoint_id={}", invalid.id),
+                format!(" trace_id=\"{trace_id}\""),
+                " generation=1".to_owned(),
+                " events=1".to_owned(),
+            ] {
+                assert_eq!(ended.matches(&field).count(), 1, "{field}: {ended}");
+            }
+        }
+    }
+}

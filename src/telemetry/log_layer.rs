@@ -14,6 +14,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+use super::pass_log::{self, PassLog};
 use super::*;
 
 // One layer writes both formats. A line inside a pass sits in up to four spans (receive, pass,
@@ -235,6 +236,33 @@ impl LogLine<'_> {
     }
 }
 
+/// Adds the fields a `pass` span would give a line (see [`pass_log`]) that `fields` lacks.
+fn pass_fields(pass: &PassLog, fields: &mut Fields) {
+    if !fields.has("endpoint_id") {
+        fields.0.push((
+            "endpoint_id",
+            FieldValue::Shown(pass.endpoint_id.to_string()),
+        ));
+    }
+    if let Some(generation) = pass.generation
+        && !fields.has("generation")
+    {
+        fields.0.push(("generation", FieldValue::I64(generation)));
+    }
+    if !fields.has("events") {
+        fields
+            .0
+            .push(("events", FieldValue::U64(pass.events as u64)));
+    }
+    if let Some(trace_id) = pass.trace_id()
+        && !fields.has("trace_id")
+    {
+        fields
+            .0
+            .push(("trace_id", FieldValue::Str(trace_id.to_owned())));
+    }
+}
+
 impl<S, W> Layer<S> for LogLayer<W>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -292,6 +320,14 @@ where
                     }
                 }
             }
+        }
+        if !spans.contains(&"pass")
+            && let Some(pass) = pass_log::current()
+        {
+            // a pass without a span of its own (spans are not exported): its context reads as
+            // the span would, the outermost of the line
+            spans.push("pass");
+            pass_fields(&pass, &mut fields);
         }
         spans.reverse();
         let line = LogLine {

@@ -10,6 +10,7 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
+use super::pass_log::{self, PassLog};
 use super::*;
 
 /// The hex trace id of `span`, when it is traced by the OpenTelemetry layer (spans are
@@ -105,15 +106,64 @@ pub fn receive_traceparent(span: &Span, headers: Option<&async_nats::HeaderMap>)
     ))
 }
 
+/// The span of one pass and its trace id (see [`pass_span`]).
+#[derive(Debug)]
+pub struct PassSpan {
+    span: Span,
+    trace_id: Option<String>,
+    /// The log context standing in for the span when spans are not exported.
+    log: Option<PassLog>,
+}
+
+impl PassSpan {
+    /// The pass's span: disabled when spans are not exported (its log context then lives in
+    /// [`PassLog`], see [`instrument`](Self::instrument)).
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The pass's trace id, for its history row.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_deref()
+    }
+
+    /// Runs `work` inside the pass: in its span, or with its log context when spans are not
+    /// exported, so every line `work` logs names the endpoint and the trace.
+    pub async fn run_inside<F: std::future::Future>(&self, work: F) -> F::Output {
+        match self.log {
+            Some(log) => pass_log::in_pass(log, work).await,
+            None => tracing::Instrument::instrument(work, self.span.clone()).await,
+        }
+    }
+
+    /// Records how the pass ended.
+    pub fn record_outcome(&self, outcome: &str) {
+        record_outcome(&self.span, outcome);
+    }
+}
+
 /// The span of one pass and its trace id: a child of the last of `traceparents` (the `receive`
 /// span of the newest event it covers, recorded with its request), linked to the others; a new
-/// trace when there are none (the worker's own requests). When spans are not exported the span
-/// only carries the trace id, as its `trace_id` field, for the log lines inside it.
-pub fn pass_span(
-    traceparents: &[&str],
-    endpoint_id: Uuid,
-    events: usize,
-) -> (Span, Option<String>) {
+/// trace when there are none (the worker's own requests). When spans are not exported there is
+/// no span: the trace id is worked out from `traceparents` and the log lines inside the pass
+/// get the fields the span would have given them from a [`PassLog`] (see
+/// [`PassSpan::run_inside`]).
+pub fn pass_span(traceparents: &[&str], endpoint_id: Uuid, events: usize) -> PassSpan {
+    if !spans_exported() {
+        use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+        let id = traceparents
+            .last()
+            .and_then(|t| traceparent_trace_id(t))
+            .map_or_else(
+                || RandomIdGenerator::default().new_trace_id().to_string(),
+                str::to_owned,
+            );
+        return PassSpan {
+            span: Span::none(),
+            log: Some(PassLog::new(endpoint_id, Some(&id), events)),
+            trace_id: Some(id),
+        };
+    }
     let span = tracing::info_span!(
         parent: None,
         "pass",
@@ -127,18 +177,6 @@ pub fn pass_span(
         events = events,
         trace_id = tracing::field::Empty,
     );
-    if !spans_exported() {
-        use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
-        let id = traceparents
-            .last()
-            .and_then(|t| traceparent_trace_id(t))
-            .map_or_else(
-                || RandomIdGenerator::default().new_trace_id().to_string(),
-                str::to_owned,
-            );
-        span.record("trace_id", id.as_str());
-        return (span, Some(id));
-    }
     if let Some((newest, others)) = traceparents.split_last() {
         let parent = context_from_traceparent(newest);
         if parent.span().span_context().is_valid() {
@@ -156,7 +194,19 @@ pub fn pass_span(
     if let Some(id) = &id {
         span.record("trace_id", id.as_str());
     }
-    (span, id)
+    PassSpan {
+        span,
+        trace_id: id,
+        log: None,
+    }
+}
+
+/// Records the spec generation of the pass running on this thread: on its span (the current
+/// one) when spans are exported, in its log context otherwise.
+pub fn record_pass_generation(generation: i64) {
+    if !pass_log::record_generation(generation) {
+        Span::current().record("generation", generation);
+    }
 }
 
 /// The steps of a pass, each a child span of the pass.
