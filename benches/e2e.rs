@@ -965,7 +965,6 @@ async fn memory(scale: &Scale) {
             ("SIMULATE_DELAY_MS", "20000".into()),
             ("DEPLOY_MAX_IN_FLIGHT", n.to_string()),
             ("DEPLOY_MAX_IN_FLIGHT_PER_TENANT", n.to_string()),
-            ("ENDPOINT_IDLE_SECONDS", "1".into()),
         ],
     );
     let actors = "deploy_worker_endpoint_actors";

@@ -159,8 +159,9 @@ pub struct Settings {
     #[arg(long, env = "RESCAN_SECONDS", default_value_t = 5)]
     pub rescan_seconds: u64,
 
-    /// An endpoint actor with nothing to do stops after this long.
-    #[arg(long, env = "ENDPOINT_IDLE_SECONDS", default_value_t = 30)]
+    /// An endpoint actor with nothing to do stops after this long (0: as soon as its pass
+    /// ends; the next request for the endpoint starts a new one).
+    #[arg(long, env = "ENDPOINT_IDLE_SECONDS", default_value_t = 0)]
     pub endpoint_idle_seconds: u64,
 
     /// Ack wait of the consumers the worker creates (a message is acked once its request is

@@ -10,9 +10,10 @@
 //! ([`PassFinished`]).
 //!
 //! Lifecycle, kept leak-free without locks:
-//! - after `idle_after` with nothing to do the actor tells the supervisor how many deliveries it
-//!   has handled ([`Idle`]); the supervisor, the only one routing to it, stops it only if that
-//!   equals what it routed — so a delivery can never be sent to a stopping actor;
+//! - once it has nothing to do (at the end of its pass, or `idle_after` later when that is not
+//!   zero) the actor tells the supervisor how many deliveries it has handled (in
+//!   [`PassFinished`], or [`Idle`]); the supervisor, the only one routing to it, stops it only
+//!   if that equals what it routed — so a delivery can never be sent to a stopping actor;
 //! - on [`Drain`] (shutdown) it lets the running pass finish (or be aborted at the end of the
 //!   grace period) and stops.
 
@@ -81,6 +82,9 @@ pub struct PassFinished {
     pub endpoint_id: Uuid,
     /// How the pass ended.
     pub result: PassResult,
+    /// When the actor is idle now and stops when idle (`idle_after` zero): the deliveries it
+    /// has received, as in [`Idle`].
+    pub idle: Option<u64>,
 }
 
 /// Where the actors report: made once by the supervisor and shared by every actor (an
@@ -147,24 +151,30 @@ impl EndpointActor {
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
             act.newer = None;
-            act.finished(result);
             if act.draining {
+                act.finished(result, None);
                 act.hand_back_pending();
                 ctx.stop();
             } else if !act.pending.is_empty() {
+                act.finished(result, None);
                 // the row read with its claim predates this pass's writes: read it again
                 let next = act.pending.remove(0);
                 act.start_pass(next, Row::Unread, ctx);
+            } else if act.idle_after.is_zero() {
+                // idle at once: the report of the pass's end is the idle report too
+                act.finished(result, Some(act.handled));
             } else {
+                act.finished(result, None);
                 act.arm_idle_timer(ctx);
             }
         }));
     }
 
-    fn finished(&self, result: PassResult) {
+    fn finished(&self, result: PassResult, idle: Option<u64>) {
         self.reports.finished.do_send(PassFinished {
             endpoint_id: self.endpoint_id,
             result,
+            idle,
         });
     }
 
@@ -175,7 +185,7 @@ impl EndpointActor {
             self.ctx
                 .metrics
                 .retries(crate::metrics::retry::SHUTDOWN, batch.len());
-            self.finished(PassResult::HandedBack(Some(Duration::ZERO)));
+            self.finished(PassResult::HandedBack(Some(Duration::ZERO)), None);
         }
     }
 

@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
@@ -188,7 +188,14 @@ pub struct Supervisor {
     draining: Option<oneshot::Sender<()>>,
     /// Where the endpoint actors report, shared by all of them (made at the first route).
     reports: Option<Arc<Reports>>,
+    /// When freed memory was last handed back, and whether that is due again (see
+    /// [`Supervisor::collect_when_idle`]).
+    last_collect: Option<Instant>,
+    collect_armed: bool,
 }
+
+/// How often at most the worker hands freed memory back.
+const COLLECT_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
 impl Supervisor {
     /// A supervisor that will consume from `consumers` once started.
@@ -216,6 +223,8 @@ impl Supervisor {
             stop_fetching: watch::channel(false).0,
             draining: None,
             reports: None,
+            last_collect: None,
+            collect_armed: false,
         }
     }
 
@@ -885,6 +894,9 @@ impl Handler<PassFinished> for Supervisor {
 
     fn handle(&mut self, finished: PassFinished, ctx: &mut Self::Context) {
         self.pass_finished(finished.endpoint_id, finished.result);
+        if let Some(handled) = finished.idle {
+            self.forget_if_idle(finished.endpoint_id, handled);
+        }
         self.flush_releases(ctx);
     }
 }
@@ -996,10 +1008,18 @@ impl Handler<Idle> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, idle: Idle, _ctx: &mut Self::Context) {
-        // Only when every routed delivery has reached the actor is it safe to forget it.
+        self.forget_if_idle(idle.endpoint_id, idle.handled);
+    }
+}
+
+impl Supervisor {
+    /// The actor of `endpoint_id` has nothing to do and has received `handled` deliveries:
+    /// forgets and stops it, unless a delivery routed since has not reached it yet (only when
+    /// every routed delivery has is it safe to forget it).
+    fn forget_if_idle(&mut self, endpoint_id: Uuid, handled: u64) {
         let removed = self
             .registry
-            .remove_if(&idle.endpoint_id, |_, entry| entry.routed == idle.handled);
+            .remove_if(&endpoint_id, |_, entry| entry.routed == handled);
         if let Some((_, entry)) = removed {
             entry.addr.do_send(Stop);
         }
@@ -1011,7 +1031,7 @@ impl Handler<Stopped> for Supervisor {
 
     fn handle(&mut self, stopped: Stopped, ctx: &mut Self::Context) {
         if self.registry.len() <= 1 && self.scheduler.queued() == 0 {
-            release_free_memory();
+            self.collect_when_idle(ctx);
         }
         if self.draining.is_some() {
             // Nothing is routed while draining, so the entry is this actor's.
@@ -1023,6 +1043,34 @@ impl Handler<Stopped> for Supervisor {
             self.registry
                 .remove_if(&stopped.endpoint_id, |_, entry| !entry.addr.connected());
         }
+    }
+}
+
+impl Supervisor {
+    /// The worker has just turned idle: hands freed memory back ([`release_free_memory`]) now,
+    /// or, when it did so less than [`COLLECT_AT_MOST_EVERY`] ago, at the end of that interval
+    /// if it is still idle then. Actors stop as soon as their pass ends, so a worker that gets
+    /// an event now and then turns idle after each, and collecting costs far more than a pass.
+    fn collect_when_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.collect_armed {
+            return;
+        }
+        let wait = self.last_collect.map_or(Duration::ZERO, |at| {
+            COLLECT_AT_MOST_EVERY.saturating_sub(at.elapsed())
+        });
+        if wait.is_zero() {
+            release_free_memory();
+            self.last_collect = Some(Instant::now());
+            return;
+        }
+        self.collect_armed = true;
+        ctx.run_later(wait, |act, _ctx| {
+            act.collect_armed = false;
+            if act.registry.is_empty() && act.scheduler.queued() == 0 {
+                release_free_memory();
+                act.last_collect = Some(Instant::now());
+            }
+        });
     }
 }
 
@@ -1060,7 +1108,7 @@ impl Handler<Terminate> for Supervisor {
 ///
 /// The actors and their passes live on this thread, and the allocator keeps what they freed
 /// for reuse; with nothing running it would keep a burst's peak resident until the next burst.
-/// Collecting here, once per return to idle, costs nothing while the worker is busy.
+/// Collecting when it turns idle, at most once a second, costs nothing while it is busy.
 fn release_free_memory() {
     // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time;
     // it only frees memory mimalloc itself holds unused (a no-op where it is not the

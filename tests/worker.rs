@@ -14,46 +14,53 @@ use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// Actors stop once idle — at the end of their pass by default, or after
+/// `ENDPOINT_IDLE_SECONDS` — so memory does not grow with the endpoints ever seen.
 #[actix_rt::test]
 async fn deploys_many_endpoints_across_tenants_and_stops_idle_actors() {
     let env = Env::start().await;
-    let worker = Worker::start(&env.settings()).await.unwrap();
-    let mut all = Vec::new();
-    let tenants = [env.tenant().await, env.tenant().await, env.tenant().await];
-    for tenant in &tenants {
-        let ids = env.endpoints(tenant, 70).await;
-        for id in &ids {
-            env.publish(EventKind::Deploy, tenant, *id).await;
+    for idle_seconds in [0, 1] {
+        let mut settings = env.settings();
+        settings.endpoint_idle_seconds = idle_seconds;
+        let worker = Worker::start(&settings).await.unwrap();
+        let mut all = Vec::new();
+        let tenants = [env.tenant().await, env.tenant().await, env.tenant().await];
+        for tenant in &tenants {
+            let ids = env.endpoints(tenant, 70).await;
+            for id in &ids {
+                env.publish(EventKind::Deploy, tenant, *id).await;
+            }
+            all.extend(ids);
         }
-        all.extend(ids);
-    }
-    wait_for("every endpoint READY", LONG, || async {
-        env.count_status(&all, "READY").await == all.len()
-    })
-    .await;
-    env.wait_all_answered(LONG).await;
+        wait_for("every endpoint READY", LONG, || async {
+            env.count_status(&all, "READY").await == all.len()
+        })
+        .await;
+        env.wait_all_answered(LONG).await;
 
-    for id in &all {
-        let row = env.endpoint(*id).await;
-        let name = isvc_name("isvc", *id);
-        assert_eq!(
-            row.url.as_deref(),
-            Some(format!("http://{name}.example.local").as_str())
-        );
-        assert_eq!(row.ready_generation, Some(row.spec_generation));
-        assert_eq!(row.status_reason, None);
-        let history = env.history(*id).await;
-        assert_eq!(history.len(), 1, "one pass per endpoint");
-        assert_eq!(history[0].outcome, "ready");
-        assert_eq!(history[0].action, "deploy");
-        assert_eq!(history[0].isvc_name, name);
+        for id in &all {
+            let row = env.endpoint(*id).await;
+            let name = isvc_name("isvc", *id);
+            assert_eq!(
+                row.url.as_deref(),
+                Some(format!("http://{name}.example.local").as_str())
+            );
+            assert_eq!(row.ready_generation, Some(row.spec_generation));
+            assert_eq!(row.status_reason, None);
+            let history = env.history(*id).await;
+            assert_eq!(history.len(), 1, "one pass per endpoint");
+            assert_eq!(history[0].outcome, "ready");
+            assert_eq!(history[0].action, "deploy");
+            assert_eq!(history[0].isvc_name, name);
+        }
+        wait_for(
+            &format!("idle actors to stop (ENDPOINT_IDLE_SECONDS={idle_seconds})"),
+            Duration::from_secs(10),
+            || async { worker.actors() == 0 },
+        )
+        .await;
+        worker.shutdown().await.unwrap();
     }
-    // Idle actors stop: memory does not grow with the endpoints ever seen.
-    wait_for("idle actors to stop", Duration::from_secs(10), || async {
-        worker.actors() == 0
-    })
-    .await;
-    worker.shutdown().await.unwrap();
 }
 
 #[actix_rt::test]

@@ -102,12 +102,11 @@ impl Env {
         }
     }
 
-    /// Worker settings for these servers: simulate mode, quick retries and idling.
+    /// Worker settings for these servers: simulate mode, quick retries.
     pub fn settings(&self) -> Settings {
         let mut s = settings_for(&self.pg, &self.nats);
         s.retry_base_ms = 100;
         s.retry_max_ms = 1_000;
-        s.endpoint_idle_seconds = 1;
         s.nats_ack_wait_seconds = 5;
         s.shutdown_grace_seconds = 10;
         s
