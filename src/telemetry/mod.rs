@@ -417,6 +417,54 @@ mod tests {
         assert!(!extract_context(None).span().span_context().is_valid());
     }
 
+    proptest::proptest! {
+        /// The plain-form reading of a `traceparent` agrees with the W3C propagator: whatever
+        /// it accepts, the propagator reads as the same trace and sampling decision, and the
+        /// `traceparent` made for the `receive` span continues exactly that.
+        #[test]
+        fn the_plain_traceparent_reading_agrees_with_the_propagator(
+            version in proptest::sample::select(vec!["00", "01", "ff", "0", "000"]),
+            trace_id in "[0-9a-fA-F]{31,33}|0{32}",
+            span_id in "[0-9a-f]{15,17}|0{16}",
+            flags in "[0-9a-fA-F]{1,3}",
+            tail in proptest::sample::select(vec!["", "-extra"]),
+        ) {
+            let value = format!("{version}-{trace_id}-{span_id}-{flags}{tail}");
+            let mut headers = HeaderMap::new();
+            headers.insert("traceparent", value.as_str());
+            let propagated = extract_context(Some(&headers)).span().span_context().clone();
+            if let Some((trace, sampled)) = spans::plain_traceparent(&value) {
+                proptest::prop_assert!(propagated.is_valid(), "{}", value);
+                proptest::prop_assert_eq!(trace, propagated.trace_id().to_string());
+                proptest::prop_assert_eq!(sampled, propagated.is_sampled());
+            }
+            let made = receive_traceparent(&tracing::Span::none(), Some(&headers))
+                .expect("a traceparent");
+            let continued = context_from_traceparent(&made).span().span_context().clone();
+            proptest::prop_assert!(continued.is_valid(), "{}", made);
+            if propagated.is_valid() {
+                proptest::prop_assert_eq!(continued.trace_id(), propagated.trace_id());
+                proptest::prop_assert_eq!(continued.is_sampled(), propagated.is_sampled());
+            }
+        }
+    }
+
+    #[test]
+    fn the_plain_traceparent_reading_takes_the_usual_header() {
+        assert_eq!(
+            spans::plain_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", true))
+        );
+        assert_eq!(
+            spans::plain_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02"),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", false))
+        );
+        assert_eq!(
+            spans::plain_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            None
+        );
+    }
+
     #[test]
     fn without_a_span_the_receive_traceparent_continues_the_publishers_trace() {
         let mut headers = HeaderMap::new();

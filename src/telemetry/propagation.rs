@@ -5,7 +5,7 @@ use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
-pub(super) struct HeaderExtractor<'a>(&'a HeaderMap);
+pub(super) struct HeaderExtractor<'a>(pub(super) &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
