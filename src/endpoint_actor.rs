@@ -139,15 +139,9 @@ impl EndpointActor {
         self.busy = true;
         let (newer, newer_rx) = watch::channel(Newer::default());
         self.newer = Some(newer);
-        // boxed where it is made: the pass future is large, and the wrappers below would each
-        // move it whole
-        let work = Box::pin(pass::run(
-            self.ctx.clone(),
-            self.endpoint_id,
-            batch,
-            row,
-            newer_rx,
-        ));
+        // small: the pass itself is boxed where it is made, so the wrappers below do not move
+        // its kilobytes
+        let work = pass::run(self.ctx.clone(), self.endpoint_id, batch, row, newer_rx);
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
             act.newer = None;

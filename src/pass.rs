@@ -181,53 +181,47 @@ impl PassResult {
 /// `newer` tells the pass what arrives for the endpoint meanwhile: a deploy that is waiting —
 /// between retries, for Ready — stops waiting once a delete or a newer spec
 /// generation shows up, and records `superseded` so the next pass starts at once.
-pub async fn run(
+pub fn run(
     ctx: Arc<PassContext>,
     endpoint_id: Uuid,
     mut batch: Vec<Delivery>,
     row: Row,
     newer: watch::Receiver<Newer>,
-) -> PassResult {
+) -> impl Future<Output = PassResult> {
     let traceparents: Vec<&str> = batch
         .iter()
         .flat_map(|d| d.traceparents.iter().map(String::as_str))
         .collect();
     let pass_span = telemetry::pass_span(&traceparents, endpoint_id, events_covered(&batch));
     let trace_id = pass_span.trace_id().map(str::to_owned);
-    let owner = OnceLock::new();
-    let work = AssertUnwindSafe(run_pass(
-        &ctx,
-        endpoint_id,
-        &mut batch,
-        row,
-        &owner,
-        newer,
-        &trace_id,
-    ))
-    .catch_unwind();
-    let result = match pass_span.run_inside(work).await {
-        Ok(result) => {
-            if !ctx.panics.is_empty() {
-                ctx.panics.remove(&endpoint_id);
+    let span = pass_span.span().clone();
+    pass_span.run_inside(Box::pin(async move {
+        let owner = OnceLock::new();
+        let work = AssertUnwindSafe(run_pass(
+            &ctx,
+            endpoint_id,
+            &mut batch,
+            row,
+            &owner,
+            newer,
+            &trace_id,
+        ))
+        .catch_unwind();
+        let result = match work.await {
+            Ok(result) => {
+                if !ctx.panics.is_empty() {
+                    ctx.panics.remove(&endpoint_id);
+                }
+                result
             }
-            result
-        }
-        Err(panic) => {
-            let owner = owner.get().copied();
-            pass_span
-                .run_inside(recover(
-                    &ctx,
-                    endpoint_id,
-                    &batch,
-                    owner,
-                    panic.as_ref(),
-                    trace_id,
-                ))
-                .await
-        }
-    };
-    pass_span.record_outcome(result.label().as_str());
-    result
+            Err(panic) => {
+                let owner = owner.get().copied();
+                recover(&ctx, endpoint_id, &batch, owner, panic.as_ref(), trace_id).await
+            }
+        };
+        telemetry::record_outcome(&span, result.label().as_str());
+        result
+    }))
 }
 
 /// Who owns the endpoint a pass works on, and at which generation: known once the row is read,

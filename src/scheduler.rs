@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
+use crate::IdMap;
+
 /// Caps for the [`Scheduler`].
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
@@ -90,10 +92,10 @@ pub struct Scheduler {
 #[derive(Debug)]
 struct Queues {
     caps: Caps,
-    tenants: HashMap<Uuid, TenantQueue>,
+    tenants: IdMap<Uuid, TenantQueue>,
     /// Tenants with queued ids, in the order they are served.
     ring: VecDeque<Uuid>,
-    endpoints: HashMap<Uuid, Entry>,
+    endpoints: IdMap<Uuid, Entry>,
     running: usize,
 }
 
@@ -175,9 +177,9 @@ impl Queues {
                 global: caps.global.max(1),
                 per_tenant: caps.per_tenant.max(1),
             },
-            tenants: HashMap::new(),
+            tenants: IdMap::default(),
             ring: VecDeque::new(),
-            endpoints: HashMap::new(),
+            endpoints: IdMap::default(),
             running: 0,
         }
     }

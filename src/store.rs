@@ -27,7 +27,7 @@
 //! wins), and nothing but a delete moves a row out of `DELETED`.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ use crate::intent::Intent;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::requests::{Recorded, Request};
+use crate::{IdMap, IdSet};
 
 /// A database operation failed. Cheap to clone: one failed group commit answers every write
 /// in it.
@@ -784,10 +785,12 @@ async fn run_committer(
                 None => return,
             },
         };
-        let mut batch = vec![first];
+        // sized for what is queued already: growing it write by write was a copy per doubling
+        let mut batch = Vec::with_capacity(batch_max.min(rx.len() + 1));
+        batch.push(first);
         // Replies of writes folded into the write at the given index of `batch`.
         let mut folded: Vec<(usize, WriteReply)> = Vec::new();
-        let mut ids: HashMap<Uuid, usize> = HashMap::new();
+        let mut ids: IdMap<Uuid, usize> = IdMap::default();
         if let Write::Status(w) = &batch[0].0 {
             ids.insert(w.endpoint_id, 0);
         }
@@ -988,8 +991,8 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> Result<Vec<Committed>, Store
         .collect();
 
     let mut txn = pool.begin().await?;
-    let updated: HashSet<Uuid> = if statuses.id.is_empty() {
-        HashSet::new()
+    let updated: IdSet<Uuid> = if statuses.id.is_empty() {
+        IdSet::default()
     } else {
         sqlx::query_scalar::<_, Uuid>(UPDATE_SQL)
             .bind(&statuses.id)

@@ -23,7 +23,6 @@
 //! Shutdown ([`Shutdown`]): stop fetching, forget what is queued (the requests stay in
 //! Postgres), let running passes end, release every claim, and answer.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +47,7 @@ use crate::requests::{
 use crate::scheduler::{Scheduler, Wanted};
 use crate::store::{RejectedEvent, Store};
 use crate::telemetry;
+use crate::{IdMap, IdSet};
 
 /// An endpoint actor as the supervisor knows it.
 pub struct ActorEntry {
@@ -56,7 +56,7 @@ pub struct ActorEntry {
 }
 
 /// Endpoint id → its live actor.
-pub type ActorRegistry = DashMap<Uuid, ActorEntry>;
+pub type ActorRegistry = DashMap<Uuid, ActorEntry, crate::IdHasher>;
 
 /// Messages pulled from a consumer, in stream order; `recorded` is dropped once their requests
 /// are committed (or refused), which bounds what the accept path holds in memory.
@@ -174,7 +174,7 @@ pub struct Supervisor {
     claims: Claims,
     scheduling: Scheduling,
     scheduler: Scheduler,
-    held: HashMap<Uuid, Held>,
+    held: IdMap<Uuid, Held>,
     /// Ends of passes not yet released in Postgres, and how many release queries run.
     releases: Vec<Release>,
     releasing: usize,
@@ -214,7 +214,7 @@ impl Supervisor {
             claims,
             scheduler,
             scheduling,
-            held: HashMap::new(),
+            held: IdMap::default(),
             releases: Vec::new(),
             releasing: 0,
             claiming: 0,
@@ -826,7 +826,7 @@ impl Handler<Claimed> for Supervisor {
                 Vec::new()
             }
         };
-        let mut unclaimed: std::collections::HashSet<Uuid> = asked.into_iter().collect();
+        let mut unclaimed: IdSet<Uuid> = asked.into_iter().collect();
         for ClaimedRequest { claim, row } in got {
             unclaimed.remove(&claim.endpoint_id);
             let endpoint_id = claim.endpoint_id;

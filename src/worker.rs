@@ -131,7 +131,7 @@ impl Worker {
         render.validate().map_err(WorkerError::Render)?;
         // Metrics first: the store, the passes and the deployers all count into them.
         let scheduler = Scheduler::new(settings.caps());
-        let registry = Arc::new(ActorRegistry::new());
+        let registry = Arc::new(ActorRegistry::default());
         let mut metrics = Metrics::new();
         let actors = registry.clone();
         metrics.register_live_state(scheduler.clone(), move || actors.len());

@@ -5,11 +5,10 @@
 //! generation. Made, entered at every poll, recorded into and closed for every pass, that span
 //! cost several per cent of the worker's CPU at thousands of passes a second, although a pass
 //! that goes well logs nothing. Instead the pass runs with a small [`PassLog`] in a thread-local
-//! while it is polled ([`in_pass`]), and the log layer adds its fields to every line logged
+//! while it is polled ([`Entered`]), and the log layer adds its fields to every line logged
 //! meanwhile, as if the line sat in a `pass` span: the same names, the same values.
 
 use std::cell::Cell;
-use std::future::Future;
 
 use uuid::Uuid;
 
@@ -67,26 +66,16 @@ pub(super) fn record_generation(generation: i64) -> bool {
     })
 }
 
-/// Runs `work` with `log` as the pass context of every line it logs.
-pub(super) async fn in_pass<F: Future>(log: PassLog, work: F) -> F::Output {
-    let mut log = log;
-    let mut work = std::pin::pin!(work);
-    std::future::poll_fn(|cx| {
-        let _entered = Entered::enter(&mut log);
-        work.as_mut().poll(cx)
-    })
-    .await
-}
-
-/// A pass context made current for one poll; what was current before comes back when it is
-/// dropped (also when the poll panics), and what the poll recorded is kept for the next.
-struct Entered<'a> {
+/// A pass context made current for one poll of the pass (see
+/// [`InPass`](super::InPass)); what was current before comes back when it is dropped (also
+/// when the poll panics), and what the poll recorded is kept for the next.
+pub(super) struct Entered<'a> {
     log: &'a mut PassLog,
     outer: Option<PassLog>,
 }
 
 impl<'a> Entered<'a> {
-    fn enter(log: &'a mut PassLog) -> Self {
+    pub(super) fn enter(log: &'a mut PassLog) -> Self {
         let outer = CURRENT.with(|current| current.replace(Some(*log)));
         Self { log, outer }
     }
@@ -105,24 +94,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_context_is_current_only_while_the_pass_is_polled_and_keeps_what_it_recorded() {
+    fn the_context_is_current_only_while_entered_and_keeps_what_was_recorded() {
         let id = Uuid::new_v4();
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-        let seen = futures::executor::block_on(in_pass(PassLog::new(id, Some(trace), 3), async {
+        let mut log = PassLog::new(id, Some(trace), 3);
+        {
+            let _poll = Entered::enter(&mut log);
             let first = current().expect("inside the pass");
+            assert_eq!(first.endpoint_id, id);
+            assert_eq!(first.trace_id(), Some(trace));
+            assert_eq!((first.events, first.generation), (3, None));
             assert!(record_generation(7));
-            // a second poll: the recorded generation survives it
-            tokio::task::yield_now().await;
-            (first, current().expect("still inside"))
-        }));
-        let (first, later) = seen;
-        assert_eq!(first.endpoint_id, id);
-        assert_eq!(first.trace_id(), Some(trace));
-        assert_eq!(first.events, 3);
-        assert_eq!(first.generation, None);
-        assert_eq!(later.generation, Some(7));
-        assert!(current().is_none(), "nothing is current after the pass");
+        }
+        assert!(current().is_none(), "nothing is current between polls");
         assert!(!record_generation(8), "no pass to record into");
+        // the next poll sees what the last one recorded
+        let _poll = Entered::enter(&mut log);
+        assert_eq!(current().map(|log| log.generation), Some(Some(7)));
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! the deployers) records them.
 
 use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use async_nats::jetstream;
 use opentelemetry::propagation::Extractor;
@@ -165,18 +168,42 @@ impl PassSpan {
         self.trace_id.as_deref()
     }
 
-    /// Runs `work` inside the pass: in its span, or with its log context when spans are not
-    /// exported, so every line `work` logs names the endpoint and the trace.
-    pub async fn run_inside<F: std::future::Future>(&self, work: F) -> F::Output {
-        match self.log {
-            Some(log) => pass_log::in_pass(log, work).await,
-            None => tracing::Instrument::instrument(work, self.span.clone()).await,
+    /// `work` inside the pass: polled in its span, or with its log context when spans are
+    /// not exported, so every line it logs names the endpoint and the trace. `work` comes
+    /// boxed: the returned future is moved around whole, and a pass is kilobytes.
+    pub fn run_inside<F: Future>(self, work: Pin<Box<F>>) -> InPass<F> {
+        InPass {
+            span: self.span,
+            log: self.log,
+            work,
         }
     }
+}
 
-    /// Records how the pass ended.
-    pub fn record_outcome(&self, outcome: &str) {
-        record_outcome(&self.span, outcome);
+/// A pass's future inside its span or log context (see [`PassSpan::run_inside`]).
+#[derive(Debug)]
+pub struct InPass<F> {
+    span: Span,
+    log: Option<PassLog>,
+    work: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for InPass<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // every field is Unpin (the pass itself is boxed)
+        let this = self.get_mut();
+        match &mut this.log {
+            Some(log) => {
+                let _entered = pass_log::Entered::enter(log);
+                this.work.as_mut().poll(cx)
+            }
+            None => {
+                let _entered = this.span.enter();
+                this.work.as_mut().poll(cx)
+            }
+        }
     }
 }
 
