@@ -133,6 +133,15 @@ fn spawn_worker(env: &[(&str, String)], dir: &std::path::Path) -> Child {
     command.spawn().expect("spawn deploy-worker")
 }
 
+/// The variables that point a worker at `env`'s servers and serve its HTTP on `http`.
+fn worker_env(env: &Env, http: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", env.pg.url()),
+        ("NATS_URL", env.nats.url()),
+        ("HTTP_LISTEN", http.to_string()),
+    ]
+}
+
 /// SIGTERM, then the exit status (the graceful stop must finish quickly when idle).
 fn terminate(mut child: Child) -> std::process::ExitStatus {
     let status = Command::new("kill")
@@ -169,15 +178,16 @@ async fn traces_reach_an_otlp_http_collector() {
     let dir = tempfile::tempdir().expect("tempdir");
     let child = spawn_worker(
         &[
-            ("DATABASE_URL", env.pg.url()),
-            ("NATS_URL", env.nats.url()),
-            ("HTTP_LISTEN", http.to_string()),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
-            ("OTEL_SERVICE_NAME", "deploy-worker-under-test".into()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
-            ("SIMULATE_DELAY_MS", "50".into()),
-        ],
+            &worker_env(&env, http)[..],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+                ("OTEL_SERVICE_NAME", "deploy-worker-under-test".into()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+                ("SIMULATE_DELAY_MS", "50".into()),
+            ],
+        ]
+        .concat(),
         dir.path(),
     );
     wait_http(http, "/readyz", Duration::from_secs(60), |r| {
@@ -377,12 +387,10 @@ async fn without_an_exporter_lines_inside_a_pass_still_name_the_endpoint_and_the
         let dir = tempfile::tempdir().expect("tempdir");
         let child = spawn_worker(
             &[
-                ("DATABASE_URL", env.pg.url()),
-                ("NATS_URL", env.nats.url()),
-                ("HTTP_LISTEN", http.to_string()),
-                ("LOG_FORMAT", format.into()),
-                ("RUST_LOG", filter.into()),
-            ],
+                &worker_env(&env, http)[..],
+                &[("LOG_FORMAT", format.into()), ("RUST_LOG", filter.into())],
+            ]
+            .concat(),
             dir.path(),
         );
         wait_http(http, "/readyz", Duration::from_secs(60), |r| {

@@ -12,9 +12,10 @@
 //! status to error and its `error` attribute ([`record_error`]).
 //!
 //! **Export** is configured only by the standard `OTEL_*` variables ([`ExportConfig`]) and is
-//! off unless an OTLP endpoint is set. Spans are still created when export is off: trace ids
-//! keep flowing from the publisher into the logs and into `deployment_history.trace_id`, so a
-//! rollout can be correlated with the platform's own trace even without a collector. The OTLP
+//! off unless an OTLP endpoint is set. Without it the event path makes no spans (see
+//! [`spans_exported`]), yet trace ids keep flowing from the publisher into the logs (a pass's
+//! log context, `pass_log`) and into `deployment_history.trace_id`, so a rollout can be
+//! correlated with the platform's own trace even without a collector. The OTLP
 //! exporter is async (reqwest for `http/protobuf`, tonic for `grpc`), so the batch processor
 //! runs as a task on the worker's tokio runtime: [`init`] must be called inside it, and
 //! [`Telemetry::shutdown`] flushes what is buffered before the process exits.
