@@ -443,6 +443,7 @@ mod tests {
                 .expect("a traceparent");
             let continued = context_from_traceparent(&made).span().span_context().clone();
             proptest::prop_assert!(continued.is_valid(), "{}", made);
+            proptest::prop_assert!(spans::plain_traceparent(&made).is_some(), "{}", made);
             if propagated.is_valid() {
                 proptest::prop_assert_eq!(continued.trace_id(), propagated.trace_id());
                 proptest::prop_assert_eq!(continued.is_sampled(), propagated.is_sampled());
