@@ -145,20 +145,17 @@ impl EndpointActor {
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
             act.newer = None;
+            // idle at once when nothing waits: the report of the pass's end is the idle report
+            let idle_now = !act.draining && act.pending.is_empty() && act.idle_after.is_zero();
+            act.finished(result, idle_now.then_some(act.handled));
             if act.draining {
-                act.finished(result, None);
                 act.hand_back_pending();
                 ctx.stop();
             } else if !act.pending.is_empty() {
-                act.finished(result, None);
                 // the row read with its claim predates this pass's writes: read it again
                 let next = act.pending.remove(0);
                 act.start_pass(next, Row::Unread, ctx);
-            } else if act.idle_after.is_zero() {
-                // idle at once: the report of the pass's end is the idle report too
-                act.finished(result, Some(act.handled));
-            } else {
-                act.finished(result, None);
+            } else if !idle_now {
                 act.arm_idle_timer(ctx);
             }
         }));
