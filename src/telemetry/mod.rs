@@ -40,7 +40,8 @@
 //! One concern per file: `export` (the `OTEL_*` settings and the tracer provider),
 //! `redaction`, `setup` (installing the subscriber, flushing at exit), `propagation` (W3C
 //! headers on NATS messages), `spans` (the event path's spans), `pass_log` (a pass's log
-//! context when it has no span) and `log_layer` (the line format). Everything public is re-exported here, so callers say `telemetry::…`.
+//! context when it has no span) and `log_layer` (the line format). Everything public is
+//! re-exported here, so callers say `telemetry::…`.
 
 mod export;
 mod log_layer;

@@ -70,21 +70,12 @@ pub fn traced_receive_span(message: &jetstream::Message) -> Span {
     }
     let id = trace_id(&span).or_else(|| {
         receive_traceparent(&Span::none(), message.headers.as_ref())
-            .and_then(|t| traceparent_trace_id(&t).map(str::to_owned))
+            .and_then(|t| plain_traceparent(&t).map(|(id, _)| id.to_owned()))
     });
     if let Some(id) = id {
         span.record("trace_id", id.as_str());
     }
     span
-}
-
-/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), when well formed.
-fn traceparent_trace_id(traceparent: &str) -> Option<&str> {
-    let id = traceparent.split('-').nth(1)?;
-    let valid = id.len() == 32
-        && id.bytes().all(|b| b.is_ascii_hexdigit())
-        && id.bytes().any(|b| b != b'0');
-    valid.then_some(id)
 }
 
 /// The W3C `traceparent` of the `receive` span of a message with `headers`: the span's own when
@@ -234,7 +225,8 @@ pub fn pass_span(traceparents: &[&str], endpoint_id: Uuid, events: usize) -> Pas
         use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
         let id = traceparents
             .last()
-            .and_then(|t| traceparent_trace_id(t))
+            // stored by the worker itself, always in the plain form
+            .and_then(|t| plain_traceparent(t).map(|(id, _)| id))
             .map_or_else(
                 || RandomIdGenerator::default().new_trace_id().to_string(),
                 str::to_owned,
