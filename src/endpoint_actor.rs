@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::delivery::Delivery;
@@ -110,7 +109,7 @@ pub struct EndpointActor {
     handled: u64,
     idle_timer: Option<SpawnHandle>,
     /// Tells the running pass what arrived since it started (see [`pass::Newer`]).
-    newer: Option<watch::Sender<Newer>>,
+    newer: Option<Arc<Newer>>,
 }
 
 impl EndpointActor {
@@ -137,11 +136,11 @@ impl EndpointActor {
 
     fn start_pass(&mut self, batch: Vec<Delivery>, row: Row, ctx: &mut Context<Self>) {
         self.busy = true;
-        let (newer, newer_rx) = watch::channel(Newer::default());
-        self.newer = Some(newer);
+        let newer = Arc::new(Newer::default());
+        self.newer = Some(newer.clone());
         // small: the pass itself is boxed where it is made, so the wrappers below do not move
         // its kilobytes
-        let work = pass::run(self.ctx.clone(), self.endpoint_id, batch, row, newer_rx);
+        let work = pass::run(self.ctx.clone(), self.endpoint_id, batch, row, newer);
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
             act.newer = None;
@@ -230,10 +229,7 @@ impl Handler<Nudge> for EndpointActor {
 
     fn handle(&mut self, nudge: Nudge, _ctx: &mut Self::Context) {
         if let Some(newer) = &self.newer {
-            newer.send_modify(|newer| {
-                newer.events += 1;
-                newer.delete |= nudge.delete;
-            });
+            newer.arrived(nudge.delete);
         }
     }
 }

@@ -175,6 +175,9 @@ fn seconds_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     events: Family<EventLabels, Counter>,
+    /// The counters of `events` for the deploy and delete subjects, by [`Outcome`] (in the
+    /// order of [`Outcome::ALL`]).
+    event_counters: [[Counter; Outcome::ALL.len()]; 2],
     event_to_ready: Histogram,
     deploy_duration: HistogramFamily<OutcomeLabels>,
     retries: Family<ReasonLabels, Counter>,
@@ -270,14 +273,18 @@ impl Metrics {
         }
         // Known label values start at zero, so `rate()` and alerts work before the first
         // occurrence.
-        for subject in [DEPLOY_SUBJECT, DELETE_SUBJECT] {
-            for outcome in Outcome::ALL {
-                let _ = events.get_or_create(&EventLabels {
-                    subject,
-                    outcome: outcome.as_str(),
-                });
-            }
-        }
+        // The counters of the two event subjects are kept at hand: every event counts into
+        // one, and a labelled lookup (hash, lock) each time cost more than the count.
+        let event_counters = [DEPLOY_SUBJECT, DELETE_SUBJECT].map(|subject| {
+            Outcome::ALL.map(|outcome| {
+                events
+                    .get_or_create(&EventLabels {
+                        subject,
+                        outcome: outcome.as_str(),
+                    })
+                    .clone()
+            })
+        });
         for reason in [
             retry::DATABASE,
             retry::DEPLOYER,
@@ -304,6 +311,7 @@ impl Metrics {
         Self {
             registry,
             events,
+            event_counters,
             event_to_ready,
             deploy_duration,
             retries,
@@ -340,23 +348,30 @@ impl Metrics {
 
     /// A message on `subject` was answered with `outcome`.
     pub fn event(&self, subject: &str, outcome: Outcome) {
-        self.events
-            .get_or_create(&EventLabels {
-                subject: subject_label(subject),
-                outcome: outcome.as_str(),
-            })
-            .inc();
+        self.events(subject, outcome, 1);
     }
 
     /// `n` events on `subject` ended with `outcome` (a pass covers every event coalesced into
     /// its request).
     pub fn events(&self, subject: &str, outcome: Outcome, n: u32) {
-        self.events
-            .get_or_create(&EventLabels {
-                subject: subject_label(subject),
-                outcome: outcome.as_str(),
-            })
-            .inc_by(u64::from(n));
+        let at_hand = match subject {
+            DEPLOY_SUBJECT => Some(&self.event_counters[0]),
+            DELETE_SUBJECT => Some(&self.event_counters[1]),
+            _ => None,
+        };
+        match at_hand {
+            Some(counters) => {
+                counters[outcome.index()].inc_by(u64::from(n));
+            }
+            None => {
+                self.events
+                    .get_or_create(&EventLabels {
+                        subject: subject_label(subject),
+                        outcome: outcome.as_str(),
+                    })
+                    .inc_by(u64::from(n));
+            }
+        }
     }
 
     /// An endpoint's READY status committed `seconds` after its event was published.
@@ -615,6 +630,26 @@ impl Collector for LiveState {
 mod tests {
     use super::*;
     use crate::scheduler::Caps;
+
+    #[test]
+    fn events_count_under_their_subject_and_outcome() {
+        let metrics = Metrics::new();
+        metrics.events(DEPLOY_SUBJECT, Outcome::Ready, 3);
+        metrics.event(DEPLOY_SUBJECT, Outcome::Ready);
+        metrics.event(DELETE_SUBJECT, Outcome::HandedBack);
+        metrics.events("follow", Outcome::Error, 2);
+        metrics.event("mlops.serving.unknown", Outcome::Refused);
+        let text = metrics.encode().unwrap();
+        for line in [
+            r#"deploy_worker_events_total{subject="mlops.serving.deploy_requested",outcome="ready"} 4"#,
+            r#"deploy_worker_events_total{subject="mlops.serving.deploy_requested",outcome="error"} 0"#,
+            r#"deploy_worker_events_total{subject="mlops.serving.delete_requested",outcome="handed_back"} 1"#,
+            r#"deploy_worker_events_total{subject="follow",outcome="error"} 2"#,
+            r#"deploy_worker_events_total{subject="other",outcome="refused"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
 
     #[tokio::test]
     async fn exposes_counters_histograms_and_live_gauges() {

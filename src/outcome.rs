@@ -52,6 +52,11 @@ impl Outcome {
         Self::HandedBack,
     ];
 
+    /// The outcome's place in [`ALL`](Self::ALL).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The outcome as stored in `deployment_history.outcome`, as the metric label and as the
     /// span attribute.
     pub const fn as_str(self) -> &'static str {
@@ -84,5 +89,12 @@ mod tests {
         let labels: std::collections::HashSet<_> =
             Outcome::ALL.iter().map(|o| o.as_str()).collect();
         assert_eq!(labels.len(), Outcome::ALL.len());
+    }
+
+    #[test]
+    fn an_outcome_sits_at_its_index_in_all() {
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome.index(), i, "{outcome:?}");
+        }
     }
 }

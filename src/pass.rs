@@ -25,6 +25,7 @@
 //! [`Metrics`].
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,14 +33,15 @@ use chrono::Utc;
 use dashmap::DashMap;
 use entity::status;
 use futures::FutureExt;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::delivery::{Delivery, Follow};
 use crate::deployer::{
-    DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Deployer, Interrupt, Observation,
+    DeleteOutcome, DeployError, DeployOutcome, DeployRequest, Deployer, FireInterrupt, Interrupt,
+    Observation,
 };
 use crate::events::EventKind;
 use crate::follow::RepairLimiter;
@@ -86,13 +88,31 @@ pub const ACTION_FOLLOW: &str = "follow";
 pub const ACTION_REPAIR: &str = "repair";
 
 /// What arrived for the endpoint while its pass runs, as the actor tells the pass: enough to
-/// decide whether the pass still converges to the newest intent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// decide whether the pass still converges to the newest intent. Every pass has one, so it is
+/// an atomic and a [`Notify`], not a channel.
+#[derive(Debug, Default)]
 pub struct Newer {
-    /// Deliveries that arrived since the pass started.
-    pub events: u64,
-    /// Whether one of them asks for a delete.
-    pub delete: bool,
+    /// Whether a delivery that asks for a delete arrived.
+    delete: AtomicBool,
+    arrived: Notify,
+}
+
+impl Newer {
+    /// Records that a delivery arrived for the endpoint (a delete, or not).
+    pub fn arrived(&self, delete: bool) {
+        if delete {
+            self.delete.store(true, Ordering::Release);
+        }
+        // one waiter, the pass; a permit is kept when it is not waiting yet
+        self.arrived.notify_one();
+    }
+
+    /// Waits until something arrives (at once if something arrived since the last wait), then
+    /// says whether a delete has arrived.
+    async fn next(&self) -> bool {
+        self.arrived.notified().await;
+        self.delete.load(Ordering::Acquire)
+    }
 }
 
 /// A fault-injection point: a pass over `endpoint_id` at `generation` panics.
@@ -186,7 +206,7 @@ pub fn run(
     endpoint_id: Uuid,
     mut batch: Vec<Delivery>,
     row: Row,
-    newer: watch::Receiver<Newer>,
+    newer: Arc<Newer>,
 ) -> impl Future<Output = PassResult> {
     let traceparents: Vec<&str> = batch
         .iter()
@@ -324,7 +344,7 @@ async fn run_pass(
     batch: &mut [Delivery],
     row: Row,
     owner: &OnceLock<Owner>,
-    newer: watch::Receiver<Newer>,
+    newer: Arc<Newer>,
     trace_id: &Option<String>,
 ) -> PassResult {
     let started = Instant::now();
@@ -523,7 +543,7 @@ struct Pass<'a> {
     span: Span,
     trace_id: Option<String>,
     /// What arrived for the endpoint since the pass started.
-    newer: watch::Receiver<Newer>,
+    newer: Arc<Newer>,
     /// History action of a deploy: `deploy`, or [`ACTION_REPAIR`].
     deploy_action: &'static str,
 }
@@ -534,7 +554,7 @@ impl<'a> Pass<'a> {
         record: &'a EndpointRecord,
         batch: &'a [Delivery],
         name: String,
-        newer: watch::Receiver<Newer>,
+        newer: Arc<Newer>,
         trace_id: Option<String>,
     ) -> Self {
         Self {
@@ -903,15 +923,11 @@ impl<'a> Pass<'a> {
     /// Resolves (firing `fire`) only once the intent this pass converges to has moved on: a
     /// delete arrived, or the row's spec generation is newer than the pass's (a re-read tells,
     /// so events of the same generation — a retry, a duplicate — change nothing).
-    async fn watch_for_newer(&self, fire: watch::Sender<bool>) -> std::convert::Infallible {
-        let mut newer = self.newer.clone();
+    async fn watch_for_newer(&self, fire: FireInterrupt) -> std::convert::Infallible {
         loop {
-            if newer.changed().await.is_err() {
-                // the actor is gone: nothing more can arrive
-                return std::future::pending().await;
-            }
-            let seen = *newer.borrow_and_update();
-            let moved_on = seen.delete
+            // once the actor is gone nothing more arrives, and this waits forever
+            let delete = self.newer.next().await;
+            let moved_on = delete
                 || match self.ctx.store.load(self.record.id).await {
                     Ok(Some(row)) => {
                         row.is_deleted() || row.spec_generation > self.record.spec_generation
@@ -921,7 +937,7 @@ impl<'a> Pass<'a> {
                     Err(_) => false,
                 };
             if moved_on {
-                let _ = fire.send(true);
+                fire.fire();
                 return std::future::pending().await;
             }
         }

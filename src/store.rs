@@ -878,7 +878,6 @@ fn db_str(text: &str) -> Cow<'_, str> {
 
 /// The status writes of a group commit, column by column: bound as typed arrays, which
 /// Postgres reads in binary with `unnest`, nothing to parse.
-#[derive(Default)]
 struct StatusColumns<'a> {
     id: Vec<Uuid>,
     status: Vec<&'a str>,
@@ -890,6 +889,20 @@ struct StatusColumns<'a> {
 }
 
 impl<'a> StatusColumns<'a> {
+    /// Empty columns with room for `rows` (a batch's writes: growing them copied each column
+    /// several times per commit).
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            id: Vec::with_capacity(rows),
+            status: Vec::with_capacity(rows),
+            set_url: Vec::with_capacity(rows),
+            url: Vec::with_capacity(rows),
+            reason: Vec::with_capacity(rows),
+            only_gen: Vec::with_capacity(rows),
+            ready_gen: Vec::with_capacity(rows),
+        }
+    }
+
     fn push(&mut self, w: &'a StatusWrite) {
         self.id.push(w.endpoint_id);
         self.status.push(w.status);
@@ -918,7 +931,6 @@ WHERE e.id = v.id
 RETURNING e.id"#;
 
 /// The history rows of a group commit, column by column (see [`StatusColumns`]).
-#[derive(Default)]
 struct HistoryColumns<'a> {
     endpoint_id: Vec<Uuid>,
     tenant_id: Vec<Uuid>,
@@ -937,6 +949,26 @@ struct HistoryColumns<'a> {
 }
 
 impl<'a> HistoryColumns<'a> {
+    /// Empty columns with room for `rows`.
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            endpoint_id: Vec::with_capacity(rows),
+            tenant_id: Vec::with_capacity(rows),
+            project_id: Vec::with_capacity(rows),
+            generation: Vec::with_capacity(rows),
+            action: Vec::with_capacity(rows),
+            outcome: Vec::with_capacity(rows),
+            reason: Vec::with_capacity(rows),
+            isvc_name: Vec::with_capacity(rows),
+            url: Vec::with_capacity(rows),
+            events: Vec::with_capacity(rows),
+            trace_id: Vec::with_capacity(rows),
+            event_published_at: Vec::with_capacity(rows),
+            started_at: Vec::with_capacity(rows),
+            finished_at: Vec::with_capacity(rows),
+        }
+    }
+
     /// Adds `entry`, recorded as ending with `outcome`.
     fn push(&mut self, entry: &'a HistoryEntry, outcome: Outcome) {
         self.endpoint_id.push(entry.endpoint_id);
@@ -976,7 +1008,11 @@ FROM json_to_recordset($1::json) AS r(subject text, stream_sequence bigint, endp
 /// The statements run on the driver (sqlx) directly, with typed array parameters: sea-orm's
 /// array values cannot hold NULL elements, and its statements copy their parameters.
 async fn commit(pool: &PgPool, writes: &[Write]) -> Result<Vec<Committed>, StoreError> {
-    let mut statuses = StatusColumns::default();
+    let status_writes = writes
+        .iter()
+        .filter(|w| matches!(w, Write::Status(_)))
+        .count();
+    let mut statuses = StatusColumns::with_capacity(status_writes);
     for w in writes {
         if let Write::Status(w) = w {
             statuses.push(w);
@@ -1015,7 +1051,8 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> Result<Vec<Committed>, Store
         })
         .collect();
     // A pass whose outcome was refused by the guard is recorded as superseded.
-    let mut history = HistoryColumns::default();
+    // a status write carries at most one history row, a history write one
+    let mut history = HistoryColumns::with_capacity(writes.len() - rejected.len());
     for (w, applied) in writes.iter().zip(&applied) {
         match w {
             Write::Status(StatusWrite {

@@ -22,9 +22,10 @@ pub mod kubernetes;
 pub mod lean;
 pub mod simulate;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tracing::Span;
 use uuid::Uuid;
 
@@ -63,13 +64,25 @@ pub enum DeployOutcome {
 /// fires (for Ready, between retries), never in the middle of a write, so the writes of two
 /// passes over one object never interleave.
 #[derive(Debug, Clone)]
-pub struct Interrupt(watch::Receiver<bool>);
+pub struct Interrupt(Arc<InterruptState>);
+
+/// The switch that fires an [`Interrupt`].
+#[derive(Debug)]
+pub struct FireInterrupt(Arc<InterruptState>);
+
+/// A flag and its waiters: every pass makes one, so it is an atomic and a [`Notify`], not a
+/// channel.
+#[derive(Debug, Default)]
+struct InterruptState {
+    fired: AtomicBool,
+    waiters: Notify,
+}
 
 impl Interrupt {
     /// An interrupt and the switch that fires it.
-    pub fn new() -> (watch::Sender<bool>, Self) {
-        let (fire, fired) = watch::channel(false);
-        (fire, Self(fired))
+    pub fn new() -> (FireInterrupt, Self) {
+        let state = Arc::new(InterruptState::default());
+        (FireInterrupt(state.clone()), Self(state))
     }
 
     /// An interrupt that never fires.
@@ -79,15 +92,26 @@ impl Interrupt {
 
     /// Resolves once it has fired; never, if it cannot fire any more.
     pub async fn fired(&self) {
-        let mut fired = self.0.clone();
-        if fired.wait_for(|fired| *fired).await.is_err() {
-            std::future::pending::<()>().await;
+        let notified = self.0.waiters.notified();
+        tokio::pin!(notified);
+        // registered before the flag is read, so a firing in between is not missed
+        notified.as_mut().enable();
+        if !self.is_fired() {
+            notified.await;
         }
     }
 
     /// Whether it has fired.
     pub fn is_fired(&self) -> bool {
-        *self.0.borrow()
+        self.0.fired.load(Ordering::Acquire)
+    }
+}
+
+impl FireInterrupt {
+    /// Fires the interrupt: every wait on it ends, now and later.
+    pub fn fire(&self) {
+        self.0.fired.store(true, Ordering::Release);
+        self.0.waiters.notify_waiters();
     }
 }
 

@@ -131,6 +131,10 @@ impl fmt::Display for ResourceList {
 pub struct DefaultResources {
     requests: Option<Map<String, Value>>,
     limits: Option<Map<String, Value>>,
+    /// Whether the pair passes [`check`](Self::check), found once when it is made: an endpoint
+    /// that names no resources (most of them) then takes the defaults without checking every
+    /// quantity again.
+    checked: bool,
 }
 
 impl DefaultResources {
@@ -138,15 +142,19 @@ impl DefaultResources {
     pub const NONE: DefaultResources = DefaultResources {
         requests: None,
         limits: None,
+        checked: true,
     };
 
     /// Defaults from the two lists (an empty list sets nothing on its side).
     pub fn new(requests: ResourceList, limits: ResourceList) -> Self {
         let side = |l: ResourceList| (!l.0.is_empty()).then_some(l.0);
-        Self {
+        let mut defaults = Self {
             requests: side(requests),
             limits: side(limits),
-        }
+            checked: false,
+        };
+        defaults.checked = defaults.check().is_ok();
+        defaults
     }
 
     /// Checks the pair as an endpoint's resources are checked: a request may not exceed the
@@ -248,15 +256,28 @@ pub(super) fn resources<'a>(
     let m = object(v, "runtime_config.resources")?;
     let mut requests = object(member(m, "requests"), REQUESTS)?;
     let mut limits = object(member(m, "limits"), LIMITS)?;
+    let mut from_checked_defaults = false;
     if !names_any(requests) && !names_any(limits) {
         // the endpoint names no resources: the worker's defaults (checked at start-up)
         [requests, limits] = defaults.sides();
+        from_checked_defaults = defaults.checked;
     }
     if requests.is_none() && limits.is_none() && !gpu {
         return Ok(None);
     }
     let requests_sorted = requests.is_none_or(|m| m.keys().is_sorted());
     let limits_sorted = limits.is_none_or(|m| m.keys().is_sorted());
+    if from_checked_defaults && !gpu {
+        // every entry was checked when the defaults were made, and nothing is added to them
+        return Ok(Some(Resources {
+            requests,
+            limits,
+            gpu_request: None,
+            gpu_limit: None,
+            requests_sorted,
+            limits_sorted,
+        }));
+    }
 
     // One merge-join over both sides in name order: every entry is checked and parsed once,
     // each request meets its limit without a lookup.
@@ -483,5 +504,43 @@ pub(super) fn quantity(
             "a quantity string or a non-negative integer",
             other,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defaults taken without a second check come out exactly as checking them again would.
+    #[test]
+    fn checked_defaults_resolve_as_a_full_check_does() {
+        let pairs = [
+            ("cpu=250m,memory=512Mi", "cpu=1,memory=1Gi"),
+            ("cpu=250m", "none"),
+            ("none", "memory=2Gi,cpu=2"),
+            ("none", "none"),
+            // a request above its limit: never checked, so every endpoint is refused with why
+            ("cpu=2", "cpu=1"),
+        ];
+        for (requests, limits) in pairs {
+            let made = DefaultResources::new(list_of(requests), list_of(limits));
+            let unchecked = DefaultResources {
+                checked: false,
+                ..made.clone()
+            };
+            assert_eq!(made.checked, made.check().is_ok(), "{requests} / {limits}");
+            for gpu in [false, true] {
+                assert_eq!(
+                    resources(None, gpu, &made),
+                    resources(None, gpu, &unchecked),
+                    "{requests} / {limits}, gpu {gpu}"
+                );
+            }
+        }
+        assert!(!DefaultResources::new(list_of("cpu=2"), list_of("cpu=1")).checked);
+    }
+
+    fn list_of(s: &str) -> ResourceList {
+        s.parse().unwrap()
     }
 }

@@ -495,10 +495,15 @@ mod tests {
         garbage.insert("traceparent", "00-not-a-trace-01");
         let first = receive_traceparent(&tracing::Span::none(), Some(&garbage)).expect("one");
         let second = receive_traceparent(&tracing::Span::none(), None).expect("another");
-        for made in [&first, &second] {
+        let mut other_headers = HeaderMap::new();
+        other_headers.insert("Nats-Msg-Id", "7");
+        let third =
+            receive_traceparent(&tracing::Span::none(), Some(&other_headers)).expect("a third");
+        for made in [&first, &second, &third] {
             let sc = context_from_traceparent(made).span().span_context().clone();
             assert!(sc.is_valid() && sc.is_sampled(), "{made}");
         }
         assert_ne!(first[3..35], second[3..35], "two new traces");
+        assert_ne!(second[3..35], third[3..35], "two new traces");
     }
 }

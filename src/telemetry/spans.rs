@@ -98,21 +98,23 @@ pub fn receive_traceparent(span: &Span, headers: Option<&async_nats::HeaderMap>)
     // for every message was a few per cent of the worker's CPU.
     let extractor = headers.map(HeaderExtractor);
     let header = extractor.as_ref().and_then(|e| e.get("traceparent"));
-    let flags = match header.and_then(plain_traceparent) {
-        Some((trace_id, sampled)) => {
-            made.push_str(trace_id);
-            u8::from(sampled)
-        }
-        None => {
-            let parent = extract_context(headers).span().span_context().clone();
-            let (trace_id, flags): (TraceId, TraceFlags) = if parent.is_valid() {
-                (parent.trace_id(), parent.trace_flags())
-            } else {
-                (ids.new_trace_id(), TraceFlags::SAMPLED)
-            };
-            push_hex(&mut made, &trace_id.to_bytes());
-            flags.to_u8()
-        }
+    let plain = header.map(plain_traceparent);
+    let flags = if let Some(Some((trace_id, sampled))) = plain {
+        made.push_str(trace_id);
+        u8::from(sampled)
+    } else {
+        // Another form: the propagator judges it. No header at all: a new trace, as the
+        // propagator would start, without asking it.
+        let parent = plain
+            .is_some()
+            .then(|| extract_context(headers).span().span_context().clone())
+            .filter(|parent| parent.is_valid());
+        let (trace_id, flags): (TraceId, TraceFlags) = match parent {
+            Some(parent) => (parent.trace_id(), parent.trace_flags()),
+            None => (ids.new_trace_id(), TraceFlags::SAMPLED),
+        };
+        push_hex(&mut made, &trace_id.to_bytes());
+        flags.to_u8()
     };
     made.push('-');
     push_hex(&mut made, &ids.new_span_id().to_bytes());
@@ -124,10 +126,15 @@ pub fn receive_traceparent(span: &Span, headers: Option<&async_nats::HeaderMap>)
 /// Appends `bytes` to `out` in lower-case hex, as W3C trace context writes ids and flags.
 fn push_hex(out: &mut String, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    // at most a trace id's 16 bytes, written into a buffer and appended at once
+    let mut digits = [0u8; 32];
+    for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
     }
+    let digits = &digits[..2 * bytes.len().min(16)];
+    // hex digits are ASCII: the check cannot fail
+    out.push_str(std::str::from_utf8(digits).unwrap_or_default());
 }
 
 /// The trace id and sampled flag of a `traceparent` in its plain form — version `00`, lower-case
