@@ -37,7 +37,7 @@ use crate::delivery::{Delivery, Follow};
 use crate::endpoint_actor::{
     Deliver, Drain, EndpointActor, Idle, Nudge, PassFinished, Reports, Stop, Stopped,
 };
-use crate::events::{EventKind, ServingEvent};
+use crate::events::{EventKind, ServingEvent, published_at};
 use crate::metrics::retry;
 use crate::outcome::Outcome;
 use crate::pass::{PassContext, PassResult, Row};
@@ -585,7 +585,7 @@ impl Handler<Incoming> for Supervisor {
         let mut accepted = Vec::with_capacity(messages.len());
         let mut requests = Vec::with_capacity(messages.len());
         for message in messages {
-            let published_at = message.info().ok().map(|info| info.published);
+            let published_at = published_at(&message);
             let span = telemetry::receive_span(&message);
             let decoded = EventKind::from_subject(message.subject.as_str())
                 .ok_or_else(|| {
