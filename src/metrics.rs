@@ -22,7 +22,7 @@
 //! Every label has a bounded set of values: subjects the worker consumes, outcomes, reasons,
 //! HTTP status codes, and tenant ids only while they have deploys in flight.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use prometheus_client::collector::Collector;
@@ -180,6 +180,8 @@ pub struct Metrics {
     event_counters: [[Counter; Outcome::ALL.len()]; 2],
     event_to_ready: Histogram,
     deploy_duration: HistogramFamily<OutcomeLabels>,
+    /// The histograms of `deploy_duration` by [`Outcome`], once they exist.
+    deploy_durations: [OnceLock<Histogram>; Outcome::ALL.len()],
     retries: Family<ReasonLabels, Counter>,
     kube_errors: Family<CodeLabels, Counter>,
     kube_forbidden: Counter,
@@ -314,6 +316,7 @@ impl Metrics {
             event_counters,
             event_to_ready,
             deploy_duration,
+            deploy_durations: Default::default(),
             retries,
             kube_errors,
             kube_forbidden,
@@ -381,9 +384,15 @@ impl Metrics {
 
     /// A deploy pass ended with `outcome` after `seconds`.
     pub fn deploy_finished(&self, outcome: Outcome, seconds: f64) {
-        self.deploy_duration
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.as_str(),
+        // kept at hand once it exists (it appears with the first pass to end so): a labelled
+        // lookup for every pass cost more than the observation
+        self.deploy_durations[outcome.index()]
+            .get_or_init(|| {
+                self.deploy_duration
+                    .get_or_create(&OutcomeLabels {
+                        outcome: outcome.as_str(),
+                    })
+                    .clone()
             })
             .observe(seconds.max(0.0));
     }
