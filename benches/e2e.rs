@@ -27,7 +27,9 @@
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a small smoke run of the
 //! same code paths, so the harness itself cannot rot. `E2E_SCENARIOS` (comma-separated:
-//! `throughput`, `k8s`, `rollback`, `fairness`, `memory`) runs only those scenarios.
+//! `throughput`, `k8s`, `rollback`, `fairness`, `memory`) runs only those scenarios;
+//! `E2E_WORKER_WRAPPER` puts a command before the worker's (a profiler: `valgrind
+//! --tool=callgrind --callgrind-out-file=worker.callgrind`).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -250,7 +252,19 @@ struct WorkerProcess {
 
 fn spawn_worker(setup: &Setup, env: &[(&str, String)]) -> WorkerProcess {
     let http_port = devkit::sandbox::free_port().expect("free port");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_deploy-worker"));
+    let worker = env!("CARGO_BIN_EXE_deploy-worker");
+    // `E2E_WORKER_WRAPPER="valgrind --tool=callgrind"` runs the worker under that command
+    // (same process id, so its CPU and memory are still read from /proc)
+    let wrapper = std::env::var("E2E_WORKER_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(worker);
+            command
+        }
+        None => Command::new(worker),
+    };
     command
         .arg("run")
         .env("DATABASE_URL", setup.env.pg.url())
