@@ -79,13 +79,7 @@ impl Delivery {
                 endpoint_id: claim.endpoint_id,
                 events: u32::try_from(claim.events).unwrap_or(0),
                 published_at: claim.first_published_at,
-                traceparents: claim
-                    .traceparents
-                    .as_deref()
-                    .unwrap_or_default()
-                    .split_ascii_whitespace()
-                    .map(str::to_owned)
-                    .collect(),
+                traceparents: split_traceparents(claim.traceparents),
                 follow: None,
             });
         } else if claim.wants_delete {
@@ -113,5 +107,36 @@ impl Delivery {
             (0, _, Some(Follow::Check)) => "follow",
             (0, _, Some(Follow::Collect)) => "collect",
         }
+    }
+}
+
+/// The `traceparent`s of a claim, stored space-separated: the usual single one is kept as it
+/// is, not copied.
+fn split_traceparents(joined: Option<String>) -> Vec<String> {
+    match joined {
+        None => Vec::new(),
+        Some(one) if !one.is_empty() && !one.bytes().any(|b| b.is_ascii_whitespace()) => {
+            vec![one]
+        }
+        Some(many) => many.split_ascii_whitespace().map(str::to_owned).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_traceparents_split_on_whitespace() {
+        let split = |s: Option<&str>| split_traceparents(s.map(str::to_owned));
+        assert!(split(None).is_empty());
+        assert!(split(Some("")).is_empty());
+        assert!(split(Some("  ")).is_empty());
+        assert_eq!(split(Some("00-a-b-01")), ["00-a-b-01"]);
+        assert_eq!(
+            split(Some("00-a-b-01 00-c-d-00")),
+            ["00-a-b-01", "00-c-d-00"]
+        );
+        assert_eq!(split(Some(" 00-a-b-01\t")), ["00-a-b-01"]);
     }
 }

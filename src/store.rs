@@ -189,18 +189,18 @@ impl EndpointRecord {
         self.clone().take_intent()
     }
 
-    /// The serving intent this row describes, taking its JSON documents and artifact (traffic,
-    /// autoscaling, runtime settings) out of the row instead of copying them: only validating
-    /// and rendering read them, and a deploy that waits minutes then holds its row without
-    /// them.
+    /// The serving intent this row describes, taking its name, runtime, JSON documents
+    /// (traffic, autoscaling, runtime settings) and artifact out of the row instead of copying
+    /// them: only validating and rendering read them, and a deploy that waits minutes then
+    /// holds its row without them.
     pub fn take_intent(&mut self) -> Intent {
         let artifact_uri = self.artifact_uri.take();
         Intent {
             endpoint_id: self.id,
             tenant_id: self.tenant_id,
             project_id: self.project_id,
-            name: self.name.clone(),
-            runtime: self.runtime.clone(),
+            name: std::mem::take(&mut self.name),
+            runtime: self.runtime.take(),
             model_id: self.model_id,
             model_version_id: self.model_version_id,
             // A version of another tenant is treated as missing: never serve its artifact.
