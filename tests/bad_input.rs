@@ -143,10 +143,8 @@ async fn poison_payloads_are_recorded_exactly_and_never_hold_up_other_outcomes()
     for id in &ids[poison.len() * 3..] {
         env.publish(EventKind::Deploy, &tenant, *id).await;
     }
-    wait_for("every valid endpoint READY", LONG, || async {
-        env.count_status(&ids, "READY").await == ids.len()
-    })
-    .await;
+    env.wait_all_ready("every valid endpoint READY", &ids, LONG)
+        .await;
     wait_for("every poison payload recorded", LONG, || async {
         env.rejected().await.len() == poison.len()
     })

@@ -119,10 +119,7 @@ async fn three_replicas_on_a_three_node_cluster_survive_losing_a_node_and_a_work
         publish_until_acked(&env, tenant, *id).await;
     }
 
-    wait_for("every endpoint READY", LONG, || async {
-        env.count_status(&ids, "READY").await == ids.len()
-    })
-    .await;
+    env.wait_all_ready("every endpoint READY", &ids, LONG).await;
     wait_for("no request left", LONG, || async {
         env.requests().await == (0, 0)
     })

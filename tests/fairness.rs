@@ -55,10 +55,8 @@ async fn a_small_tenant_is_served_while_a_big_tenant_has_a_backlog() {
         env.publish(EventKind::Deploy, &small, *id).await;
     }
     let all: Vec<_> = big_ids.iter().chain(&small_ids).copied().collect();
-    wait_for("everything READY", Duration::from_secs(120), || async {
-        env.count_status(&all, "READY").await == all.len()
-    })
-    .await;
+    env.wait_all_ready("everything READY", &all, Duration::from_secs(120))
+        .await;
     sampler.abort();
 
     let small_done = futures::future::join_all(small_ids.iter().map(|id| env.history(*id)))

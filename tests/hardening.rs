@@ -118,10 +118,8 @@ async fn the_worker_runs_as_a_role_with_only_its_grants_after_an_owner_migrated(
     for id in &ids {
         env.publish(EventKind::Deploy, &tenant, *id).await;
     }
-    wait_for("READY as deploy_worker", LONG, || async {
-        env.count_status(&ids, "READY").await == ids.len()
-    })
-    .await;
+    env.wait_all_ready("READY as deploy_worker", &ids, LONG)
+        .await;
     env.publish(EventKind::Delete, &tenant, ids[0]).await;
     wait_for("DELETED as deploy_worker", LONG, || async {
         env.endpoint(ids[0]).await.status == "DELETED"

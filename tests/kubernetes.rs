@@ -865,10 +865,10 @@ async fn forbidden_by_rbac_is_loud_and_heals_without_a_new_event() {
     );
 
     cluster.sim.set_faults(Faults::default());
-    wait_for("every endpoint READY after the fix", LONG, || async {
-        cluster.env.count_status(&ids, "READY").await == ids.len()
-    })
-    .await;
+    cluster
+        .env
+        .wait_all_ready("every endpoint READY after the fix", &ids, LONG)
+        .await;
     assert_eq!(cluster.env.endpoint(ids[0]).await.status_reason, None);
     common::wait_http(addr, "/readyz", LONG, |r| r.status == 200).await;
     worker.shutdown().await.unwrap();
@@ -899,10 +899,10 @@ async fn an_api_server_that_comes_back_empty_gets_every_object_again() {
     })
     .await
     .expect("the stand-in starts again, empty");
-    wait_for("every endpoint READY", LONG, || async {
-        cluster.env.count_status(&ids, "READY").await == ids.len()
-    })
-    .await;
+    cluster
+        .env
+        .wait_all_ready("every endpoint READY", &ids, LONG)
+        .await;
     for id in &ids {
         assert!(cluster.object(*id).is_some(), "{id} applied again");
         let history = cluster.env.history(*id).await;
@@ -1305,10 +1305,10 @@ async fn the_earlier_workers_objects_are_adopted_not_duplicated() {
     for id in &ids {
         cluster.env.publish(EventKind::Deploy, &tenant, *id).await;
     }
-    wait_for("every endpoint READY", LONG, || async {
-        cluster.env.count_status(&ids, "READY").await == ids.len()
-    })
-    .await;
+    cluster
+        .env
+        .wait_all_ready("every endpoint READY", &ids, LONG)
+        .await;
     assert_eq!(
         cluster.sim.list().len(),
         10,

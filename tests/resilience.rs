@@ -42,10 +42,8 @@ async fn postgres_stopped_mid_run_then_restarted_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     env.pg.start_again().unwrap();
 
-    wait_for("every endpoint READY after the restart", LONG, || async {
-        env.count_status(&ids, "READY").await == ids.len()
-    })
-    .await;
+    env.wait_all_ready("every endpoint READY after the restart", &ids, LONG)
+        .await;
     env.wait_all_answered(LONG).await;
     for id in &ids {
         let history = env.history(*id).await;
@@ -78,12 +76,8 @@ async fn nats_restarted_mid_run_loses_nothing() {
     for id in &ids[20..] {
         env.publish(EventKind::Deploy, &tenant, *id).await;
     }
-    wait_for(
-        "second half READY after the broker came back",
-        LONG,
-        || async { env.count_status(&ids, "READY").await == ids.len() },
-    )
-    .await;
+    env.wait_all_ready("second half READY after the broker came back", &ids, LONG)
+        .await;
     env.wait_all_answered(LONG).await;
     worker.shutdown().await.unwrap();
 }
@@ -194,10 +188,8 @@ async fn sigterm_lets_in_flight_deploys_finish_and_hands_the_rest_back() {
     // Released, not abandoned: the next worker takes them at once, well before a claim of
     // the stopped worker would have expired.
     let worker = Worker::start(&env.settings()).await.unwrap();
-    wait_for("the rest READY on the next worker", HANDED_BACK, || async {
-        env.count_status(&ids, "READY").await == ids.len()
-    })
-    .await;
+    env.wait_all_ready("the rest READY on the next worker", &ids, HANDED_BACK)
+        .await;
     env.wait_all_answered(LONG).await;
     worker.shutdown().await.unwrap();
 }

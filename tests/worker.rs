@@ -32,10 +32,7 @@ async fn deploys_many_endpoints_across_tenants_and_stops_idle_actors() {
             }
             all.extend(ids);
         }
-        wait_for("every endpoint READY", LONG, || async {
-            env.count_status(&all, "READY").await == all.len()
-        })
-        .await;
+        env.wait_all_ready("every endpoint READY", &all, LONG).await;
         env.wait_all_answered(LONG).await;
 
         for id in &all {

@@ -265,6 +265,15 @@ impl Env {
         }
     }
 
+    /// Waits until every endpoint of `ids` is `READY` (`what` names the wait in the panic
+    /// when `timeout` passes first).
+    pub async fn wait_all_ready(&self, what: &str, ids: &[Uuid], timeout: Duration) {
+        wait_for(what, timeout, || async {
+            self.count_status(ids, "READY").await == ids.len()
+        })
+        .await;
+    }
+
     /// The endpoint's row.
     pub async fn endpoint(&self, id: Uuid) -> EndpointRow {
         EndpointRow::find_by_statement(Statement::from_sql_and_values(
