@@ -222,13 +222,6 @@ struct RenderArgs {
     logging: LogArgs,
 }
 
-/// A multi-threaded tokio runtime: actors on the calling thread, I/O on the workers.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-}
-
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -261,7 +254,7 @@ pub fn main() -> ExitCode {
 }
 
 fn actix_system() -> actix_rt::SystemRunner {
-    actix_rt::System::with_tokio_rt(|| match runtime() {
+    actix_rt::System::with_tokio_rt(|| match worker::runtime() {
         Ok(rt) => rt,
         // Without a runtime nothing can run; say why instead of a bare panic message.
         Err(err) => panic!("cannot start the tokio runtime: {err}"),
@@ -315,7 +308,7 @@ async fn command_store(url: &str) -> Result<Store, String> {
 
 fn migrate(args: MigrateArgs, secrets: Secrets) -> Result<(), String> {
     telemetry::init_logs(args.logging.log_format, secrets).map_err(|err| err.to_string())?;
-    let rt = runtime().map_err(|err| err.to_string())?;
+    let rt = worker::runtime().map_err(|err| err.to_string())?;
     rt.block_on(async {
         let store = command_store(&args.database_url).await?;
         worker::migrate(&store, true)
@@ -346,7 +339,7 @@ fn render(args: RenderArgs, secrets: Secrets) -> Result<(), String> {
                 .database_url
                 .as_deref()
                 .ok_or("--endpoint-id needs DATABASE_URL (or --database-url)")?;
-            let rt = runtime().map_err(|err| err.to_string())?;
+            let rt = worker::runtime().map_err(|err| err.to_string())?;
             rt.block_on(async {
                 let store = command_store(url).await?;
                 match store.load(id).await.map_err(|err| err.to_string())? {
@@ -383,7 +376,7 @@ where
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     telemetry::init_logs(connection.logging.log_format, secrets).map_err(|err| err.to_string())?;
-    let rt = runtime().map_err(|err| err.to_string())?;
+    let rt = worker::runtime().map_err(|err| err.to_string())?;
     rt.block_on(async {
         let store = command_store(&connection.database_url).await?;
         work(store).await

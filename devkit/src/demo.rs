@@ -22,7 +22,7 @@ use uuid::Uuid;
 use deploy_worker::config::{Settings, WorkerMode};
 use deploy_worker::events::EventKind;
 use deploy_worker::telemetry::{self, Secrets, TelemetryError};
-use deploy_worker::worker::{Worker, WorkerError};
+use deploy_worker::worker::{self, Worker, WorkerError};
 
 use crate::platform::{self, EventFields, NewEndpoint, NewModelVersion};
 use crate::sandbox::{LocalNats, LocalPostgres, SandboxError};
@@ -127,14 +127,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs [`run`] in an actix `System` on a multi-threaded tokio runtime, with telemetry
+/// Runs [`run`] in an actix `System` on the worker's own runtime ([`worker::runtime`]), with telemetry
 /// installed (inside the runtime: the trace exporter's batch task runs on it) at
 /// [`LOG_FILTER`] unless `RUST_LOG` says otherwise, then flushes the traces it produced.
 fn run_with_telemetry(args: DemoArgs, secrets: Secrets) -> Result<(), DemoError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(DemoError::Runtime)?;
+    let runtime = worker::runtime().map_err(DemoError::Runtime)?;
     actix_rt::System::with_tokio_rt(move || runtime).block_on(async move {
         let telemetry =
             telemetry::init_with_filter(args.settings.logging.log_format, LOG_FILTER, secrets)?;
