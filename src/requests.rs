@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::delivery::Follow;
 use crate::events::EventKind;
-use crate::store::{EndpointRecord, StoreError};
+use crate::store::{EndpointRecord, Parameters, StoreError};
 
 /// Who asks for a pass over an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,18 +164,21 @@ pub(crate) async fn record(
         columns.published_at.push(r.published_at);
         columns.traceparent.push(r.traceparent.as_deref());
     }
-    let found: Vec<(i32, Option<Uuid>, bool)> = sqlx::query_as(RECORD_SQL)
-        .bind(&columns.n)
-        .bind(&columns.endpoint_id)
-        .bind(&columns.event)
-        .bind(&columns.is_delete)
-        .bind(&columns.tenant_id)
-        .bind(&columns.project_id)
-        .bind(&columns.follow)
-        .bind(&columns.published_at)
-        .bind(&columns.traceparent)
-        .fetch_all(txn)
-        .await?;
+    // per row: three ids, a traceparent, a time and the small rest
+    let parameters = Parameters::new(9, requests.len(), 192)
+        .add(&columns.n)?
+        .add(&columns.endpoint_id)?
+        .add(&columns.event)?
+        .add(&columns.is_delete)?
+        .add(&columns.tenant_id)?
+        .add(&columns.project_id)?
+        .add(&columns.follow)?
+        .add(&columns.published_at)?
+        .add(&columns.traceparent)?;
+    let found: Vec<(i32, Option<Uuid>, bool)> =
+        sqlx::query_as_with(RECORD_SQL, parameters.into_arguments())
+            .fetch_all(txn)
+            .await?;
     let mut recorded = vec![Recorded::Refused; requests.len()];
     for (n, tenant_id, claimed) in found {
         if let Some(slot) = usize::try_from(n).ok().and_then(|n| recorded.get_mut(n)) {
@@ -425,16 +428,19 @@ impl Claims {
             .iter()
             .map(|r| r.retry_after.map_or(0, millis))
             .collect();
-        let kept: Vec<(Uuid, Option<Uuid>, i64)> = sqlx::query_as(RELEASE_SQL)
-            .bind(&endpoint_id)
-            .bind(&version)
-            .bind(&events)
-            .bind(&covered)
-            .bind(&failed)
-            .bind(&retry_ms)
-            .bind(&self.holder)
-            .fetch_all(&self.pool)
-            .await?;
+        // per row: an id, a version, counts, a flag, a delay and what the pass covered
+        let parameters = Parameters::new(7, done.len(), 96)
+            .add(&endpoint_id)?
+            .add(&version)?
+            .add(&events)?
+            .add(&covered)?
+            .add(&failed)?
+            .add(&retry_ms)?
+            .add(&self.holder)?;
+        let kept: Vec<(Uuid, Option<Uuid>, i64)> =
+            sqlx::query_as_with(RELEASE_SQL, parameters.into_arguments())
+                .fetch_all(&self.pool)
+                .await?;
         Ok(kept
             .into_iter()
             .map(|(endpoint_id, tenant_id, retry_ms)| StillWanted {
