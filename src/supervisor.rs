@@ -433,6 +433,9 @@ async fn fetch(consumer: PullConsumer, supervisor: Addr<Supervisor>, stop: watch
     // Chunks of this consumer whose requests are not committed yet: enough to keep the group
     // commit busy, few enough that a backlog never sits in memory as messages.
     let window = Arc::new(tokio::sync::Semaphore::new(ACCEPT_WINDOW));
+    // A chunk's vector is sized for the last chunk's length: messages are a few hundred bytes
+    // each, and a vector that grows by doubling copies each of them about once more.
+    let mut expected = 1;
     while !*stop.borrow() {
         let pulled = consumer
             .batch()
@@ -454,7 +457,7 @@ async fn fetch(consumer: PullConsumer, supervisor: Addr<Supervisor>, stop: watch
             // wait for one message, then take what has already arrived behind it: the
             // supervisor records a chunk of requests in one write and answers them together
             let mut next = batch.next().await;
-            let mut chunk = Vec::new();
+            let mut chunk = Vec::with_capacity(expected);
             let mut failed = false;
             loop {
                 match next {
@@ -482,6 +485,7 @@ async fn fetch(consumer: PullConsumer, supervisor: Addr<Supervisor>, stop: watch
                 }
             }
             // Awaiting the supervisor gives back-pressure to the pull.
+            expected = chunk.len().clamp(1, CHUNK);
             if !chunk.is_empty() {
                 let Ok(recorded) = window.clone().acquire_owned().await else {
                     return;
