@@ -127,8 +127,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs [`run`] in an actix `System` on the worker's own runtime ([`worker::runtime`]), with telemetry
-/// installed (inside the runtime: the trace exporter's batch task runs on it) at
+/// Runs [`run`] in an actix `System` on the worker's own runtime ([`worker::runtime`]), with
+/// telemetry installed (inside the runtime: the trace exporter's batch task runs on it) at
 /// [`LOG_FILTER`] unless `RUST_LOG` says otherwise, then flushes the traces it produced.
 fn run_with_telemetry(args: DemoArgs, secrets: Secrets) -> Result<(), DemoError> {
     let runtime = worker::runtime().map_err(DemoError::Runtime)?;
