@@ -27,7 +27,8 @@
 //! - [`deployer`]: simulate mode and k8s mode, with one shared watch ([`deployer::informer`]);
 //!   [`follow`]: following endpoints after Ready, repairs and the guarded garbage collection;
 //! - [`outcome`]: how handling an event ended, one word for history, metrics and spans;
-//! - [`store`]: Postgres with batched reads and group commit; [`requests`]: the durable
+//! - [`store`]: Postgres with batched reads and group commit (statement parameters in
+//!   `parameters`: typed arrays written straight into the buffer); [`requests`]: the durable
 //!   convergence requests and the claims on them; [`scheduler`]: tenant fairness;
 //!   [`retention`]: pruning old history; [`grants`]: the least-privilege database role;
 //! - [`tls`]: encrypted, authenticated connections to NATS and the OTLP collector;
@@ -59,6 +60,7 @@ pub mod kserve;
 pub mod metrics;
 pub mod ops;
 pub mod outcome;
+mod parameters;
 pub mod pass;
 pub mod policy;
 pub mod poller;

@@ -27,7 +27,8 @@ use uuid::Uuid;
 
 use crate::delivery::Follow;
 use crate::events::EventKind;
-use crate::store::{EndpointRecord, Parameters, StoreError};
+use crate::parameters::{Column, Parameters};
+use crate::store::{EndpointRecord, StoreError};
 
 /// Who asks for a pass over an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,15 +167,15 @@ pub(crate) async fn record(
     }
     // per row: three ids, a traceparent, a time and the small rest
     let parameters = Parameters::new(9, requests.len(), 192)
-        .add(&columns.n)?
-        .add(&columns.endpoint_id)?
-        .add(&columns.event)?
-        .add(&columns.is_delete)?
-        .add(&columns.tenant_id)?
-        .add(&columns.project_id)?
-        .add(&columns.follow)?
-        .add(&columns.published_at)?
-        .add(&columns.traceparent)?;
+        .column(&columns.n)?
+        .column(&columns.endpoint_id)?
+        .column(&columns.event)?
+        .column(&columns.is_delete)?
+        .column(&columns.tenant_id)?
+        .column(&columns.project_id)?
+        .column(&columns.follow)?
+        .column(&columns.published_at)?
+        .column(&columns.traceparent)?;
     let found: Vec<(i32, Option<Uuid>, bool)> =
         sqlx::query_as_with(RECORD_SQL, parameters.into_arguments())
             .fetch_all(txn)
@@ -402,7 +403,7 @@ impl Claims {
     /// endpoint's row, read by the same statement.
     pub async fn claim(&self, ids: &[Uuid]) -> Result<Vec<ClaimedRequest>, StoreError> {
         let rows = sqlx::query(CLAIM_SQL)
-            .bind(ids)
+            .bind(Column(ids))
             .bind(&self.holder)
             .bind(millis(self.ttl))
             .fetch_all(&self.pool)
@@ -430,12 +431,12 @@ impl Claims {
             .collect();
         // per row: an id, a version, counts, a flag, a delay and what the pass covered
         let parameters = Parameters::new(7, done.len(), 96)
-            .add(&endpoint_id)?
-            .add(&version)?
-            .add(&events)?
-            .add(&covered)?
-            .add(&failed)?
-            .add(&retry_ms)?
+            .column(&endpoint_id)?
+            .column(&version)?
+            .column(&events)?
+            .column(&covered)?
+            .column(&failed)?
+            .column(&retry_ms)?
             .add(&self.holder)?;
         let kept: Vec<(Uuid, Option<Uuid>, i64)> =
             sqlx::query_as_with(RELEASE_SQL, parameters.into_arguments())
@@ -458,7 +459,7 @@ impl Claims {
         let rows: Vec<(Uuid, i64, bool)> = sqlx::query_as(RENEW_SQL)
             .bind(&self.holder)
             .bind(millis(self.ttl))
-            .bind(held)
+            .bind(Column(held))
             .fetch_all(&self.pool)
             .await?;
         Ok(rows

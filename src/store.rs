@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entity::status;
-use sea_orm::sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sea_orm::sqlx::{self, Arguments as _, ConnectOptions as _, Row as _};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sea_orm::sqlx::{self, ConnectOptions as _, Row as _};
 use sea_orm::{DatabaseConnection, DbBackend, FromQueryResult, Statement};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -43,6 +43,7 @@ use uuid::Uuid;
 use crate::intent::Intent;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
+use crate::parameters::{Column, Parameters};
 use crate::requests::{Recorded, Request};
 use crate::{IdMap, IdSet};
 
@@ -99,38 +100,6 @@ fn sqlstate(err: &sea_orm::DbErr) -> Option<String> {
             }
         }
         _ => None,
-    }
-}
-
-/// A statement's parameters, with their buffer sized up front.
-///
-/// The driver encodes every parameter into one buffer that otherwise starts empty and grows by
-/// doubling, copying what it holds at each step; the group commit's and the claims' typed
-/// arrays run to hundreds of kilobytes, so that copying was about 1 % of the worker's
-/// instructions. Sized from a per-row estimate, it is allocated once.
-pub(crate) struct Parameters(PgArguments);
-
-impl Parameters {
-    /// Room for `count` parameters holding `rows` rows of about `row_bytes` encoded bytes
-    /// each (a low estimate costs one more allocation, nothing else).
-    pub(crate) fn new(count: usize, rows: usize, row_bytes: usize) -> Self {
-        let mut arguments = PgArguments::default();
-        arguments.reserve(count, rows.saturating_mul(row_bytes));
-        Self(arguments)
-    }
-
-    /// Adds the next parameter (`$1`, `$2`, … in the order added).
-    pub(crate) fn add<'q, T>(mut self, value: T) -> Result<Self, sqlx::Error>
-    where
-        T: sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
-    {
-        self.0.add(value).map_err(sqlx::Error::Encode)?;
-        Ok(self)
-    }
-
-    /// The parameters, for `sqlx::query_with` and its siblings.
-    pub(crate) fn into_arguments(self) -> PgArguments {
-        self.0
     }
 }
 
@@ -763,7 +732,10 @@ async fn load_many(
     pool: &PgPool,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, EndpointRecord>, StoreError> {
-    let rows = sqlx::query(LOAD_SQL).bind(ids).fetch_all(pool).await?;
+    let rows = sqlx::query(LOAD_SQL)
+        .bind(Column(ids))
+        .fetch_all(pool)
+        .await?;
     rows.iter()
         .map(|row| {
             let record = EndpointRecord::decode_at(row, 0)?;
@@ -1064,13 +1036,13 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> Result<Vec<Committed>, Store
     } else {
         // per row: id, status, set_url, url, reason, guard generations (with their lengths)
         let parameters = Parameters::new(7, statuses.id.len(), 128)
-            .add(&statuses.id)?
-            .add(&statuses.status)?
-            .add(&statuses.set_url)?
-            .add(&statuses.url)?
-            .add(&statuses.reason)?
-            .add(&statuses.only_gen)?
-            .add(&statuses.ready_gen)?;
+            .column(&statuses.id)?
+            .column(&statuses.status)?
+            .column(&statuses.set_url)?
+            .column(&statuses.url)?
+            .column(&statuses.reason)?
+            .column(&statuses.only_gen)?
+            .column(&statuses.ready_gen)?;
         sqlx::query_scalar_with::<_, Uuid, _>(UPDATE_SQL, parameters.into_arguments())
             .fetch_all(&mut *txn)
             .await?
@@ -1106,20 +1078,20 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> Result<Vec<Committed>, Store
     if !history.endpoint_id.is_empty() {
         // per row: three ids, two names, a URL, a trace id, three times and the small rest
         let parameters = Parameters::new(14, history.endpoint_id.len(), 320)
-            .add(&history.endpoint_id)?
-            .add(&history.tenant_id)?
-            .add(&history.project_id)?
-            .add(&history.generation)?
-            .add(&history.action)?
-            .add(&history.outcome)?
-            .add(&history.reason)?
-            .add(&history.isvc_name)?
-            .add(&history.url)?
-            .add(&history.events)?
-            .add(&history.trace_id)?
-            .add(&history.event_published_at)?
-            .add(&history.started_at)?
-            .add(&history.finished_at)?;
+            .column(&history.endpoint_id)?
+            .column(&history.tenant_id)?
+            .column(&history.project_id)?
+            .column(&history.generation)?
+            .column(&history.action)?
+            .column(&history.outcome)?
+            .column(&history.reason)?
+            .column(&history.isvc_name)?
+            .column(&history.url)?
+            .column(&history.events)?
+            .column(&history.trace_id)?
+            .column(&history.event_published_at)?
+            .column(&history.started_at)?
+            .column(&history.finished_at)?;
         sqlx::query_with(HISTORY_SQL, parameters.into_arguments())
             .execute(&mut *txn)
             .await?;
