@@ -57,31 +57,32 @@ async fn metrics_describe_the_deploys_that_happened() {
     for _ in 0..3 {
         endpoints.push(env.create_endpoint(Some("gs://models/m/1")).await);
     }
+    // Their passes cannot end while outcomes are held back, so what a scrape sees of them
+    // does not depend on how fast this test gets there.
+    let hold = env.hold_outcomes().await;
     for endpoint in &endpoints {
         env.publish_traced(endpoint, &publisher_context().0).await;
     }
     env.publish_raw(EventKind::Deploy, b"{not json").await;
-    for endpoint in &endpoints {
-        env.wait_status(endpoint.id, "DEPLOYING").await;
-    }
-    // While they wait for Ready: one deploy in flight per tenant, one actor per endpoint.
-    let during = scrape(&worker).await;
-    for endpoint in &endpoints {
-        let tenant = endpoint.tenant_id.to_string();
-        assert_eq!(
-            value(
-                &during,
-                "deploy_worker_deploys_in_flight",
-                &[("tenant_id", &tenant)]
-            ),
-            Some(1.0),
-            "tenant {tenant}"
-        );
-    }
+    // While they run: one deploy in flight per tenant, one actor per endpoint.
+    let during = wait_scrape(&worker, |m| {
+        value(m, "deploy_worker_endpoint_actors", &[]) == Some(3.0)
+            && endpoints.iter().all(|endpoint| {
+                let tenant = endpoint.tenant_id.to_string();
+                value(
+                    m,
+                    "deploy_worker_deploys_in_flight",
+                    &[("tenant_id", &tenant)],
+                ) == Some(1.0)
+            })
+    })
+    .await;
     assert_eq!(
-        value(&during, "deploy_worker_endpoint_actors", &[]),
-        Some(3.0)
+        during["deploy_worker_deploys_in_flight"].samples.len(),
+        3,
+        "one sample per tenant with a deploy in flight"
     );
+    hold.commit().await.expect("let the passes end");
 
     for endpoint in &endpoints {
         env.wait_status(endpoint.id, "READY").await;

@@ -11,6 +11,7 @@ use common::{Env, wait_for};
 use deploy_worker::events::{self, EventKind};
 use deploy_worker::pass::PanicAt;
 use deploy_worker::worker::Worker;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 const LONG: Duration = Duration::from_secs(90);
 /// Well under the 30 s a claim lives without renewal: a request handed back (its claim
@@ -161,7 +162,7 @@ async fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::pr
 #[actix_rt::test]
 async fn sigterm_lets_in_flight_deploys_finish_and_hands_the_rest_back() {
     let env = Env::start().await;
-    let (ids, mut child) = deploy_through_binary(&env, 30, 1_500, 20, 30).await;
+    let (ids, mut child) = deploy_through_binary(&env, 30, 4_000, 20, 30).await;
     wait_for("deploys in flight", LONG, || async {
         env.count_status(&ids, "DEPLOYING").await == 5
     })
@@ -170,19 +171,24 @@ async fn sigterm_lets_in_flight_deploys_finish_and_hands_the_rest_back() {
     let status = wait_exit(&mut child, Duration::from_secs(30)).await;
     assert!(status.success(), "graceful exit, got {status}");
 
-    // The five in flight finished; every event was acked when its request was recorded, and
-    // the 25 requests still waiting stay in Postgres, unclaimed.
+    // The five in flight finished (and any pass admitted before the worker stopped taking
+    // work: it lets its open pulls run out first, up to a second); every event was acked when
+    // its request was recorded, and the requests still waiting stay in Postgres, unclaimed.
     assert_eq!(
         env.count_status(&ids, "DEPLOYING").await,
         0,
         "in-flight deploys finish before exit"
     );
-    assert_eq!(env.count_status(&ids, "READY").await, 5);
+    let ready = env.count_status(&ids, "READY").await;
+    assert!(
+        (5..ids.len()).contains(&ready),
+        "the five in flight finish and most wait: {ready} READY"
+    );
     assert_eq!(env.stream_messages().await, 0, "every event was acked");
     assert_eq!(
         env.requests().await,
-        (25, 0),
-        "the waiting requests stay, no claim held"
+        (ids.len() - ready, 0),
+        "every endpoint not READY keeps its request, no claim held"
     );
 
     // Released, not abandoned: the next worker takes them at once, well before a claim of
@@ -255,10 +261,25 @@ async fn a_crash_right_after_a_batch_of_acks_loses_no_acked_event() {
         ready < 100,
         "{ready} READY already: the crash came too late to test anything"
     );
-    let (waiting, _) = env.requests().await;
+    // (a pass deletes its request just after its READY commits: the kill may fall between)
+    let covered = env
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM endpoints e \
+             WHERE e.id IN (SELECT value::uuid FROM jsonb_array_elements_text($1)) \
+               AND (e.status = 'READY' \
+                    OR EXISTS (SELECT 1 FROM convergence_requests r WHERE r.endpoint_id = e.id))",
+            [serde_json::json!(ids).into()],
+        ))
+        .await
+        .expect("query")
+        .expect("row")
+        .try_get::<i64>("", "n")
+        .expect("n");
     assert_eq!(
-        waiting + ready,
-        ids.len(),
+        covered,
+        ids.len() as i64,
         "every acked event's endpoint is READY or has its request recorded"
     );
 

@@ -14,7 +14,6 @@ use deploy_worker::worker::Worker;
 use devkit::platform::{self, NewModelVersion, ServingPatch};
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
 /// One exporter for the whole test binary: the subscriber is process-global, so every test
 /// filters the spans of its own traces.
@@ -287,38 +286,21 @@ async fn a_coalesced_pass_joins_the_newest_trace_and_links_the_others() {
     )
     .await
     .expect("patch");
-    // Both events must reach the worker before the first pass can end, or the second pass
-    // could start between them and cover one each (correct, but not what this test is
-    // about). So the endpoint's request row is held locked while they arrive: recording them
-    // waits in Postgres, the group commit queues the second behind the first, and the first
-    // pass, told only once the first is recorded, commits its outcome after both.
-    let hold = env.db.begin().await.expect("begin");
-    let held = hold
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT version FROM convergence_requests WHERE endpoint_id = $1 FOR UPDATE",
-            [endpoint.id.into()],
-        ))
-        .await
-        .expect("lock the request");
-    assert!(
-        held.is_some(),
-        "the first pass runs under a claimed request"
-    );
+    // Both events must be recorded before the first pass ends, or the second pass could
+    // start between them and cover one each (correct, but not the coalescing this test is
+    // about): the first pass's ending is held back until its request counts all three.
+    let hold = env.hold_outcomes().await;
     let (second, second_trace, _) = publisher_context();
     let (third, third_trace, _) = publisher_context();
     env.publish_traced(&endpoint, &second).await;
     env.publish_traced(&endpoint, &third).await;
     common::wait_for(
-        "both events delivered to the worker",
+        "the request to record both events",
         Duration::from_secs(10),
-        || async { env.ack_pending().await == 2 },
+        || async { env.request_events(endpoint.id).await == Some(3) },
     )
     .await;
-    // delivered messages reach the group commit's queue without waiting on anything outside
-    // the worker, which runs on this thread while the test sleeps
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    hold.commit().await.expect("release the request");
+    hold.commit().await.expect("let the first pass end");
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while !env

@@ -396,6 +396,35 @@ impl Env {
         (n as usize, claimed as usize)
     }
 
+    /// Holds back the end of every pass until the returned transaction ends: a pass's
+    /// outcome commits with its history row, and this locks `deployment_history` against
+    /// inserts. Requests are still recorded and claimed, and status reports without a history
+    /// row (`DEPLOYING`) still commit — until an outcome waits: outcomes commit in order, so
+    /// the reports behind it wait too. End it with `commit()`.
+    pub async fn hold_outcomes(&self) -> sea_orm::DatabaseTransaction {
+        use sea_orm::TransactionTrait;
+        let hold = self.db.begin().await.expect("begin");
+        hold.execute_unprepared("LOCK TABLE deployment_history IN SHARE MODE")
+            .await
+            .expect("lock deployment_history");
+        hold
+    }
+
+    /// Events recorded in the endpoint's convergence request and not yet covered by a pass
+    /// that ended (`None` when it has no request).
+    pub async fn request_events(&self, id: Uuid) -> Option<i32> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT events FROM convergence_requests WHERE endpoint_id = $1",
+                [id.into()],
+            ))
+            .await
+            .expect("request")?;
+        Some(row.try_get("", "events").expect("events"))
+    }
+
     /// Waits until the stream is empty, nothing is unacknowledged and no convergence request
     /// waits in Postgres: every event answered and every pass it asked for ended. (Events are
     /// acked once recorded, so an empty stream alone says nothing of the passes still to run:
