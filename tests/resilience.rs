@@ -349,16 +349,16 @@ async fn a_panicking_pass_is_isolated_and_ends_error_after_three_in_a_row() {
     worker.shutdown().await.unwrap();
 }
 
-/// Deliveries queued behind a long pass get progress acks: with a 1 s ack wait and a pass of
-/// 4 s, none of the four messages is redelivered.
+/// Deliveries queued behind a long pass are not redelivered: with a 2 s ack wait and a pass of
+/// 6 s, none of the four messages is (each is acked once its request is recorded).
 #[actix_rt::test]
 async fn deliveries_queued_behind_a_long_pass_are_kept_alive() {
     let env = Env::start().await;
     let tenant = env.tenant().await;
     let id = env.endpoints(&tenant, 1).await[0];
     let mut settings = env.settings();
-    settings.nats_ack_wait_seconds = 1;
-    settings.simulate_delay_ms = 4_000;
+    settings.nats_ack_wait_seconds = 2;
+    settings.simulate_delay_ms = 6_000;
     let worker = Worker::start(&settings).await.unwrap();
     env.publish(EventKind::Deploy, &tenant, id).await;
     wait_for("the first pass DEPLOYING", LONG, || async {
