@@ -69,11 +69,14 @@ async fn events_piling_up_for_one_endpoint_coalesce_into_one_deploy_of_the_lates
     let tenant = env.tenant().await;
     let id = env.endpoints(&tenant, 1).await[0];
 
+    // (its end held back until this test has seen it run)
+    let hold = env.hold_outcomes().await;
     env.publish(EventKind::Deploy, &tenant, id).await;
     wait_for("first pass to start", LONG, || async {
         env.endpoint(id).await.status == "DEPLOYING"
     })
     .await;
+    hold.commit().await.expect("let the first pass end");
     // While the first deploy runs, the API patches the endpoint five times, then its five
     // events arrive in a burst.
     for percent in [10, 20, 30, 40, 50] {
