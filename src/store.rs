@@ -16,7 +16,8 @@
 //!
 //! The group commit binds its rows as typed arrays, one per column, through the driver
 //! (`sqlx`) that sea-orm runs on: Postgres reads them in binary with `unnest`, with nothing to
-//! parse, and the worker writes no JSON. A status report that the outcome after it overtakes
+//! parse, and the worker writes no JSON (nor does it encode element by element through the
+//! driver's generic path: see `parameters`). A status report that the outcome after it overtakes
 //! in the queue commits with it as one row update (`fold_status`).
 //!
 //! A failed query or commit is reported to every waiter as [`StoreError`]; the actors hand
