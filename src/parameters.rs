@@ -102,7 +102,7 @@ impl<T: Element> Encode<'_, Postgres> for Column<'_, T> {
     }
 
     fn size_hint(&self) -> usize {
-        HEADER_BYTES + self.0.len() * (4 + T::SIZE_HINT)
+        HEADER_BYTES.saturating_add(self.0.len().saturating_mul(4 + T::SIZE_HINT))
     }
 }
 
