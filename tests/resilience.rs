@@ -65,10 +65,8 @@ async fn nats_restarted_mid_run_loses_nothing() {
     for id in &ids[..20] {
         env.publish(EventKind::Deploy, &tenant, *id).await;
     }
-    wait_for("first half READY", LONG, || async {
-        env.count_status(&ids[..20], "READY").await == 20
-    })
-    .await;
+    env.wait_all_ready("first half READY", &ids[..20], LONG)
+        .await;
 
     env.nats.stop().unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -130,10 +128,8 @@ async fn converge_after_crash(env: &Env, ids: &[uuid::Uuid]) -> Worker {
     let mut settings = env.settings();
     settings.claim_ttl_seconds = 2;
     let worker = Worker::start(&settings).await.unwrap();
-    wait_for("every endpoint READY after the crash", LONG, || async {
-        env.count_status(ids, "READY").await == ids.len()
-    })
-    .await;
+    env.wait_all_ready("every endpoint READY after the crash", ids, LONG)
+        .await;
     worker
 }
 
@@ -218,10 +214,8 @@ async fn sigterm_with_a_short_grace_hands_running_deploys_back() {
     );
 
     let worker = Worker::start(&env.settings()).await.unwrap();
-    wait_for("READY on the next worker", HANDED_BACK, || async {
-        env.count_status(&ids, "READY").await == 5
-    })
-    .await;
+    env.wait_all_ready("READY on the next worker", &ids, HANDED_BACK)
+        .await;
     worker.shutdown().await.unwrap();
 }
 
@@ -312,10 +306,8 @@ async fn a_panicking_pass_is_isolated_and_ends_error_after_three_in_a_row() {
     for id in &ids {
         env.publish(EventKind::Deploy, &tenant, *id).await;
     }
-    wait_for("the healthy endpoints READY", LONG, || async {
-        env.count_status(&ids[1..], "READY").await == ids.len() - 1
-    })
-    .await;
+    env.wait_all_ready("the healthy endpoints READY", &ids[1..], LONG)
+        .await;
     wait_for("the panicking endpoint ERROR", LONG, || async {
         env.endpoint(bad).await.status == "ERROR"
     })

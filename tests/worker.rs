@@ -290,10 +290,8 @@ async fn endpoints_left_deploying_are_resumed_at_start_up() {
     // As if a worker crashed after recording DEPLOYING and its messages were lost.
     env.sql("UPDATE endpoints SET status = 'DEPLOYING'").await;
     let worker = Worker::start(&env.settings()).await.unwrap();
-    wait_for("resumed endpoints READY", LONG, || async {
-        env.count_status(&ids, "READY").await == 3
-    })
-    .await;
+    env.wait_all_ready("resumed endpoints READY", &ids, LONG)
+        .await;
     worker.shutdown().await.unwrap();
 }
 

@@ -17,7 +17,10 @@ use deploy_worker::store::{Store, StoreSettings};
 use devkit::platform::{self, EventFields, ModelVersionRef, NewEndpoint, NewModelVersion};
 use devkit::sandbox::{LocalNats, LocalPostgres};
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, FromQueryResult,
+    Statement, TransactionTrait,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -401,8 +404,7 @@ impl Env {
     /// inserts. Requests are still recorded and claimed, and status reports without a history
     /// row (`DEPLOYING`) still commit — until an outcome waits: outcomes commit in order, so
     /// the reports behind it wait too. End it with `commit()`.
-    pub async fn hold_outcomes(&self) -> sea_orm::DatabaseTransaction {
-        use sea_orm::TransactionTrait;
+    pub async fn hold_outcomes(&self) -> DatabaseTransaction {
         let hold = self.db.begin().await.expect("begin");
         hold.execute_unprepared("LOCK TABLE deployment_history IN SHARE MODE")
             .await
